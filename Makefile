@@ -1,0 +1,59 @@
+# hf_ft — every entry point builds the virtual environment it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Installed before anything that depends on torch, so pip never pulls a CUDA build onto a CPU
+# machine. For a GPU: make install TORCH="torch==2.13.0 --index-url <the PyTorch CUDA wheel index>"
+TORCH ?= torch==2.13.0
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+# make train
+ZERO ?= 0
+OFFLOAD ?= 0
+NPROC ?= 1
+MODEL ?= bert-base-chinese
+SUBJECTS ?= all
+DATA_DIR ?=
+OUTPUT_DIR ?= out/train-zero$(ZERO)
+ARGS ?=
+
+.PHONY: install demo test test-fast train bench gpu-check clean
+
+$(BIN)/hf-ft: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[deepspeed,test]"
+	touch $@
+
+install: $(BIN)/hf-ft
+
+demo: install
+	$(OFFLINE) $(BIN)/hf-ft make-demo-data demo/data --rows-per-subject 400
+	$(OFFLINE) $(BIN)/hf-ft make-tiny-model demo/model --vocab-from demo/data --hidden-size 128 --heads 4 --intermediate-size 256
+	$(OFFLINE) $(BIN)/python run_qa.py configs/demo.yaml
+	$(OFFLINE) $(BIN)/python -m hf_ft.evaluate --original demo/model --finetuned demo/out --output_dir demo/compare
+	@echo
+	@echo "loss curve:  demo/out/validation_loss_curve.png"
+	@echo "model:       demo/out (model.safetensors, tokenizer, README.md model card)"
+	@echo "comparison:  demo/compare/comparison.md, comparison.png"
+
+test: install
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m "not slow"
+
+train: install
+	$(BIN)/python -m hf_ft.launch --zero $(ZERO) --offload $(OFFLOAD) --nproc $(NPROC) -- \
+		--model_name_or_path $(MODEL) --subjects $(SUBJECTS) $(if $(DATA_DIR),--data_dir $(DATA_DIR)) \
+		--output_dir $(OUTPUT_DIR) $(ARGS)
+
+bench: install
+	$(OFFLINE) $(BIN)/python benchmarks/bench.py --output bench.json $(BENCH_ARGS)
+
+gpu-check: install
+	$(OFFLINE) $(BIN)/python benchmarks/gpu_check.py
+
+clean:
+	rm -rf demo out .pytest_cache

@@ -1,0 +1,204 @@
+"""Command-line arguments: our dataclasses next to `TrainingArguments`, with defaults fit for TMMLU+.
+
+`python run_qa.py config.yaml --learning_rate 3e-5`: a JSON/YAML file supplies defaults, the
+command line overrides them, and `TrainingArguments` stays the one place the Trainer reads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from .errors import UserError
+from .data import HUB_DATASET, HUB_DEFAULT_REVISION
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="bert-base-chinese",
+        metadata={"help": "Hub id or local path of the encoder to fine-tune (any AutoModelForMultipleChoice model)."},
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
+    model_revision: str = field(default="main", metadata={"help": "Hub branch, tag or commit of the model."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and data are cached."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modelling code from the hub. Off unless you turn it on."}
+    )
+    task: str = field(
+        default="multiple_choice",
+        metadata={"help": "multiple_choice: fine-tune a choice head; mlm: masked-LM domain adaptation on the "
+                          "training questions with their correct answers.", "choices": ["multiple_choice", "mlm"]},
+    )
+    formulation: str = field(
+        default="per_choice",
+        metadata={"help": "per_choice: 4 sequences (question, option) scored by AutoModelForMultipleChoice; "
+                          "joint: one sequence with all 4 options, 4-way AutoModelForSequenceClassification.",
+                  "choices": ["per_choice", "joint"]},
+    )
+
+
+@dataclass
+class DataArguments:
+    subjects: str = field(
+        default="all",
+        metadata={"help": "Comma-separated: `all`, categories (STEM, humanities, social_sciences, other), "
+                          "subject names, or a mix."},
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "A folder in the hub's layout: <subject>_{dev,train,val,test}.csv."}
+    )
+    train_file: str | None = field(default=None, metadata={"help": "CSV/JSON/JSONL with question,A,B,C,D,answer."})
+    validation_file: str | None = field(default=None, metadata={"help": "Optional validation file."})
+    test_file: str | None = field(default=None, metadata={"help": "Optional test file."})
+    dataset_name: str = field(default=HUB_DATASET, metadata={"help": "Hub dataset (used without data_dir/files)."})
+    dataset_revision: str = field(
+        default=HUB_DEFAULT_REVISION, metadata={"help": "Hub dataset revision; resolved to a commit SHA and recorded."}
+    )
+    split_scheme: str = field(
+        default="auto",
+        metadata={"help": "official: train on dev+val (minus a validation slice), test on test; resplit: pool, "
+                          "shuffle and split by --split_ratios; auto: official for the TMMLU+ layout, resplit "
+                          "for a single flat file.", "choices": ["auto", "official", "resplit"]},
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "official scheme: share of dev+val held out for validation."}
+    )
+    split_ratios: str = field(default="0.7,0.25,0.05", metadata={"help": "resplit scheme: train,validation,test."})
+    on_bad_rows: str = field(
+        default="error",
+        metadata={"help": "error: stop and list every bad row; skip: leave them out and write "
+                          "output_dir/rejected_rows.jsonl.", "choices": ["error", "skip"]},
+    )
+    max_seq_length: int = field(
+        default=512, metadata={"help": "Longest input in tokens (capped at the model's limit); only the question "
+                                       "is truncated, never an option."}
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "--task mlm: share of tokens masked."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+
+    def ratios(self) -> tuple[float, float, float]:
+        try:
+            parts = tuple(float(x) for x in self.split_ratios.split(","))
+        except ValueError:
+            parts = ()
+        if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+            raise ConfigError(f"--split_ratios '{self.split_ratios}': need three non-negative numbers summing to 1")
+        return parts
+
+
+@dataclass
+class RunArguments:
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train from scratch into a non-empty output_dir (otherwise a finished or foreign "
+                          "output_dir is refused and one with checkpoints is resumed)."},
+    )
+    auto_bf16: bool = field(
+        default=True, metadata={"help": "Use bf16 on GPUs that support it (--no_auto_bf16 turns it off). "
+                                        "Never on CPU, where it is ~10x slower."}
+    )
+    require_deepspeed: bool = field(
+        default=False, metadata={"help": "Fail instead of falling back to plain PyTorch if DeepSpeed cannot run."}
+    )
+    sort_eval_by_length: bool = field(
+        default=True, metadata={"help": "Evaluate in length order so batches carry little padding."}
+    )
+
+
+# Defaults for this task where transformers' generic ones are wrong for it.
+TASK_DEFAULTS = {
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "steps",
+    "logging_steps": 10,
+    "logging_first_step": True,
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "accuracy",
+    "greater_is_better": True,
+    "report_to": "none",
+    "average_tokens_across_devices": False,  # would multiply a choice head's loss by the process count
+    "train_sampling_strategy": "group_by_length",  # uses our `length` column
+    "per_device_eval_batch_size": 32,
+    "num_train_epochs": 3.0,
+    "learning_rate": 3e-5,
+    "warmup_steps": 0.1,
+}
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
+
+
+class ConfigError(UserError):
+    pass
+
+
+def load_config_file(path: str) -> dict:
+    """A JSON or YAML file of argument names → values."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".json":
+            config = json.loads(text)
+        else:
+            import yaml
+
+            config = yaml.safe_load(text)
+    except Exception as e:
+        raise ConfigError(f"{path}: not valid {p.suffix.lstrip('.').upper()}: {e}") from None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping of argument names to values, got {type(config).__name__}")
+    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    for key in config:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"{path}: unknown argument '{key}'{hint}")
+    return config
+
+
+def build_parser(config: dict | None = None) -> HfArgumentParser:
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.set_defaults(**TASK_DEFAULTS)
+    if config:
+        parser.set_defaults(**config)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parse `[config.{json,yaml}] [--flag value ...]` into the four argument dataclasses."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = {}
+    if argv and not argv[0].startswith("-") and argv[0].lower().endswith((".json", ".yaml", ".yml")):
+        config = load_config_file(argv.pop(0))
+    parser = build_parser(config)
+    model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.task == "mlm" and "metric_for_best_model" not in config and "--metric_for_best_model" not in argv:
+        parser.set_defaults(metric_for_best_model="loss", greater_is_better=False)
+        model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if _bf16_wanted(run_args, training_args):
+        parser.set_defaults(bf16=True)
+        model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if not training_args.output_dir or training_args.output_dir == "trainer_output" and "--output_dir" not in argv \
+            and "output_dir" not in config:
+        parser.error("--output_dir is required")
+    data_args.ratios()
+    return model_args, data_args, run_args, training_args
+
+
+def _bf16_wanted(run_args: RunArguments, training_args: TrainingArguments) -> bool:
+    if not run_args.auto_bf16 or training_args.use_cpu or training_args.bf16 or training_args.fp16:
+        return False
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -1,0 +1,128 @@
+"""Offline demo assets built by the project itself: a learnable synthetic TMMLU+-layout data set and a
+tiny randomly initialised BERT whose WordPiece vocabulary comes from the data's characters.
+
+The task — "which option belongs to category X?" — needs the model to link a word in the question
+to a word in an option, so a 2-layer model learns it in minutes while chance stays at 25%.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+from .data import LETTERS
+
+# subject → {category name: members}; subjects are real TMMLU+ names so categories and reports work.
+DEMO_SUBJECTS: dict[str, dict[str, list[str]]] = {
+    "geography_of_taiwan": {
+        "臺灣的城市": ["臺北", "臺中", "高雄", "臺南", "新竹", "嘉義", "基隆", "花蓮", "臺東", "宜蘭", "屏東", "桃園"],
+        "臺灣的山": ["玉山", "雪山", "合歡山", "阿里山", "大霸尖山", "秀姑巒山", "南湖大山", "奇萊山"],
+    },
+    "music": {
+        "樂器": ["鋼琴", "小提琴", "吉他", "長笛", "二胡", "琵琶", "古箏", "小號", "大提琴", "薩克斯風", "豎琴", "單簧管"],
+    },
+    "agriculture": {
+        "水果": ["蘋果", "香蕉", "芒果", "鳳梨", "西瓜", "葡萄", "荔枝", "木瓜", "芭樂", "橘子", "蓮霧", "釋迦"],
+        "蔬菜": ["高麗菜", "菠菜", "青椒", "茄子", "胡蘿蔔", "洋蔥", "空心菜", "花椰菜", "南瓜", "小黃瓜", "地瓜葉"],
+    },
+    "physical_education": {
+        "球類運動": ["籃球", "足球", "棒球", "羽球", "桌球", "網球", "排球", "壘球", "手球", "躲避球"],
+    },
+    "veterinary_pathology": {
+        "哺乳類動物": ["老虎", "獅子", "大象", "熊貓", "長頸鹿", "斑馬", "猴子", "袋鼠", "海豚", "鯨魚", "蝙蝠"],
+        "鳥類": ["麻雀", "老鷹", "企鵝", "鴿子", "燕子", "孔雀", "鸚鵡", "貓頭鷹", "白鷺鷥", "藍鵲"],
+    },
+    "basic_medical_science": {
+        "人體器官": ["心臟", "肝臟", "肺臟", "腎臟", "胃", "大腸", "小腸", "胰臟", "膽囊", "脾臟"],
+    },
+    "advance_chemistry": {
+        "化學元素": ["氫", "氦", "鋰", "碳", "氮", "氧", "鈉", "鎂", "鋁", "硫", "氯", "鐵", "銅", "鋅"],
+    },
+    "introduction_to_law": {
+        "法律": ["民法", "刑法", "憲法", "行政程序法", "公司法", "勞動基準法", "著作權法", "消費者保護法"],
+    },
+}
+TEMPLATES = [
+    "下列何者屬於{c}？",
+    "以下哪一個是{c}？",
+    "下列選項中，何者為{c}的一種？",
+    "請問下列哪一項可以歸類為{c}？",
+    "{p}依據上文，下列何者屬於{c}？",
+]
+FILLER = "本題節錄自歷屆考試題本內容涵蓋多個領域請考生仔細閱讀題目後作答並注意時間分配與答題技巧"
+
+
+def _all_members() -> dict[str, str]:
+    return {m: c for cats in DEMO_SUBJECTS.values() for c, members in cats.items() for m in members}
+
+
+def make_question(rng: random.Random, subject: str) -> dict:
+    category = rng.choice(sorted(DEMO_SUBJECTS[subject]))
+    member_of = _all_members()
+    correct = rng.choice(DEMO_SUBJECTS[subject][category])
+    distractors = rng.sample(sorted(m for m, c in member_of.items() if c != category), 3)
+    options = distractors[:]
+    position = rng.randrange(4)
+    options.insert(position, correct)
+    passage = "".join(rng.choice(FILLER) for _ in range(rng.randint(10, 60))) + "。"
+    question = rng.choice(TEMPLATES).format(c=f"「{category}」", p=passage)
+    return {"question": question, **dict(zip(LETTERS, options)), "answer": LETTERS[position]}
+
+
+def make_demo_data(out_dir: str | Path, rows_per_subject: int = 160, seed: int = 0,
+                   subjects: list[str] | None = None) -> Path:
+    """Write `<subject>_{dev,val,test}.csv` (5 dev rows, then 70% val, 30% test) in the TMMLU+ layout."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for subject in subjects or sorted(DEMO_SUBJECTS):
+        rows = [make_question(rng, subject) for _ in range(rows_per_subject)]
+        n_test = int(round((rows_per_subject - 5) * 0.3))
+        parts = {"dev": rows[:5], "val": rows[5:rows_per_subject - n_test], "test": rows[rows_per_subject - n_test:]}
+        for split, part in parts.items():
+            with open(out / f"{subject}_{split}.csv", "w", encoding="utf-8", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["question", *LETTERS, "answer"])
+                writer.writeheader()
+                writer.writerows(part)
+    return out
+
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _characters(paths: list[str | Path]) -> list[str]:
+    chars: set[str] = set()
+    for p in paths:
+        p = Path(p)
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        for f in files:
+            if f.is_file() and f.suffix.lower() in (".csv", ".json", ".jsonl", ".txt"):
+                chars.update(f.read_text(encoding="utf-8-sig"))
+    ascii_chars = set("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?()[]{}-_+=/%")
+    return sorted(c for c in (chars | ascii_chars) if c.strip() and not c.isupper())
+
+
+def make_tiny_model(out_dir: str | Path, vocab_from: list[str | Path], hidden_size: int = 64,
+                    num_layers: int = 2, num_heads: int = 2, intermediate_size: int = 128,
+                    max_positions: int = 512, seed: int = 0) -> Path:
+    """A randomly initialised small BertForMaskedLM + tokenizer (like bert-base-chinese, just tiny)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIAL_TOKENS + [c for c in _characters(vocab_from) if c not in SPECIAL_TOKENS]
+    vocab_file = out / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(vocab=str(vocab_file), model_max_length=max_positions)
+    if len(tokenizer) != len(vocab):  # transformers 5 silently ignores some vocab arguments
+        raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, expected {len(vocab)}")
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                        num_attention_heads=num_heads, intermediate_size=intermediate_size,
+                        max_position_embeddings=max_positions, pad_token_id=0)
+    model = BertForMaskedLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    return out

@@ -1,0 +1,57 @@
+"""Accuracy the TMMLU+ way: overall, per subject, per category, and the TMMLU+ average.
+
+The TMMLU+ average is per-subject accuracy → mean within each category → mean of the categories,
+so a large subject cannot drown out a small category.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .subjects import CATEGORIES, category_of
+
+
+def accuracy_report(predictions, labels, subjects, per_subject: bool = True) -> dict:
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    correct = predictions == labels
+    by_subject: dict[str, list[bool]] = defaultdict(list)
+    for subject, ok in zip(subjects, correct):
+        by_subject[subject].append(bool(ok))
+    subject_acc = {s: float(np.mean(v)) for s, v in sorted(by_subject.items())}
+    by_category: dict[str, list[float]] = defaultdict(list)
+    category_correct: dict[str, list[bool]] = defaultdict(list)
+    for subject, acc in subject_acc.items():
+        by_category[category_of(subject)].append(acc)
+    for subject, ok in zip(subjects, correct):
+        category_correct[category_of(subject)].append(bool(ok))
+    report = {"accuracy": float(correct.mean()) if len(correct) else 0.0}
+    for category in CATEGORIES:
+        if category in category_correct:
+            report[f"accuracy_{category}"] = float(np.mean(category_correct[category]))
+    category_means = [float(np.mean(by_category[c])) for c in CATEGORIES if c in by_category]
+    report["tmmlu_average"] = float(np.mean(category_means)) if category_means else 0.0
+    if per_subject:
+        report["per_subject"] = subject_acc
+    return report
+
+
+def flat_metrics(report: dict) -> dict:
+    """The report with per-subject accuracies as `accuracy_subject_<name>` keys (Trainer metrics are flat)."""
+    flat = {k: v for k, v in report.items() if k != "per_subject"}
+    flat.update({f"accuracy_subject_{s}": v for s, v in report.get("per_subject", {}).items()})
+    return flat
+
+
+def build_compute_metrics(subjects: list[str], per_subject: bool = False):
+    """`compute_metrics` for the Trainer, for an eval set whose rows have these subjects, in order."""
+    subjects = list(subjects)
+
+    def compute_metrics(eval_prediction) -> dict:
+        logits = eval_prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        predictions = np.argmax(logits, axis=-1)
+        return flat_metrics(accuracy_report(predictions, eval_prediction.label_ids, subjects, per_subject))
+
+    return compute_metrics

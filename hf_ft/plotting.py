@@ -1,0 +1,83 @@
+"""Figures: the training/validation loss curve and the original-vs-fine-tuned bar chart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save_atomically(fig, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def curves_from_log_history(log_history: list[dict]) -> dict:
+    """Training loss, validation loss and validation accuracy against the global step."""
+    curves = {"train_loss": [], "eval_loss": [], "eval_accuracy": []}
+    for entry in log_history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        if "loss" in entry:
+            curves["train_loss"].append((step, entry["loss"]))
+        if "eval_loss" in entry:
+            curves["eval_loss"].append((step, entry["eval_loss"]))
+        if "eval_accuracy" in entry:
+            curves["eval_accuracy"].append((step, entry["eval_accuracy"]))
+    return curves
+
+
+def plot_loss_curve(curves: dict, path: str | os.PathLike, title: str = "Training and validation loss") -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    handles = []
+    for key, label, style in (("train_loss", "training loss", "-"), ("eval_loss", "validation loss", "o-")):
+        points = curves.get(key) or []
+        if points:
+            steps, values = zip(*points)
+            handles += ax.plot(steps, values, style, label=label, markersize=4)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.grid(alpha=0.3)
+    accuracy = curves.get("eval_accuracy") or []
+    if accuracy:
+        ax2 = ax.twinx()
+        steps, values = zip(*accuracy)
+        handles += ax2.plot(steps, values, "s--", color="tab:green", label="validation accuracy", markersize=4)
+        ax2.set_ylabel("validation accuracy")
+        ax2.set_ylim(0, 1)
+    if handles:
+        ax.legend(handles=handles, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no points logged yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title)
+    _save_atomically(fig, path)
+
+
+def plot_comparison(categories: list[str], series: dict[str, dict], path: str | os.PathLike,
+                    title: str = "Accuracy on held-out questions") -> None:
+    """Grouped bars per category: series name → {"accuracy": [...], "ci_low": [...], "ci_high": [...]}."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(categories) + 2), 4.5))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(categories))
+    for i, (name, values) in enumerate(series.items()):
+        acc = np.asarray(values["accuracy"])
+        err = np.vstack([acc - np.asarray(values["ci_low"]), np.asarray(values["ci_high"]) - acc])
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, acc, width, yerr=err, capsize=3, label=name)
+    ax.axhline(0.25, color="grey", linestyle=":", label="chance (25%)")
+    ax.set_xticks(x, categories)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(title)
+    _save_atomically(fig, path)

@@ -1,0 +1,64 @@
+"""Shared fixtures: demo data and a tiny model built locally (no hub), and one trained demo run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds per run on 2 CPU cores, large enough to learn the demo task.
+TRAIN_ARGS = [
+    "--max_seq_length", "128", "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
+    "--num_train_epochs", "6", "--use_cpu", "--seed", "0", "--logging_steps", "5",
+]
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 600, stdin: str | None = None):
+    """Run a command line as a user would; returns CompletedProcess with text output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, input=stdin)
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    from hf_ft.demo import make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("demo") / "data", rows_per_subject=160, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, demo_data) -> Path:
+    from hf_ft.demo import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", [demo_data], seed=0)
+
+
+def train_in_process(argv: list[str]) -> dict:
+    from hf_ft.arguments import parse_args
+    from hf_ft.train import main
+
+    return main(*parse_args(argv))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, demo_data, tiny_model):
+    """One fine-tuning run on the demo data; several test modules read its outputs."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    metrics = train_in_process([
+        "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--output_dir", str(out),
+        *TRAIN_ARGS,
+    ])
+    return out, metrics

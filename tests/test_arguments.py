@@ -1,0 +1,44 @@
+import pytest
+
+from hf_ft.arguments import ConfigError, parse_args
+
+
+def test_config_file_with_command_line_override(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("model_name_or_path: some/model\nlearning_rate: 1.0e-4\nsubjects: STEM\n"
+                      "output_dir: out/x\nnum_train_epochs: 2\n", encoding="utf-8")
+    model_args, data_args, run_args, training_args = parse_args([str(config), "--learning_rate", "3e-5", "--use_cpu"])
+    assert model_args.model_name_or_path == "some/model"
+    assert data_args.subjects == "STEM"
+    assert training_args.learning_rate == 3e-5  # the command line wins
+    assert training_args.num_train_epochs == 2
+    assert training_args.output_dir == "out/x"
+
+
+def test_task_defaults(tmp_path):
+    _, _, run_args, args = parse_args(["--output_dir", str(tmp_path), "--use_cpu"])
+    assert args.eval_strategy == "epoch" and args.load_best_model_at_end
+    assert args.metric_for_best_model == "accuracy" and args.report_to == []
+    assert args.average_tokens_across_devices is False
+    assert args.train_sampling_strategy == "group_by_length"
+    assert not args.bf16  # never on CPU
+    assert run_args.overwrite_output_dir is False
+
+
+def test_json_config_and_unknown_keys(tmp_path):
+    good = tmp_path / "c.json"
+    good.write_text('{"output_dir": "o", "seed": 3}', encoding="utf-8")
+    assert parse_args([str(good)])[3].seed == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown argument 'learning_rat'.*learning_rate"):
+        parse_args([str(bad)])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{", encoding="utf-8")
+    with pytest.raises(ConfigError, match="broken.json: not valid JSON"):
+        parse_args([str(broken)])
+
+
+def test_bad_split_ratios(tmp_path):
+    with pytest.raises(ConfigError, match="split_ratios"):
+        parse_args(["--output_dir", str(tmp_path), "--split_ratios", "0.5,0.5,0.5"])

@@ -1,0 +1,142 @@
+"""Reading, validation (nothing lost, every problem named by file and line) and splitting."""
+
+import csv
+import json
+
+import pytest
+
+from hf_ft import data as data_lib
+from hf_ft.data import DataError, QARow, handle_problems, load_data_dir, load_files, make_splits, read_records
+
+HEADER = ["question", "A", "B", "C", "D", "answer"]
+
+
+def write_csv(path, rows, header=HEADER, bom=False):
+    with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+GOOD = ["一加一等於幾？", "一", "二", "三", "四", "B"]
+
+
+def test_every_bad_row_kind_is_named_with_file_and_line(tmp_path):
+    path = write_csv(tmp_path / "x.csv", [
+        GOOD,
+        ["", "a", "b", "c", "d", "A"],                    # line 3: empty question
+        ["問題二", "a", "", "c", " ", "A"],                # line 4: empty options B, D
+        ["問題三", "a", "b", "c", "d", "E"],               # line 5: bad answer
+        ["問題四", "a", "b", "c", "d", ""],                # line 6: empty answer
+    ])
+    loaded = load_files({"all": str(path)})
+    assert len(loaded.pools["all"]) == 1
+    with pytest.raises(DataError) as err:
+        handle_problems(loaded.problems, "error", None)
+    message = str(err.value)
+    assert f"{path}:3: empty question" in message
+    assert f"{path}:4: empty option B, D" in message
+    assert f"{path}:5: answer 'E' is not one of A, B, C, D" in message
+    assert f"{path}:6: answer empty is not one of A, B, C, D" in message
+    assert message.count("\n") == 4  # a headline and one line per problem
+
+
+def test_duplicate_ids_and_line_numbers_of_multiline_records(tmp_path):
+    path = write_csv(tmp_path / "x.csv", [
+        ["q1", *GOOD[:0], "甲\n乙", "b", "c", "d", "a", "x1"],  # record spans lines 2-3
+        ["q2", "a", "b", "c", "d", "Ｃ", "x1"],                  # line 4: duplicate id
+    ], header=[*HEADER, "id"])
+    loaded = load_files({"all": str(path)})
+    assert [r.answer for r in loaded.pools["all"]] == ["A"]  # lower-case a normalised
+    assert [str(p) for p in loaded.problems] == [f"{path}:4: id 'x1' already used at {path}:2"]
+
+
+def test_answers_are_normalised_and_bom_is_accepted(tmp_path):
+    path = write_csv(tmp_path / "x.csv", [
+        ["q1", "a", "b", "c", "d", "a"], ["q2", "a", "b", "c", "d", "Ｄ"], ["q3", "a", "b", "c", "d", " b "],
+        ["q4", "0.50", "1.0", "007", "NA", "c"],
+    ], bom=True)
+    rows = load_files({"all": str(path)}).pools["all"]
+    assert [r.answer for r in rows] == ["A", "D", "B", "C"]
+    assert rows[3].options == ("0.50", "1.0", "007", "NA")  # strings stay strings: nothing lost
+
+
+def test_skip_writes_every_rejected_row(tmp_path):
+    path = write_csv(tmp_path / "x.csv", [GOOD, ["", "a", "b", "c", "d", "A"], ["q", "a", "b", "c", "d", "Z"]])
+    loaded = load_files({"all": str(path)})
+    counts = handle_problems(loaded.problems, "skip", str(tmp_path))
+    assert counts == {"empty_question": 1, "bad_answer": 1}
+    rejected = [json.loads(line) for line in (tmp_path / "rejected_rows.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["kind"]) for r in rejected] == [(3, "empty_question"), (4, "bad_answer")]
+    assert rejected[1]["row"]["answer"] == "Z" and rejected[1]["file"] == str(path)
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("empty.csv", "", "the file is empty"),
+    ("bom_only.csv", "\ufeff\n", "the file is empty"),
+    ("cols.csv", "question,A,B\nq,a,b\n", r"missing column\(s\) C, D, answer"),
+    ("header_only.csv", "question,A,B,C,D,answer\n", "header but no rows"),
+    ("bad.json", "{not json", "not a valid JSON file"),
+    ("bad.jsonl", '{"question": "q"}\n{oops\n', "not a valid JSONL file"),
+    ("x.txt", "hello", "unsupported file type"),
+])
+def test_unusable_files_give_one_clear_error(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=expected) as err:
+        read_records(path)
+    assert str(path) in str(err.value)
+
+
+def test_json_and_jsonl_with_subject_and_id(tmp_path):
+    items = [{"id": f"i{i}", "subject": "music", "question": f"q{i}", "A": "a", "B": "b", "C": "c", "D": "d",
+              "answer": "A"} for i in range(3)]
+    (tmp_path / "x.json").write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "x.jsonl").write_text("\n".join(json.dumps(i) for i in items) + "\n\n", encoding="utf-8")
+    for name in ("x.json", "x.jsonl"):
+        rows = load_files({"all": str(tmp_path / name)}).pools["all"]
+        assert [(r.id, r.subject, r.category) for r in rows] == [(f"i{i}", "music", "other") for i in range(3)]
+
+
+def _rows(n, subject="music", prefix="q"):
+    return [QARow(f"{subject}-{prefix}{i}", subject, f"{subject} {prefix}{i}", ("a", "b", "c", f"d{i}"), "ABCD"[i % 4])
+            for i in range(n)]
+
+
+def test_resplit_is_deterministic_disjoint_stratified_and_deduplicated():
+    rows = _rows(100, "music") + _rows(40, "physics")
+    duplicate = QARow("dup", "music", " music  q3 ", ("a", "b", "c", "d3"), "D")  # same normalised content as q3
+    loaded = data_lib.LoadedData({"all": rows + [duplicate]}, [], {"kind": "files"}, "flat", ["music", "physics"])
+    a = make_splits(loaded, "auto", seed=7, validation_fraction=0.1, split_ratios=(0.7, 0.25, 0.05))
+    b = make_splits(loaded, "resplit", seed=7, validation_fraction=0.1, split_ratios=(0.7, 0.25, 0.05))
+    assert a.scheme == "resplit" and a.duplicates_removed == 1
+    assert [r.id for r in a.test] == [r.id for r in b.test] and [r.id for r in a.train] == [r.id for r in b.train]
+    ids = [set(r.id for r in part) for part in (a.train, a.validation, a.test)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert sum(map(len, ids)) == 140
+    assert sum(r.subject == "music" for r in a.test) == 5 and sum(r.subject == "physics" for r in a.test) == 2
+    c = make_splits(loaded, "resplit", seed=8, validation_fraction=0.1, split_ratios=(0.7, 0.25, 0.05))
+    assert [r.id for r in c.test] != [r.id for r in a.test]
+
+
+def test_official_split_keeps_test_and_drops_training_copies_of_test_items():
+    test = _rows(10, prefix="t")
+    dev = _rows(5, prefix="d") + [QARow("copy", "music", "music t1", ("a", "b", "c", "d1"), "B")]
+    val = _rows(50, prefix="v")
+    loaded = data_lib.LoadedData({"dev": dev, "val": val, "test": test}, [], {}, "tmmluplus", ["music"])
+    s = make_splits(loaded, "auto", seed=0, validation_fraction=0.2, split_ratios=(0.7, 0.25, 0.05))
+    assert s.scheme == "official" and s.duplicates_removed == 1
+    assert [r.id for r in s.test] == [r.id for r in test]
+    assert len(s.validation) == 11 and len(s.train) == 44
+    test_hashes = {r.content_hash for r in s.test}
+    assert not any(r.content_hash in test_hashes for r in s.train + s.validation)
+
+
+def test_data_dir_layout_subject_selection(demo_data):
+    loaded = load_data_dir(str(demo_data), "music,STEM")
+    assert loaded.subjects == ["advance_chemistry", "basic_medical_science", "music"]
+    assert {r.subject for r in loaded.pools["test"]} == set(loaded.subjects)
+    with pytest.raises(DataError, match="no data for subject.*physics"):
+        load_data_dir(str(demo_data), "physics")
+    assert len(load_data_dir(str(demo_data)).subjects) == 8
