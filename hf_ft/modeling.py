@@ -35,7 +35,7 @@ class ModelLoadError(UserError):
     pass
 
 
-def _check_exists(name_or_path: str) -> None:
+def check_model_path(name_or_path: str) -> None:
     """A path-looking name that does not exist is a typo, not a hub id: say so instead of querying the hub."""
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or Path(name_or_path).exists()
     if looks_local and not Path(name_or_path).expanduser().exists():
@@ -44,7 +44,7 @@ def _check_exists(name_or_path: str) -> None:
 
 def load_config(name_or_path: str, revision: str = "main", cache_dir: str | None = None,
                 trust_remote_code: bool = False):
-    _check_exists(name_or_path)
+    check_model_path(name_or_path)
     try:
         return AutoConfig.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,
                                           trust_remote_code=trust_remote_code)
@@ -55,7 +55,7 @@ def load_config(name_or_path: str, revision: str = "main", cache_dir: str | None
 
 def load_tokenizer(name_or_path: str, revision: str = "main", cache_dir: str | None = None,
                    trust_remote_code: bool = False):
-    _check_exists(name_or_path)
+    check_model_path(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,
                                              trust_remote_code=trust_remote_code)

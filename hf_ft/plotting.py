@@ -55,7 +55,7 @@ def plot_loss_curve(curves: dict, path: str | os.PathLike, title: str = "Trainin
         ax2.set_ylabel("validation accuracy")
         ax2.set_ylim(0, 1)
     if handles:
-        ax.legend(handles=handles, loc="best")
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
     else:
         ax.text(0.5, 0.5, "no points logged yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title)
