@@ -128,6 +128,7 @@ TASK_DEFAULTS = {
     "num_train_epochs": 3.0,
     "learning_rate": 3e-5,
     "warmup_steps": 0.1,
+    "hub_strategy": "end",  # one push of the finished model (with our card), not one per checkpoint
 }
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
@@ -192,6 +193,9 @@ def parse_args(argv: list[str] | None = None):
     if not training_args.output_dir or training_args.output_dir == "trainer_output" and "--output_dir" not in argv \
             and "output_dir" not in config:
         parser.error("--output_dir is required")
+    if training_args.hub_token:
+        raise ConfigError("--hub_token is not accepted: it would be saved with the run's arguments; set HF_TOKEN "
+                          "or run `hf auth login` instead")
     data_args.ratios()
     return model_args, data_args, run_args, training_args
 

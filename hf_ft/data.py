@@ -47,8 +47,8 @@ class QARow:
     id: str
     subject: str
     question: str
-    options: tuple[str, str, str, str]
-    answer: str  # one of A-D
+    options: tuple[str, ...]  # four for TMMLU+ data; predict accepts two or more
+    answer: str | None  # a letter; None for unlabelled questions (predict)
     source: str = ""
     line: int = 0
 
@@ -58,7 +58,7 @@ class QARow:
 
     @property
     def label(self) -> int:
-        return LETTERS.index(self.answer)
+        return LETTERS.index(self.answer) if self.answer else -1
 
     @property
     def content_hash(self) -> str:
@@ -142,7 +142,7 @@ def _file_format(path: Path) -> str:
     raise DataError(f"{path}: unsupported file type '{suffix}' (use .csv, .json or .jsonl)")
 
 
-def read_records(path: str | os.PathLike) -> tuple[list[dict], list[int], str]:
+def read_records(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_COLUMNS) -> tuple[list[dict], list[int], str]:
     """Read a CSV/JSON/JSONL file with `datasets`; return records, their line numbers and the unit ("line"/"item")."""
     import datasets
 
@@ -197,11 +197,12 @@ def read_records(path: str | os.PathLike) -> tuple[list[dict], list[int], str]:
             for letter in LETTERS:
                 r[letter] = options.get(letter) if isinstance(options, dict) else None
         columns = (columns - {"options"}) | set(LETTERS)
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    missing = [c for c in required if c not in columns]
     if missing:
+        optional = [c for c in ("answer", "subject", "id") if c not in required]
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(sorted(columns)) or 'none'} "
-            f"(need {','.join(REQUIRED_COLUMNS)} and optionally subject,id)"
+            f"(need {','.join(required)} and optionally {','.join(optional)})"
         )
     return records, lines, ("item" if fmt == "json" else "line")
 
@@ -218,7 +219,7 @@ def _text(value) -> str:
 
 def validate_records(
     records: list[dict], lines: list[int], source: str, subject: str | None, seen_ids: dict[str, str],
-    unit: str = "line",
+    unit: str = "line", require_answer: bool = True,
 ) -> tuple[list[QARow], list[Problem]]:
     """Check every record; good ones become QARows, bad ones Problems naming the line and the reason."""
     rows, problems = [], []
@@ -240,7 +241,7 @@ def validate_records(
         if empty:
             reject("empty_option", f"empty option {', '.join(empty)}")
             continue
-        if answer is None:
+        if answer is None and (require_answer or raw_answer):
             shown = f"'{raw_answer}'" if raw_answer else "empty"
             reject("bad_answer", f"answer {shown} is not one of A, B, C, D")
             continue

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import LETTERS, QARow
+from .data import QARow
 from .errors import UserError
 from .modeling import ModelLoadError, formulation_of, load_config, load_model, load_tokenizer
 from .preprocessing import MLM_ANSWER_PREFIX, encode, make_collator
@@ -44,7 +44,7 @@ class LoadedScorer:
     max_length: int
 
     def score(self, rows: list[QARow], batch_size: int = 32, progress: bool = True) -> np.ndarray:
-        """(n, 4) option scores; higher is better. Deterministic for the same model and items."""
+        """(n, options) scores; higher is better. Deterministic for the same model and items."""
         if self.formulation == "mlm":
             return score_masked_lm(self, rows, batch_size, progress)
         return score_with_head(self, rows, batch_size, progress)
@@ -83,13 +83,17 @@ def _to_device(batch: dict, device) -> dict:
 
 def score_with_head(scorer: LoadedScorer, rows: list[QARow], batch_size: int, progress: bool) -> np.ndarray:
     """Logits of the trained head, on the training preprocessing, length-sorted to keep padding small."""
-    dataset = encode(rows, scorer.tokenizer, scorer.formulation, scorer.max_length, sort_by_length=True)
+    dataset = encode(rows, scorer.tokenizer, scorer.formulation, scorer.max_length, sort_by_length=True,
+                     progress=progress and len(rows) >= 1000)
     index_of = {row_id: i for i, row_id in enumerate(r.id for r in rows)}
     order = [index_of[row_id] for row_id in dataset["id"]]
     collator = make_collator(scorer.formulation, scorer.tokenizer, train=False)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
     device = next(scorer.model.parameters()).device
-    scores = np.zeros((len(rows), len(LETTERS)), dtype=np.float64)
+    if len({len(r.options) for r in rows}) > 1:
+        raise UserError("a trained head scores questions with the same number of options together; "
+                        "split the input by option count")
+    scores = np.zeros((len(rows), len(rows[0].options)), dtype=np.float64)
     position = 0
     with torch.inference_mode():
         for batch in tqdm(loader, desc=f"scoring {scorer.path}", disable=not progress, leave=False):
@@ -124,8 +128,9 @@ def score_masked_lm(scorer: LoadedScorer, rows: list[QARow], batch_size: int, pr
                 masked[position] = tokenizer.mask_token_id
                 queries.append((i, j, masked, position, ids[position]))
     queries.sort(key=lambda q: len(q[2]))  # length-sorted batches carry little padding
-    totals = np.zeros((len(rows), len(LETTERS)))
-    counts = np.zeros((len(rows), len(LETTERS)))
+    width = max(len(r.options) for r in rows)
+    totals = np.zeros((len(rows), width))
+    counts = np.zeros((len(rows), width))
     pad = tokenizer.pad_token_id or 0
     with torch.inference_mode():
         for start in tqdm(range(0, len(queries), batch_size * 4), desc=f"scoring {scorer.path} (mlm)",
@@ -146,4 +151,6 @@ def score_masked_lm(scorer: LoadedScorer, rows: list[QARow], batch_size: int, pr
             for q, value in zip(chunk, token_scores):
                 totals[q[0], q[1]] += value
                 counts[q[0], q[1]] += 1
-    return totals / np.maximum(counts, 1)
+    scores = totals / np.maximum(counts, 1)
+    scores[counts == 0] = -np.inf  # rows with fewer options than the widest
+    return scores

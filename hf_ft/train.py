@@ -20,13 +20,14 @@ from . import data as data_lib
 from .arguments import DataArguments, ModelArguments, RunArguments
 from .callbacks import CURVE_FILE, LossCurveCallback
 from .errors import UserError
+from .hub import RUN_INFO_FILE, push_output_dir, write_model_card
 from .metrics import build_compute_metrics
 from .modeling import load_model, load_tokenizer
 from .preprocessing import count_truncated, encode, make_collator
 
 logger = logging.getLogger("hf_ft")
 
-RESULT_FILES = ("all_results.json", "eval_results.json", "train_results.json", "model.safetensors")
+FINAL_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 class OutputDirError(UserError):
@@ -41,6 +42,21 @@ class QATrainer(Trainer):
     def __init__(self, *args, eval_data_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
+
+    def create_model_card(self, *args, **kwargs):
+        """Our card (results, comparison, loss curve), not the Trainer's generic one."""
+        if self.is_world_process_zero():
+            write_model_card(self.args.output_dir, self.hub_model_id)
+
+    def push_to_hub(self, commit_message: str | None = "Upload model trained with hf_ft", blocking: bool = True,
+                    **kwargs):
+        """The Trainer's push (it runs from `save_model` when --push_to_hub is set), uploading our card and
+        only the model, tokenizer and result files: no checkpoints, optimizer states or rejected rows."""
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card()
+        return push_output_dir(self.args.output_dir, self.hub_model_id, private=bool(self.args.hub_private_repo),
+                               commit_message=commit_message or "Upload model trained with hf_ft")
 
     def _get_eval_sampler(self, eval_dataset):
         if self.args.world_size <= 1:
@@ -87,7 +103,7 @@ def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str | None, over
     if overwrite or not out.is_dir() or not any(out.iterdir()):
         return None
     last = last_complete_checkpoint(out)
-    finished = [name for name in RESULT_FILES if (out / name).exists()]
+    finished = [name for name in FINAL_MODEL_FILES if (out / name).exists()]
     if last is not None and not finished:
         logger.info("resuming from %s", last)
         return last
@@ -177,16 +193,15 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
         callbacks=[LossCurveCallback(str(output_dir))],
     )
 
-    # 6. Train (resuming when there is a checkpoint), save the final model in HF format.
+    # 6. Train (resuming when there is a checkpoint).
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()  # on every rank: DeepSpeed ZeRO-3 gathers the weights collectively
     metrics = dict(train_result.metrics)
     metrics["train_samples"] = len(train_set)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
 
-    # 7. Evaluate on validation and test, with per-subject accuracy.
+    # 7. Evaluate the final (best) model on validation and test, with per-subject accuracy.
     results = {}
     for split, dataset in (("eval", eval_set), ("test", test_set)):
         if len(dataset) == 0:
@@ -197,8 +212,35 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
         split_metrics[f"{split}_samples"] = len(dataset)
         trainer.log_metrics(split, split_metrics)
         results.update(split_metrics)
+    trainer.save_metrics("eval", results)  # eval_results.json, merged into all_results.json
+
+    # 8. The run record and the model card (main process), then the final model in HF format. save_model
+    # runs on every rank (DeepSpeed ZeRO-3 gathers the weights collectively) and, with --push_to_hub,
+    # pushes the model, tokenizer, card and results once.
     if is_main:
-        trainer.save_metrics("eval", results)  # eval_results.json, merged into all_results.json
-        logger.info("model, tokenizer and results saved to %s; loss curve: %s", output_dir,
-                    output_dir / CURVE_FILE)
+        data_lib.write_json(output_dir / RUN_INFO_FILE, run_record(model_args, data_args, training_args, formulation,
+                                                                   trainer, max_length))
+        write_model_card(output_dir, trainer.hub_model_id)
+    trainer.save_model()
+    logger.info("model, tokenizer, results and model card saved to %s; loss curve: %s", output_dir,
+                output_dir / CURVE_FILE)
     return {**metrics, **results}
+
+
+def run_record(model_args, data_args, training_args, formulation: str, trainer, max_length: int) -> dict:
+    """What the model card needs to describe the run (no tokens, no paths to secrets)."""
+    hyperparameters = {name: getattr(training_args, name) for name in (
+        "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+        "gradient_accumulation_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "bf16", "fp16")}
+    hyperparameters["lr_scheduler_type"] = str(hyperparameters["lr_scheduler_type"])
+    hyperparameters.update(world_size=training_args.world_size, max_seq_length=max_length,
+                           global_step=trainer.state.global_step)
+    return {
+        "base_model": model_args.model_name_or_path,
+        "task": model_args.task,
+        "formulation": formulation,
+        "subjects": data_args.subjects,
+        "hub_model_id": trainer.hub_model_id,
+        "hyperparameters": hyperparameters,
+        "deepspeed": getattr(training_args, "hf_ft_deepspeed", None),
+    }

@@ -1,0 +1,126 @@
+"""Model card and push, against a real HTTP server on 127.0.0.1 that speaks the hub's push protocol."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from conftest import TRAIN_ARGS, python, run_cli
+from fake_hub import GOOD_TOKEN, FakeHub
+
+
+@pytest.fixture()
+def run_dir(trained_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained_run[0], out)
+    (out / "rejected_rows.jsonl").write_text('{"line": 3}\n')
+    (out / "checkpoint-5").mkdir(exist_ok=True)
+    (out / "checkpoint-5" / "optimizer.pt").write_bytes(b"x")
+    return out
+
+
+def hub_env(hub, tmp_path, token=GOOD_TOKEN):
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0",
+           "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    if token is not None:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def card_metadata(readme: bytes) -> dict:
+    text = readme.decode("utf-8")
+    return yaml.safe_load(text.split("---")[1])
+
+
+def test_push_uploads_the_model_card_and_results_only(run_dir, tmp_path):
+    with FakeHub() as hub:
+        result = run_cli(python("-m", "hf_ft.cli", "push", str(run_dir), "--repo_id", "me/tiny-tmmlu"),
+                         env=hub_env(hub, tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pushed" in result.stdout and "commit " + "a" * 40 in result.stdout
+    assert len(hub.commits) == 1 and hub.commits[0]["repo"] == "me/tiny-tmmlu"
+    uploaded = hub.commits[0]["files"]
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md",
+            "validation_loss_curve.png", "eval_results.json", "all_results.json", "loss_history.json",
+            "test_qa_data.json", "data_manifest.json", "hf_ft_run.json"} <= set(uploaded)
+    assert not any(name.startswith("checkpoint-") or name.endswith((".pt", ".bin")) or "rejected" in name
+                   for name in uploaded)
+    # Token: sent as a header on every request, present in no uploaded file.
+    assert all(r["auth"] == f"Bearer {GOOD_TOKEN}" for r in hub.requests)
+    assert not any(GOOD_TOKEN.encode() in content for content in uploaded.values())
+    # The card's model-index equals eval_results.json.
+    meta = card_metadata(uploaded["README.md"])
+    results = json.loads(uploaded["eval_results.json"])
+    metrics = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["Accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)
+    assert metrics["TMMLU+ average"] == pytest.approx(results["test_tmmlu_average"], abs=1e-4)
+    for category in ("STEM", "humanities", "social_sciences", "other"):
+        assert metrics[f"Accuracy ({category})"] == pytest.approx(results[f"test_accuracy_{category}"], abs=1e-4)
+    assert meta["datasets"] == ["ikala/tmmluplus"] and meta["pipeline_tag"] == "multiple-choice"
+    assert meta["license"] == "apache-2.0" and "zh" in meta["language"]
+    body = uploaded["README.md"].decode()
+    assert "![Training and validation loss](validation_loss_curve.png)" in body
+    assert "hf-ft predict me/tiny-tmmlu" in body and "AutoModelForMultipleChoice" in body
+
+
+def test_dry_run_lists_and_sends_nothing(run_dir, tmp_path):
+    with FakeHub() as hub:
+        result = run_cli(python("-m", "hf_ft.cli", "push", str(run_dir), "--repo_id", "me/x", "--dry_run"),
+                         env=hub_env(hub, tmp_path))
+    assert result.returncode == 0 and hub.requests == []
+    assert "model.safetensors" in result.stdout and "checkpoint-5" not in result.stdout
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("bad_token", "rejected the token (401)"),
+    ("foreign_repo", "no write access to other/x (403)"),
+    ("server_error", "failed with HTTP 500; nothing was committed"),
+    ("no_token", "no Hugging Face token: set HF_TOKEN"),
+    ("network_down", "cannot reach the hub"),
+])
+def test_push_errors_are_one_clear_line(run_dir, tmp_path, case, expected):
+    repo = {"foreign_repo": "other/x", "server_error": "me/broken"}.get(case, "me/x")
+    with FakeHub() as hub:
+        env = hub_env(hub, tmp_path, token={"bad_token": "hf_wrong", "no_token": None}.get(case, GOOD_TOKEN))
+        if case == "network_down":
+            env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+        result = run_cli(python("-m", "hf_ft.cli", "push", str(run_dir), "--repo_id", repo), env=env, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert "pushed" not in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not hub.commits
+
+
+@pytest.mark.slow
+def test_push_to_hub_during_training(demo_data, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    with FakeHub() as hub:
+        result = run_cli(python("run_qa.py", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                                "--output_dir", str(out), *TRAIN_ARGS, "--num_train_epochs", "1",
+                                "--push_to_hub", "--hub_model_id", "me/trained-and-pushed"),
+                         env=hub_env(hub, tmp_path))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert hub.created and hub.created[0]["name"] == "trained-and-pushed"
+    assert len(hub.commits) == 1
+    uploaded = hub.commits[0]["files"]
+    assert "model.safetensors" in uploaded and "README.md" in uploaded
+    assert not any(n.startswith("checkpoint-") or n == "training_args.bin" for n in uploaded)
+    assert "hf_ft" in card_metadata(uploaded["README.md"])["tags"]
+    assert (out / "README.md").read_bytes() == uploaded["README.md"]
+
+
+def test_card_is_written_at_the_end_of_training(trained_run):
+    out, _ = trained_run
+    text = (out / "README.md").read_text(encoding="utf-8")
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "ikala/tmmluplus"
+    assert "## Training" in text and "learning rate" in text and "DeepSpeed" in text
+
+
+def test_hub_token_argument_is_refused(tmp_path):
+    from hf_ft.arguments import ConfigError, parse_args
+
+    with pytest.raises(ConfigError, match="--hub_token is not accepted"):
+        parse_args(["--output_dir", str(tmp_path), "--hub_token", "hf_secret"])
