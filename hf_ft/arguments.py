@@ -174,30 +174,73 @@ def build_parser(config: dict | None = None) -> HfArgumentParser:
     return parser
 
 
+def _pop_deepspeed(argv: list[str], config: dict) -> tuple[str | None, list[str], dict]:
+    """Take --deepspeed out: it is checked (and maybe dropped) before TrainingArguments sees it."""
+    argv, config = list(argv), dict(config)
+    path = config.pop("deepspeed", None)
+    for i, arg in enumerate(argv):
+        if arg == "--deepspeed" and i + 1 < len(argv):
+            path = argv[i + 1]
+            del argv[i:i + 2]
+            break
+        if arg.startswith("--deepspeed="):
+            path = arg.split("=", 1)[1]
+            del argv[i]
+            break
+    return path, argv, config
+
+
 def parse_args(argv: list[str] | None = None):
-    """Parse `[config.{json,yaml}] [--flag value ...]` into the four argument dataclasses."""
+    """Parse `[config.{json,yaml}] [--flag value ...]` into the four argument dataclasses.
+
+    A first parse gives the user's choices; defaults that depend on them (bf16 on a capable GPU,
+    the mlm task's best-model metric, a checked DeepSpeed config) are then set and parsed once more.
+    """
     import sys
+
+    from .deepspeed_setup import decide
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config = {}
     if argv and not argv[0].startswith("-") and argv[0].lower().endswith((".json", ".yaml", ".yml")):
         config = load_config_file(argv.pop(0))
+    ds_path, argv, config = _pop_deepspeed(argv, config)
     parser = build_parser(config)
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if model_args.task == "mlm" and "metric_for_best_model" not in config and "--metric_for_best_model" not in argv:
-        parser.set_defaults(metric_for_best_model="loss", greater_is_better=False)
-        model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if _bf16_wanted(run_args, training_args):
-        parser.set_defaults(bf16=True)
-        model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if not training_args.output_dir or training_args.output_dir == "trainer_output" and "--output_dir" not in argv \
-            and "output_dir" not in config:
-        parser.error("--output_dir is required")
+    if not training_args.output_dir or (training_args.output_dir == "trainer_output" and "output_dir" not in config
+                                        and not any(a.startswith("--output_dir") for a in argv)):
+        raise ConfigError("--output_dir is required")
     if training_args.hub_token:
         raise ConfigError("--hub_token is not accepted: it would be saved with the run's arguments; set HF_TOKEN "
                           "or run `hf auth login` instead")
     data_args.ratios()
+
+    overrides = {}
+    if model_args.task == "mlm" and "metric_for_best_model" not in config and "--metric_for_best_model" not in argv:
+        overrides.update(metric_for_best_model="loss", greater_is_better=False)
+    if _bf16_wanted(run_args, training_args):
+        overrides["bf16"] = True
+        training_args.bf16 = True  # so the DeepSpeed check compares against the final value
+    deepspeed = decide(ds_path, training_args, run_args)
+    if not deepspeed.used and not training_args.use_cpu and not _cuda_present():
+        # Without CUDA, transformers 5 + accelerate see a launcher's processes as independent one-process
+        # runs unless use_cpu is set; with it they form a real gloo process group.
+        overrides["use_cpu"] = True
+    if deepspeed.used:
+        overrides["deepspeed"] = deepspeed.effective_config
+        if deepspeed.configured_state:
+            overrides["accelerator_config"] = {"use_configured_state": True}
+    if overrides:
+        parser.set_defaults(**overrides)
+        model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    training_args.hf_ft_deepspeed = deepspeed.record()
     return model_args, data_args, run_args, training_args
+
+
+def _cuda_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _bf16_wanted(run_args: RunArguments, training_args: TrainingArguments) -> bool:
@@ -205,4 +248,4 @@ def _bf16_wanted(run_args: RunArguments, training_args: TrainingArguments) -> bo
         return False
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return _cuda_present() and torch.cuda.is_bf16_supported()

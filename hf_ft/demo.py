@@ -105,7 +105,7 @@ def _characters(paths: list[str | Path]) -> list[str]:
 
 def make_tiny_model(out_dir: str | Path, vocab_from: list[str | Path], hidden_size: int = 64,
                     num_layers: int = 2, num_heads: int = 2, intermediate_size: int = 128,
-                    max_positions: int = 512, seed: int = 0) -> Path:
+                    max_positions: int = 512, seed: int = 0, dropout: float = 0.1) -> Path:
     """A randomly initialised small BertForMaskedLM + tokenizer (like bert-base-chinese, just tiny)."""
     import torch
     from transformers import BertConfig, BertForMaskedLM, BertTokenizer
@@ -122,7 +122,8 @@ def make_tiny_model(out_dir: str | Path, vocab_from: list[str | Path], hidden_si
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=num_layers,
                         num_attention_heads=num_heads, intermediate_size=intermediate_size,
-                        max_position_embeddings=max_positions, pad_token_id=0)
+                        max_position_embeddings=max_positions, pad_token_id=0,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     model = BertForMaskedLM(config)
     model.save_pretrained(out, safe_serialization=True)
     return out

@@ -28,7 +28,7 @@ PUSHED_PATTERNS = [
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
     "vocab.json", "merges.txt", "*.model", "chat_template.jinja",
     CARD_FILE, "validation_loss_curve.png", "loss_history.json", "all_results.json", "eval_results.json",
-    "train_results.json", "test_qa_data.json", "data_manifest.json", RUN_INFO_FILE,
+    "train_results.json", "test_qa_data.json", "test_predictions.jsonl", "data_manifest.json", RUN_INFO_FILE,
     "comparison/comparison.json", "comparison/comparison.md", "comparison/comparison.png",
 ]
 CHECKPOINT_PATTERNS = ["checkpoint-*/*", "checkpoint-*/**/*"]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, set_seed
@@ -98,6 +99,7 @@ def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str | None, over
     if resume_from_checkpoint:
         if not Path(resume_from_checkpoint).is_dir():
             raise OutputDirError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint directory")
+        logger.info("resuming from %s", resume_from_checkpoint)
         return resume_from_checkpoint
     out = Path(output_dir)
     if overwrite or not out.is_dir() or not any(out.iterdir()):
@@ -111,6 +113,25 @@ def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str | None, over
               else "is not empty and has no checkpoint to resume from")
     raise OutputDirError(f"output_dir {out} {reason}; pass --overwrite_output_dir to train into it anyway, "
                          "or choose another --output_dir")
+
+
+def decide_on_main_process(training_args, fn, *args):
+    """Run `fn` on the main process only and give every process its answer (or its error), so that
+    no rank decides from files another rank has just written."""
+    outcome = [None]
+    if training_args.process_index == 0:
+        try:
+            outcome = [("ok", fn(*args))]
+        except UserError as e:
+            outcome = [("error", e)]
+    if training_args.world_size > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(outcome, from_process=0)
+    status, value = outcome[0]
+    if status == "error":
+        raise value
+    return value
 
 
 def load_rows(data_args: DataArguments, cache_dir: str | None) -> data_lib.LoadedData:
@@ -136,8 +157,11 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
     training_args.remove_unused_columns = False
     if formulation == "mlm" and training_args.metric_for_best_model == "accuracy":
         training_args.metric_for_best_model, training_args.greater_is_better = "loss", False
-    checkpoint = resolve_checkpoint(str(output_dir), training_args.resume_from_checkpoint,
-                                    run_args.overwrite_output_dir)
+    checkpoint = decide_on_main_process(training_args, resolve_checkpoint, str(output_dir),
+                                        training_args.resume_from_checkpoint, run_args.overwrite_output_dir)
+    deepspeed = getattr(training_args, "hf_ft_deepspeed", None) or {"used": False}
+    logger.info("DeepSpeed: %s", f"ZeRO stage {deepspeed['stage']} ({deepspeed['config']})" if deepspeed["used"]
+                else f"not used ({deepspeed['reason']})" if deepspeed.get("reason") else "not used")
     set_seed(training_args.seed)
 
     # 1. Files → validated rows (bad rows stop the run, or are skipped and written down).
@@ -197,6 +221,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(train_result.metrics)
     metrics["train_samples"] = len(train_set)
+    metrics["deepspeed_stage"] = deepspeed["stage"] if deepspeed["used"] else -1
+    if torch.cuda.is_available() and not training_args.use_cpu:
+        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
@@ -208,7 +235,13 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
             continue
         if scores_accuracy:
             trainer.compute_metrics = build_compute_metrics(dataset["subject"], per_subject=True)
-        split_metrics = trainer.evaluate(dataset, metric_key_prefix=split)
+        if split == "test" and scores_accuracy:
+            prediction = trainer.predict(dataset, metric_key_prefix=split)
+            split_metrics = prediction.metrics
+            if is_main:
+                write_test_predictions(output_dir, dataset, prediction.predictions, [r.id for r in splits.test])
+        else:
+            split_metrics = trainer.evaluate(dataset, metric_key_prefix=split)
         split_metrics[f"{split}_samples"] = len(dataset)
         trainer.log_metrics(split, split_metrics)
         results.update(split_metrics)
@@ -225,6 +258,15 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
     logger.info("model, tokenizer, results and model card saved to %s; loss curve: %s", output_dir,
                 output_dir / CURVE_FILE)
     return {**metrics, **results}
+
+
+def write_test_predictions(output_dir: Path, dataset, logits, item_order: list[str]) -> None:
+    """`test_predictions.jsonl`: the trained model's option scores per test item, in test_qa_data.json order."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    by_id = {item_id: row for item_id, row in zip(dataset["id"], logits)}
+    data_lib.write_jsonl(output_dir / "test_predictions.jsonl", (
+        {"id": item_id, "prediction": "ABCD"[int(by_id[item_id].argmax())],
+         "scores": [float(x) for x in by_id[item_id]]} for item_id in item_order))
 
 
 def run_record(model_args, data_args, training_args, formulation: str, trainer, max_length: int) -> dict:

@@ -1,0 +1,58 @@
+"""`make train ZERO=N [OFFLOAD=1] [NPROC=K]`: start run_qa.py through `accelerate launch` with the
+matching ds_configs/ file.
+
+On a machine without GPUs, `accelerate launch --cpu --num_processes 2` silently starts one process;
+`--multi_gpu` makes accelerate start real processes (torch.distributed with gloo), so that is what
+is used whenever more than one process is asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from .deepspeed_setup import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ds_config_for(zero: int, offload: bool) -> Path:
+    if zero not in (0, 1, 2, 3):
+        raise SystemExit(f"error: ZERO must be 0, 1, 2 or 3, got {zero}")
+    if offload and zero < 2:
+        raise SystemExit(f"error: OFFLOAD=1 needs ZERO=2 or ZERO=3 (got ZERO={zero})")
+    return ROOT / "ds_configs" / (f"zero{zero}_offload.json" if offload else f"zero{zero}.json")
+
+
+def build_command(zero: int, offload: bool, nproc: int, run_args: list[str], port: int | None = None) -> list[str]:
+    if nproc < 1:
+        raise SystemExit(f"error: NPROC must be at least 1, got {nproc}")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port or free_port())]
+    if nproc > 1:
+        command.append("--multi_gpu")  # real processes on CPU and GPU alike
+    return [*command, str(ROOT / "run_qa.py"), "--deepspeed", str(ds_config_for(zero, offload)), *run_args]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, run_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(prog="python -m hf_ft.launch", description=__doc__)
+    parser.add_argument("--zero", type=int, default=0)
+    parser.add_argument("--offload", type=int, default=0)
+    parser.add_argument("--nproc", type=int, default=1)
+    parser.add_argument("--dry_run", action="store_true", help="print the command instead of running it")
+    args = parser.parse_args(ours)
+    command = build_command(args.zero, bool(args.offload), args.nproc, run_args)
+    print("+ " + shlex.join(command), flush=True)
+    if args.dry_run:
+        return
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

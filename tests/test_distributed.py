@@ -1,0 +1,203 @@
+"""DeepSpeed ZeRO and multi-process training on the CPU: real engines, real process groups."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, python, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def still_model(tmp_path_factory, demo_data):
+    """A tiny model without dropout, so separate processes compute exactly comparable losses."""
+    from hf_ft.demo import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("still") / "model", [demo_data], dropout=0.0, seed=1)
+
+
+def run_args(model, data, out, *extra):
+    return ["--model_name_or_path", str(model), "--data_dir", str(data), "--subjects", "music,STEM",
+            "--output_dir", str(out), "--max_seq_length", "64", "--per_device_train_batch_size", "8",
+            "--learning_rate", "2e-3", "--logging_steps", "1", "--max_steps", "12", "--save_strategy", "steps",
+            "--save_steps", "6", "--eval_strategy", "steps", "--eval_steps", "6", "--seed", "0", *extra]
+
+
+def launch(zero: int | None, nproc: int, args: list[str], timeout: int = 600):
+    """`make train ZERO=..` (hf_ft.launch → accelerate launch), or torchrun without DeepSpeed."""
+    if zero is None:
+        command = python("-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+                         str(_port()), "run_qa.py", *args)
+    else:
+        command = python("-m", "hf_ft.launch", "--zero", str(zero), "--nproc", str(nproc), "--", *args)
+    result = run_cli(command, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def _port() -> int:
+    from hf_ft.deepspeed_setup import free_port
+
+    return free_port()
+
+
+def train_losses(out) -> dict[int, float]:
+    state = json.loads((out / "trainer_state.json").read_text())
+    return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
+
+
+def first_step(out) -> dict:
+    state = json.loads((out / "trainer_state.json").read_text())
+    return next(e for e in state["log_history"] if e.get("step") == 1 and "loss" in e)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config checks and fallback (no training)
+
+
+@pytest.mark.parametrize("config,extra,expected", [
+    ("{", [], "not valid JSON"),
+    ('{"zero_optimisation": {"stage": 2}}', [], "unknown key 'zero_optimisation' (did you mean zero_optimization"),
+    ('{"zero_optimization": {"stage": 2, "overlap_com": true}}', [], "zero_optimization.overlap_com: unknown key"),
+    ('{"zero_optimization": {"stage": 2, "reduce_bucket_size": "lots"}}', [], "zero_optimization.reduce_bucket_size"),
+    ('{"gradient_accumulation_steps": "two"}', [], "'gradient_accumulation_steps' must be an integer"),
+    ('{"zero_optimization": {"stage": 5}}', [], "'zero_optimization.stage' must be 0, 1, 2 or 3"),
+    ('{"train_micro_batch_size_per_gpu": 4}', ["--per_device_train_batch_size", "8"],
+     "'train_micro_batch_size_per_gpu' is 4 but TrainingArguments give 8"),
+    ('{"gradient_clipping": 0.5}', [], "'gradient_clipping' is 0.5 but TrainingArguments give 1.0"),
+    ('{"zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}}}', [], "offload needs ZeRO stage 2"),
+    ('{"zero_optimization": {"stage": 2}}', ["--auto_find_batch_size"], "--auto_find_batch_size cannot be used"),
+    ('{"fp16": {"enabled": "auto"}, "zero_optimization": {"stage": 2}}', ["--fp16"], "fp16 needs a GPU"),
+])
+def test_config_errors_are_one_line_each(tmp_path, config, extra, expected):
+    from hf_ft.arguments import parse_args
+    from hf_ft.errors import UserError
+
+    path = tmp_path / "ds.json"
+    path.write_text(config, encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        parse_args(["--output_dir", str(tmp_path / "o"), "--deepspeed", str(path), *extra])
+    assert expected in str(err.value)
+    assert all(line.startswith(f"--deepspeed {path}: ") for line in str(err.value).splitlines())
+
+
+def test_missing_config_and_offload_flag_errors(tmp_path):
+    result = run_cli(python("run_qa.py", "--output_dir", str(tmp_path), "--deepspeed", "nope.json"))
+    assert result.returncode == 2 and "--deepspeed nope.json: config file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    from hf_ft.launch import build_command
+
+    with pytest.raises(SystemExit, match="OFFLOAD=1 needs ZERO=2 or ZERO=3"):
+        build_command(1, True, 1, [])
+
+
+def test_offload_without_a_gpu_falls_back(tmp_path, caplog):
+    from hf_ft.arguments import parse_args
+
+    _, _, _, args = parse_args(["--output_dir", str(tmp_path), "--deepspeed", "ds_configs/zero3_offload.json"])
+    assert args.deepspeed is None
+    assert args.hf_ft_deepspeed["used"] is False and "offload" in args.hf_ft_deepspeed["reason"]
+    assert "Training continues with plain PyTorch" in caplog.text
+    from hf_ft.errors import UserError
+
+    with pytest.raises(UserError, match="--require_deepspeed: ZeRO offload"):
+        parse_args(["--output_dir", str(tmp_path), "--deepspeed", "ds_configs/zero3_offload.json",
+                    "--require_deepspeed"])
+
+
+def test_fallback_when_deepspeed_cannot_be_imported(tmp_path, demo_data, tiny_model):
+    shadow = tmp_path / "shadow" / "deepspeed"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("simulated broken DeepSpeed")\n')
+    env = {"PYTHONPATH": str(tmp_path / "shadow")}
+    out = tmp_path / "out"
+    args = run_args(tiny_model, demo_data, out, "--max_steps", "3", "--deepspeed", "ds_configs/zero3.json")
+    result = run_cli(python("run_qa.py", *args), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = "DeepSpeed not used: DeepSpeed cannot be imported (ImportError: simulated broken DeepSpeed)"
+    assert (result.stdout + result.stderr).count(warning) == 1
+    assert "dropped: ZeRO stage 3" in result.stderr
+    record = json.loads((out / "hf_ft_run.json").read_text())["deepspeed"]
+    assert record["used"] is False and record["stage"] == 3 and "simulated" in record["reason"]
+    assert json.loads((out / "train_results.json").read_text())["deepspeed_stage"] == -1
+    strict = run_cli(python("run_qa.py", *run_args(tiny_model, demo_data, tmp_path / "strict", "--deepspeed",
+                                                   "ds_configs/zero3.json", "--require_deepspeed")), env=env)
+    assert strict.returncode == 2 and "--require_deepspeed: DeepSpeed cannot be imported" in strict.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Training under ZeRO, 1 and 2 processes
+
+
+@pytest.mark.parametrize("zero,nproc", [(0, 1), (0, 2), (3, 1), (3, 2)])
+def test_zero_training_saves_a_model_that_predicts_identically(zero, nproc, tmp_path, demo_data, tiny_model):
+    out = tmp_path / "out"
+    launch(zero, nproc, run_args(tiny_model, demo_data, out))
+    record = json.loads((out / "hf_ft_run.json").read_text())
+    assert record["deepspeed"]["used"] and record["deepspeed"]["stage"] == zero
+    assert record["hyperparameters"]["world_size"] == nproc
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 12
+    assert (out / "validation_loss_curve.png").is_file() and (out / "checkpoint-12").is_dir()
+    # The saved model.safetensors is an ordinary HF model that scores exactly like the trained one did.
+    from hf_ft.data import load_items
+    from hf_ft.scoring import load_scorer
+
+    rows = load_items(out / "test_qa_data.json")
+    reloaded = load_scorer(str(out), use_cpu=True, max_length=64).score(rows, batch_size=32, progress=False)
+    trained = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in trained] == [r.id for r in rows]
+    np.testing.assert_allclose(reloaded, [p["scores"] for p in trained], atol=1e-5)
+
+
+@pytest.mark.parametrize("zero", [None, 3])
+def test_two_processes_give_the_one_process_loss_and_gradients(zero, tmp_path, demo_data, still_model):
+    """Same 16 examples in the first step: one process with batch 16, or two with batch 8 each."""
+    common = ["--train_sampling_strategy", "sequential", "--max_steps", "1", "--eval_strategy", "no",
+              "--save_strategy", "no", "--load_best_model_at_end", "false"]
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    launch(zero, 1, run_args(still_model, demo_data, one, *common, "--per_device_train_batch_size", "16"))
+    launch(zero, 2, run_args(still_model, demo_data, two, *common, "--per_device_train_batch_size", "8"))
+    a, b = first_step(one), first_step(two)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+    assert 1.2 < b["loss"] < 1.6  # about ln 4 for an untrained head, not twice that
+
+
+def test_zero3_two_process_resume_reproduces_the_uninterrupted_run(tmp_path, demo_data, tiny_model):
+    full = tmp_path / "full"
+    launch(3, 2, run_args(tiny_model, demo_data, full))
+    resumed = tmp_path / "resumed"
+    result = launch(3, 2, run_args(tiny_model, demo_data, resumed, "--resume_from_checkpoint",
+                                   str(full / "checkpoint-6")))
+    assert f"resuming from {full / 'checkpoint-6'}" in result.stdout + result.stderr
+    reference, continued = train_losses(full), train_losses(resumed)
+    assert sorted(continued) == list(range(1, 13))  # the history comes with the checkpoint
+    for step in range(7, 13):
+        assert continued[step] == pytest.approx(reference[step], rel=1e-5), step
+
+
+def test_two_nodes_on_loopback_train_together(tmp_path, demo_data, tiny_model):
+    """Two launcher invocations (node 0 and node 1, one process each) against a master on 127.0.0.1."""
+    single = tmp_path / "single"
+    launch(None, 2, run_args(tiny_model, demo_data, single))
+    nodes = tmp_path / "nodes"
+    port = str(_port())
+    procs = []
+    for rank in (0, 1):
+        command = python("-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2", "--machine_rank",
+                         str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                         "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+                         "run_qa.py", *run_args(tiny_model, demo_data, nodes))
+        procs.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outputs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert train_losses(nodes) == pytest.approx(train_losses(single), rel=1e-5)
+    assert json.loads((nodes / "hf_ft_run.json").read_text())["hyperparameters"]["world_size"] == 2
