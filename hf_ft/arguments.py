@@ -194,7 +194,7 @@ def parse_args(argv: list[str] | None = None):
     """Parse `[config.{json,yaml}] [--flag value ...]` into the four argument dataclasses.
 
     A first parse gives the user's choices; defaults that depend on them (bf16 on a capable GPU,
-    the mlm task's best-model metric, a checked DeepSpeed config) are then set and parsed once more.
+    use_cpu without CUDA, a checked DeepSpeed config) are then set and parsed once more.
     """
     import sys
 
@@ -216,8 +216,6 @@ def parse_args(argv: list[str] | None = None):
     data_args.ratios()
 
     overrides = {}
-    if model_args.task == "mlm" and "metric_for_best_model" not in config and "--metric_for_best_model" not in argv:
-        overrides.update(metric_for_best_model="loss", greater_is_better=False)
     if _bf16_wanted(run_args, training_args):
         overrides["bf16"] = True
         training_args.bf16 = True  # so the DeepSpeed check compares against the final value

@@ -142,57 +142,112 @@ def _file_format(path: Path) -> str:
     raise DataError(f"{path}: unsupported file type '{suffix}' (use .csv, .json or .jsonl)")
 
 
-def read_records(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_COLUMNS) -> tuple[list[dict], list[int], str]:
-    """Read a CSV/JSON/JSONL file with `datasets`; return records, their line numbers and the unit ("line"/"item")."""
-    import datasets
+@dataclass
+class FileRecords:
+    path: Path
+    records: list[dict]
+    lines: list[int]
+    unit: str  # "line" (CSV, JSONL) or "item" (JSON array)
 
-    path = Path(path)
+
+def _precheck(path: Path) -> str:
+    """Exists, is not empty, is UTF-8; returns the format from the extension."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     fmt = _file_format(path)
     raw = path.read_bytes()
-    if not raw.decode("utf-8", errors="replace").lstrip("\ufeff").strip():
-        raise DataError(f"{path}: the file is empty")
     try:
-        raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    if not text.lstrip("\ufeff").strip():
+        raise DataError(f"{path}: the file is empty")
+    return fmt
+
+
+def _parse_error(path: Path, fmt: str, error: Exception) -> DataError:
+    """datasets wraps pandas/pyarrow parse errors in several layers: report the innermost reason."""
+    reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    cause = error.__cause__ or error.__context__
+    if cause is not None and str(cause).strip():
+        reason = str(cause).strip().splitlines()[-1]
+    return DataError(f"{path}: not a valid {fmt.upper()} file: {reason}")
+
+
+def _load(builder: str, files: list[Path], **kwargs):
+    import datasets
 
     datasets.disable_progress_bars()
     try:
-        if fmt == "csv":
-            lines = _record_lines_csv(path)
-            if not lines:
-                raise DataError(f"{path}: the file has a header but no rows")
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                header = next(csv.reader(f), [])
-            features = datasets.Features({name: datasets.Value("string") for name in header})
-            table = datasets.load_dataset(
-                "csv", data_files=str(path), split="train", encoding="utf-8-sig", features=features,
-                keep_default_na=False, na_filter=False,
-            )
-        else:
-            table = datasets.load_dataset("json", data_files=str(path), split="train")
-            lines = _record_lines_jsonl(path) if fmt == "jsonl" else list(range(1, len(table) + 1))
-    except DataError:
-        raise
-    except Exception as e:  # datasets wraps pandas/pyarrow parse errors in several types
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        cause = e.__cause__ or e.__context__
-        if cause is not None and str(cause).strip():
-            reason = str(cause).strip().splitlines()[-1]
-        raise DataError(f"{path}: not a valid {fmt.upper()} file: {reason}") from None
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
     finally:
         datasets.enable_progress_bars()
 
-    records = table.to_list()
-    if not records:
-        raise DataError(f"{path}: the file has a header but no rows")
-    if fmt != "json" and len(lines) != len(records):  # should not happen; fall back to record numbers
-        lines = list(range(2 if fmt == "csv" else 1, len(records) + 2))
-    columns = set(table.column_names)
-    if "options" in columns and not set(LETTERS) <= columns:  # the test_qa_data.json format
-        for r in records:
+
+def _read_csv_group(paths: list[Path], header: list[str], lines: dict[Path, list[int]]) -> list[FileRecords]:
+    """CSV files sharing a header, read in one `load_dataset` call (one Arrow cache, not one per file)."""
+    import datasets
+
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    kwargs = dict(encoding="utf-8-sig", features=features, keep_default_na=False, na_filter=False)
+    try:
+        table = _load("csv", paths, **kwargs)
+    except Exception as error:
+        if len(paths) == 1:
+            raise _parse_error(paths[0], "csv", error) from None
+        table = None
+    if table is None or len(table) != sum(len(lines[p]) for p in paths):
+        if len(paths) > 1:  # read one by one, so an error or the line numbers belong to the right file
+            return [r for p in paths for r in _read_csv_group([p], header, lines)]
+        # pandas counted records differently from the csv module (unusual quoting): use record numbers
+        return [FileRecords(paths[0], table.to_list(), list(range(2, len(table) + 2)), "line")]
+    rows = table.to_list()
+    out, start = [], 0
+    for p in paths:
+        n = len(lines[p])
+        out.append(FileRecords(p, rows[start:start + n], lines[p], "line"))
+        start += n
+    return out
+
+
+def read_files(paths: list[str | os.PathLike]) -> list[FileRecords]:
+    """Read CSV/JSON/JSONL files with `datasets`, keeping the line number of every record."""
+    paths = [Path(p) for p in paths]
+    formats = {p: _precheck(p) for p in paths}
+    csv_lines: dict[Path, list[int]] = {}
+    groups: dict[tuple[str, ...], list[Path]] = {}
+    for p in paths:
+        if formats[p] == "csv":
+            csv_lines[p] = _record_lines_csv(p)
+            if not csv_lines[p]:
+                raise DataError(f"{p}: the file has a header but no rows")
+            with open(p, encoding="utf-8-sig", newline="") as f:
+                groups.setdefault(tuple(next(csv.reader(f), [])), []).append(p)
+    by_path: dict[Path, FileRecords] = {}
+    for header, group in groups.items():
+        for result in _read_csv_group(group, list(header), csv_lines):
+            by_path[result.path] = result
+    for p in paths:
+        if formats[p] == "csv":
+            continue
+        try:
+            table = _load("json", [p])
+        except Exception as error:
+            raise _parse_error(p, formats[p], error) from None
+        lines = _record_lines_jsonl(p) if formats[p] == "jsonl" else list(range(1, len(table) + 1))
+        if len(lines) != len(table):
+            lines = list(range(1, len(table) + 1))
+        by_path[p] = FileRecords(p, table.to_list(), lines, "item" if formats[p] == "json" else "line")
+    return [by_path[p] for p in paths]
+
+
+def check_columns(result: FileRecords, required: tuple[str, ...] = REQUIRED_COLUMNS) -> FileRecords:
+    """Accept the test_qa_data.json shape ({options: {A..D}}); every required column must be present."""
+    if not result.records:
+        raise DataError(f"{result.path}: the file has a header but no rows")
+    columns = set(result.records[0])
+    if "options" in columns and not set(LETTERS) <= columns:
+        for r in result.records:
             options = r.pop("options") or {}
             for letter in LETTERS:
                 r[letter] = options.get(letter) if isinstance(options, dict) else None
@@ -201,10 +256,16 @@ def read_records(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_C
     if missing:
         optional = [c for c in ("answer", "subject", "id") if c not in required]
         raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(sorted(columns)) or 'none'} "
+            f"{result.path}: missing column(s) {', '.join(missing)}; found {', '.join(sorted(columns)) or 'none'} "
             f"(need {','.join(required)} and optionally {','.join(optional)})"
         )
-    return records, lines, ("item" if fmt == "json" else "line")
+    return result
+
+
+def read_records(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_COLUMNS) -> tuple[list[dict], list[int], str]:
+    """One file: its records, their line numbers and the unit ("line" or "item")."""
+    result = check_columns(read_files([path])[0], required)
+    return result.records, result.lines, result.unit
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,12 +359,13 @@ def load_data_dir(data_dir: str, subjects: str = "all") -> LoadedData:
     pools: dict[str, list[QARow]] = {"dev": [], "val": [], "test": []}
     problems: list[Problem] = []
     seen: dict[str, str] = {}
-    for subject in chosen:
-        for pool, path in sorted(files[subject].items()):
-            records, lines, unit = read_records(path)
-            rows, bad = validate_records(records, lines, str(path), subject, seen, unit)
-            pools[pool].extend(rows)
-            problems.extend(bad)
+    wanted = [(subject, pool, path) for subject in chosen for pool, path in sorted(files[subject].items())]
+    results = read_files([path for _, _, path in wanted])  # one datasets read for the whole folder
+    for (subject, pool, path), result in zip(wanted, results):
+        check_columns(result)
+        rows, bad = validate_records(result.records, result.lines, str(path), subject, seen, result.unit)
+        pools[pool].extend(rows)
+        problems.extend(bad)
     source = {"kind": "data_dir", "path": str(data_dir)}
     return LoadedData(pools, problems, source, "tmmluplus", chosen)
 

@@ -6,25 +6,24 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
-from torch.utils.data import SequentialSampler
-from transformers import Trainer, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import data as data_lib
 from .arguments import DataArguments, ModelArguments, RunArguments
 from .callbacks import CURVE_FILE, LossCurveCallback
 from .errors import UserError
-from .hub import RUN_INFO_FILE, push_output_dir, write_model_card
+from .hub import RUN_INFO_FILE, write_model_card
 from .metrics import build_compute_metrics
 from .modeling import load_model, load_tokenizer
 from .preprocessing import count_truncated, encode, make_collator
+from .trainer import QATrainer
 
 logger = logging.getLogger("hf_ft")
 
@@ -33,46 +32,6 @@ FINAL_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytor
 
 class OutputDirError(UserError):
     pass
-
-
-class QATrainer(Trainer):
-    """The Trainer, with a separate evaluation collator (no option shuffling at evaluation) and
-    evaluation in dataset order (our evaluation sets are pre-sorted by length, and the metrics map
-    predictions back to subjects by position)."""
-
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eval_data_collator = eval_data_collator
-
-    def create_model_card(self, *args, **kwargs):
-        """Our card (results, comparison, loss curve), not the Trainer's generic one."""
-        if self.is_world_process_zero():
-            write_model_card(self.args.output_dir, self.hub_model_id)
-
-    def push_to_hub(self, commit_message: str | None = "Upload model trained with hf_ft", blocking: bool = True,
-                    **kwargs):
-        """The Trainer's push (it runs from `save_model` when --push_to_hub is set), uploading our card and
-        only the model, tokenizer and result files: no checkpoints, optimizer states or rejected rows."""
-        if not self.is_world_process_zero():
-            return None
-        self.create_model_card()
-        return push_output_dir(self.args.output_dir, self.hub_model_id, private=bool(self.args.hub_private_repo),
-                               commit_message=commit_message or "Upload model trained with hf_ft")
-
-    def _get_eval_sampler(self, eval_dataset):
-        if self.args.world_size <= 1:
-            return SequentialSampler(eval_dataset)
-        return None  # accelerate shards in order and gathers back in order
-
-    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
-                        dataloader_key=None):
-        if is_training or self.eval_data_collator is None:
-            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
-        try:
-            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        finally:
-            self.data_collator = train_collator
 
 
 def setup_logging(training_args) -> None:
@@ -155,7 +114,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
 
     # Our collators pick the model inputs themselves; the `length` column must reach the sampler.
     training_args.remove_unused_columns = False
-    if formulation == "mlm" and training_args.metric_for_best_model == "accuracy":
+    if formulation == "mlm" and training_args.metric_for_best_model == "accuracy":  # no accuracy to select on
         training_args.metric_for_best_model, training_args.greater_is_better = "loss", False
     checkpoint = decide_on_main_process(training_args, resolve_checkpoint, str(output_dir),
                                         training_args.resume_from_checkpoint, run_args.overwrite_output_dir)
@@ -265,7 +224,7 @@ def write_test_predictions(output_dir: Path, dataset, logits, item_order: list[s
     logits = logits[0] if isinstance(logits, tuple) else logits
     by_id = {item_id: row for item_id, row in zip(dataset["id"], logits)}
     data_lib.write_jsonl(output_dir / "test_predictions.jsonl", (
-        {"id": item_id, "prediction": "ABCD"[int(by_id[item_id].argmax())],
+        {"id": item_id, "prediction": data_lib.LETTERS[int(by_id[item_id].argmax())],
          "scores": [float(x) for x in by_id[item_id]]} for item_id in item_order))
 
 

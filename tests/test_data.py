@@ -140,3 +140,19 @@ def test_data_dir_layout_subject_selection(demo_data):
     with pytest.raises(DataError, match="no data for subject.*physics"):
         load_data_dir(str(demo_data), "physics")
     assert len(load_data_dir(str(demo_data)).subjects) == 8
+
+
+def test_a_broken_file_in_a_folder_is_named(tmp_path):
+    for subject in ("music", "physics"):
+        for split in ("dev", "val", "test"):
+            write_csv(tmp_path / f"{subject}_{split}.csv", [[f"{subject} {split} q{i}", "a", "b", "c", "d", "A"]
+                                                          for i in range(3)])
+    loaded = load_data_dir(str(tmp_path))
+    assert [r.line for r in loaded.pools["test"]] == [2, 3, 4, 2, 3, 4]
+    assert [r.source.rsplit("/", 1)[-1] for r in loaded.pools["test"]] == ["music_test.csv"] * 3 + ["physics_test.csv"] * 3
+    assert [r.subject for r in loaded.pools["val"]] == ["music"] * 3 + ["physics"] * 3
+    (tmp_path / "physics_val.csv").write_text('question,A,B,C,D,answer\n"unclosed,a,b,c,d,A\nq,a,b,c,d\n',
+                                              encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_data_dir(str(tmp_path))
+    assert "physics_val.csv" in str(err.value) and "music" not in str(err.value)

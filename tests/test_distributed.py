@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import ROOT, python, run_cli
 
@@ -154,6 +152,17 @@ def test_zero_training_saves_a_model_that_predicts_identically(zero, nproc, tmp_
     trained = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
     assert [p["id"] for p in trained] == [r.id for r in rows]
     np.testing.assert_allclose(reloaded, [p["scores"] for p in trained], atol=1e-5)
+
+
+def test_plain_python_with_deepspeed_needs_no_launcher(tmp_path, demo_data, tiny_model):
+    out = tmp_path / "out"
+    result = run_cli(python("run_qa.py", *run_args(tiny_model, demo_data, out, "--max_steps", "3", "--deepspeed",
+                                                   "ds_configs/zero2.json", "--require_deepspeed")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mpi4py" not in result.stderr
+    assert json.loads((out / "hf_ft_run.json").read_text())["deepspeed"] == {
+        "used": True, "config": "ds_configs/zero2.json", "stage": 2, "offload": False, "reason": None}
+    assert json.loads((out / "train_results.json").read_text())["deepspeed_stage"] == 2
 
 
 @pytest.mark.parametrize("zero", [None, 3])

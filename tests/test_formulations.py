@@ -1,0 +1,118 @@
+"""The joint formulation, option shuffling, length-grouped batching, and the benchmark script."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TRAIN_ARGS, python, run_cli, train_in_process
+from hf_ft.data import QARow, load_items
+
+
+@pytest.fixture(scope="module")
+def joint_run(tmp_path_factory, demo_data, tiny_model):
+    out = tmp_path_factory.mktemp("joint") / "out"
+    metrics = train_in_process(["--formulation", "joint", "--model_name_or_path", str(tiny_model), "--data_dir",
+                                str(demo_data), "--output_dir", str(out), *TRAIN_ARGS])
+    return out, metrics
+
+
+def test_joint_trains_saves_reloads_and_predicts_the_same(joint_run):
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_ft.scoring import load_scorer
+
+    out, metrics = joint_run
+    assert metrics["test_accuracy"] > 0.4  # chance is 0.25
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_labels == 4 and model.config.hf_ft_formulation == "joint"
+    scorer = load_scorer(str(out), use_cpu=True, max_length=128)
+    assert scorer.name == "head (joint)"
+    rows = load_items(out / "test_qa_data.json")
+    trained = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(scorer.score(rows, progress=False), [t["scores"] for t in trained], atol=1e-5)
+    accuracy = np.mean([t["prediction"] == r.answer for t, r in zip(trained, rows)])
+    assert accuracy == pytest.approx(metrics["test_accuracy"])
+
+
+def test_joint_model_in_predict_and_evaluate(joint_run, tiny_model, tmp_path):
+    out, _ = joint_run
+    single = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--question", "下列何者屬於「樂器」？",
+                            "--choices", "二胡", "老虎", "芒果", "氫", "--use_cpu"))
+    assert single.returncode == 0 and "head (joint)" in single.stdout, single.stderr[-2000:]
+    three = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--question", "問題", "--choices", "a", "b", "c"))
+    assert three.returncode == 2 and "answers exactly 4 options" in three.stderr
+    from hf_ft.evaluate import EvaluateArguments, run
+
+    report = run(EvaluateArguments(original=str(tiny_model), finetuned=str(out), output_dir=str(tmp_path),
+                                   use_cpu=True, max_seq_length=128))
+    assert report["finetuned"]["scorer"] == "head (joint)" and report["paired"]["overall"]["difference"] > 0.1
+
+
+def test_option_shuffling_keeps_the_gold_option_labelled(tiny_model):
+    from transformers import AutoTokenizer
+
+    from hf_ft.preprocessing import encode, make_collator
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [QARow(f"q{i}", "music", f"下列何者屬於「樂器」？第{i}題", ("二胡", "老虎", "芒果", "氫")[i % 4:] +
+                  ("二胡", "老虎", "芒果", "氫")[:i % 4], "ABCD"[(4 - i % 4) % 4]) for i in range(40)]
+    dataset = encode(rows, tokenizer, "joint", 128, progress=False)
+    collate = make_collator("joint", tokenizer, train=True, seed=3)
+    positions = []
+    for start in range(0, 40, 8):
+        features = [dataset[i] for i in range(start, start + 8)]
+        batch = collate(features)
+        for ids, label in zip(batch["input_ids"], batch["labels"]):
+            tokens = ids[ids != tokenizer.pad_token_id].tolist()
+            seps = [k for k, t in enumerate(tokens) if t == tokenizer.sep_token_id]
+            options = [tokenizer.decode(tokens[a + 1:b]).replace(" ", "") for a, b in zip(seps, seps[1:])]
+            assert options[int(label)] == "二胡"  # the gold option text is the labelled one
+            assert sorted(options) == sorted(["二胡", "老虎", "芒果", "氫"])
+            positions.append(int(label))
+    assert len(set(positions)) == 4  # the gold answer moves around: position cannot be learned
+    evaluation = make_collator("joint", tokenizer, train=False)(features)
+    assert evaluation["labels"].tolist() == [r.label for r in rows[32:40]]  # no shuffling at evaluation
+
+
+def test_length_grouping_reduces_padding_on_a_skewed_set(tiny_model, tmp_path):
+    from transformers import AutoModelForMultipleChoice, AutoTokenizer, TrainingArguments
+
+    from hf_ft.preprocessing import encode, make_collator
+    from hf_ft.trainer import QATrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rng = np.random.default_rng(0)
+    rows = [QARow(f"q{i}", "music", "樂" * int(rng.choice([5, 200])) + f"{i}？", ("二胡", "老虎", "芒果", "氫"), "A")
+            for i in range(256)]
+    dataset = encode(rows, tokenizer, "per_choice", 512, progress=False)
+    model = AutoModelForMultipleChoice.from_pretrained(tiny_model)
+
+    def pad_tokens(strategy: str) -> int:
+        args = TrainingArguments(output_dir=str(tmp_path / strategy), per_device_train_batch_size=8, use_cpu=True,
+                                 train_sampling_strategy=strategy, remove_unused_columns=False, report_to="none")
+        trainer = QATrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            data_collator=make_collator("per_choice", tokenizer, train=True))
+        return sum(int((batch["attention_mask"] == 0).sum()) for batch in trainer.get_train_dataloader())
+
+    grouped, random_order = pad_tokens("group_by_length"), pad_tokens("random")
+    assert grouped < 0.25 * random_order, (grouped, random_order)
+
+
+def test_benchmark_runs_in_quick_mode(tmp_path):
+    output = tmp_path / "bench.json"
+    result = run_cli([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--output", str(output)],
+                     timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert {"matmul_gflops", "preprocess_cold_s", "preprocess_cached_s", "arms"} <= set(report)
+    names = [a["name"] for a in report["arms"]]
+    assert "baseline" in names and any("joint" in n for n in names)
+    for arm in report["arms"]:
+        assert {"name", "train_samples_per_s", "eval_samples_per_s", "train_ratio", "eval_ratio", "mfu",
+                "peak_rss_mb"} <= set(arm)
+        assert arm["train_samples_per_s"] > 0 and arm["eval_samples_per_s"] > 0
+    assert next(a for a in report["arms"] if a["name"] == "baseline")["train_ratio"] == 1.0
+    assert {"per_choice", "joint"} <= set(report["demo_accuracy"])
+    assert "hf_ft benchmark" in result.stdout
