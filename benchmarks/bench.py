@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
@@ -188,7 +187,9 @@ def real_tokens(dataset, formulation: str) -> float:
     """Mean non-padding tokens per example."""
     if formulation == "joint":
         return float(np.mean(dataset["length"]))
-    return float(np.mean([sum(sum(mask) for mask in choices) for choices in dataset["attention_mask"]]))
+    if "attention_mask" in dataset.column_names:  # run_swag's preprocessing (padded in the fixed arm)
+        return float(np.mean([sum(sum(mask) for mask in choices) for choices in dataset["attention_mask"]]))
+    return float(np.mean([sum(len(ids) for ids in choices) for choices in dataset["input_ids"]]))  # unpadded
 
 
 def padding_fraction(trainer, n_batches: int) -> float:

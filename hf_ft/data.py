@@ -16,6 +16,7 @@ import unicodedata
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,8 @@ class QARow:
     def label(self) -> int:
         return LETTERS.index(self.answer) if self.answer else -1
 
-    @property
-    def content_hash(self) -> str:
+    @cached_property
+    def content_hash(self) -> str:  # used by dedupe, the cache fingerprint and the manifest: computed once
         return content_hash(self.question, self.options)
 
     def to_item(self) -> dict:

@@ -49,25 +49,96 @@ def _regroup(flat: list, counts: list[int]) -> list[list]:
     return out
 
 
+@dataclass(frozen=True)
+class PairTemplate:
+    """The special tokens around a (first, second) pair, read off the tokenizer itself:
+    BERT `[CLS] a [SEP] b [SEP]`, RoBERTa `<s> a </s></s> b </s>`, with their token types."""
+
+    prefix: tuple
+    middle: tuple
+    suffix: tuple
+    types: tuple | None  # (prefix, first, middle, second, suffix) token type ids, None if not used
+
+    @classmethod
+    def of(cls, tokenizer) -> PairTemplate | None:
+        unk = tokenizer.unk_token
+        if unk is None or tokenizer.unk_token_id is None:
+            return None
+        enc = tokenizer(unk, unk)
+        ids = enc["input_ids"]
+        where = [i for i, t in enumerate(ids) if t == tokenizer.unk_token_id]
+        if len(where) != 2:
+            return None
+        a, b = where
+        types = None
+        if "token_type_ids" in enc:
+            tt = enc["token_type_ids"]
+            types = (tuple(tt[:a]), tt[a], tuple(tt[a + 1:b]), tt[b], tuple(tt[b + 1:]))
+        return cls(tuple(ids[:a]), tuple(ids[a + 1:b]), tuple(ids[b + 1:]), types)
+
+    @property
+    def specials(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def build(self, first: list[int], second: list[int]) -> dict:
+        out = {"input_ids": [*self.prefix, *first, *self.middle, *second, *self.suffix]}
+        if self.types is not None:
+            p, f, m, s, x = self.types
+            out["token_type_ids"] = [*p, *([f] * len(first)), *m, *([s] * len(second)), *x]
+        return out
+
+
 def encode_per_choice(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
-    """One (question, option) pair per option; only the question is ever truncated."""
+    """One (question, option) pair per option; only the question is ever truncated.
+
+    Each question and each option is tokenized once (not once per pair) and the pairs are assembled
+    with the tokenizer's own special-token template; the result equals
+    `tokenizer(question, option, truncation="only_first", max_length=max_length)` (tests check this).
+    Attention masks are left to the collator, which creates them while padding.
+    """
     counts = [len(options) for options in batch["options"]]
-    firsts = [q for q, n in zip(batch["question"], counts) for _ in range(n)]
-    seconds = [option for options in batch["options"] for option in options]
-    enc = tokenizer(firsts, seconds, truncation="only_first", max_length=max_length)
-    question_lengths = _lengths(tokenizer(batch["question"], add_special_tokens=False))
-    option_lengths = _regroup(_lengths(tokenizer(seconds, add_special_tokens=False)), counts)
-    specials = tokenizer.num_special_tokens_to_add(pair=True)
-    out = {key: _regroup(values, counts) for key, values in enc.items()}
-    out["length"] = [max(len(ids) for ids in choices) for choices in out["input_ids"]]
-    out["truncated"] = [any(q + o + specials > max_length for o in opts)
-                        for q, opts in zip(question_lengths, option_lengths)]
+    questions = tokenizer(batch["question"], add_special_tokens=False)["input_ids"]
+    flat_options = [option for options in batch["options"] for option in options]
+    options = _regroup(tokenizer(flat_options, add_special_tokens=False)["input_ids"], counts)
+    template = PairTemplate.of(tokenizer)
+    if template is None:  # a tokenizer without a usable template: let it build the pairs itself
+        return _encode_per_choice_by_pairs(batch, tokenizer, max_length, questions, options, counts)
+    out = {"input_ids": [], "length": [], "truncated": []}
+    if template.types is not None:
+        out["token_type_ids"] = []
+    for q, opts in zip(questions, options):
+        choices = [template.build(q[: max(0, max_length - template.specials - len(o))], o) for o in opts]
+        for key in ("input_ids", "token_type_ids"):
+            if key in out:
+                out[key].append([c[key] for c in choices])
+        out["length"].append(max(len(c["input_ids"]) for c in choices))
+        out["truncated"].append(any(len(q) + len(o) + template.specials > max_length for o in opts))
     out["labels"] = batch["label"]
     return out
 
 
-def joint_special_tokens(n_options: int) -> int:
-    return 2 + n_options  # [CLS] q [SEP] A [SEP] B [SEP] ...
+def _encode_per_choice_by_pairs(batch, tokenizer, max_length, questions, options, counts) -> dict:
+    firsts = [q for q, n in zip(batch["question"], counts) for _ in range(n)]
+    seconds = [option for opts in batch["options"] for option in opts]
+    enc = tokenizer(firsts, seconds, truncation="only_first", max_length=max_length)
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    out = {key: _regroup(values, counts) for key, values in enc.items() if key != "attention_mask"}
+    out["length"] = [max(len(ids) for ids in choices) for choices in out["input_ids"]]
+    out["truncated"] = [any(len(q) + len(o) + specials > max_length for o in opts)
+                        for q, opts in zip(questions, options)]
+    out["labels"] = batch["label"]
+    return out
+
+
+def option_markers(tokenizer, n_options: int) -> list[list[int]]:
+    """Token ids of the slot letters "A", "B", ... that precede each option in the joint sequence."""
+    return tokenizer([chr(ord("A") + j) for j in range(n_options)], add_special_tokens=False)["input_ids"]
+
+
+def joint_overhead(tokenizer, n_options: int) -> int:
+    """Tokens the joint sequence adds around the text: [CLS], [SEP] after the question and after each
+    option, and each option's slot letter."""
+    return 2 + n_options + sum(map(len, option_markers(tokenizer, n_options)))
 
 
 def encode_joint(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
@@ -76,8 +147,9 @@ def encode_joint(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: in
     question_ids = tokenizer(batch["question"], add_special_tokens=False)["input_ids"]
     flat = tokenizer([o for options in batch["options"] for o in options], add_special_tokens=False)["input_ids"]
     out_q, out_o, truncated, length = [], [], [], []
+    overhead = {n: joint_overhead(tokenizer, n) for n in set(counts)}
     for q, opts in zip(question_ids, _regroup(flat, counts)):
-        budget = max_length - joint_special_tokens(len(opts))
+        budget = max_length - overhead[len(opts)]
         if sum(map(len, opts)) > budget:  # options alone overflow: share the space evenly, question gets none
             opts = [o[: budget // len(opts)] for o in opts]
         room = budget - sum(map(len, opts))
@@ -85,7 +157,7 @@ def encode_joint(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: in
         q = q[:room]
         out_q.append(q)
         out_o.append(opts)
-        length.append(len(q) + sum(map(len, opts)) + joint_special_tokens(len(opts)))
+        length.append(len(q) + sum(map(len, opts)) + overhead[len(opts)])
     return {"question_ids": out_q, "option_ids": out_o, "labels": batch["label"], "length": length,
             "truncated": truncated}
 
@@ -105,7 +177,7 @@ ENCODERS = {"per_choice": encode_per_choice, "joint": encode_joint, "mlm": encod
 def _fingerprint(rows: list[QARow], tokenizer, formulation: str, max_length: int) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([formulation, max_length, tokenizer.name_or_path, len(tokenizer),
-                         type(tokenizer).__name__, 2]).encode())
+                         type(tokenizer).__name__, 4]).encode())
     h.update(datasets.fingerprint.Hasher.hash(tokenizer.get_vocab()).encode())
     for r in rows:
         h.update(f"{r.id}\x1f{r.subject}\x1f{r.content_hash}\x1f{r.label}\x1f{len(r.options)}\n".encode())
@@ -177,8 +249,9 @@ class MultipleChoiceCollator:
 
 @dataclass
 class JointCollator:
-    """Builds `[CLS] q [SEP] A [SEP] B [SEP] C [SEP] D [SEP]`; with `shuffle_options` the option order
-    is permuted per example (and the label follows the gold option), so position cannot be learned."""
+    """Builds `[CLS] q [SEP] A o₁ [SEP] B o₂ [SEP] C o₃ [SEP] D o₄ [SEP]`; the letters mark the slots and
+    the label names a slot. With `shuffle_options` the options are permuted per example (the label
+    follows the gold option), so a position cannot be learned as the answer."""
 
     tokenizer: PreTrainedTokenizerBase
     shuffle_options: bool = False
@@ -188,13 +261,20 @@ class JointCollator:
     def __post_init__(self):
         self._rng = np.random.default_rng(self.seed)
         self._with_types = "token_type_ids" in self.tokenizer.model_input_names
+        self._marker_cache: dict[int, list[list[int]]] = {}
+
+    def _markers(self, n: int) -> list[list[int]]:
+        if n not in self._marker_cache:
+            self._marker_cache[n] = option_markers(self.tokenizer, n)
+        return self._marker_cache[n]
 
     def build(self, question_ids, option_ids, order=None) -> dict:
         cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         ids = [cls, *question_ids, sep]
         types = [0] * len(ids)
-        for j in range(len(option_ids)) if order is None else order:
-            ids += [*option_ids[j], sep]
+        markers = self._markers(len(option_ids))
+        for slot, j in enumerate(range(len(option_ids)) if order is None else order):
+            ids += [*markers[slot], *option_ids[j], sep]
         types += [1] * (len(ids) - len(types))
         return {"input_ids": ids, "token_type_ids": types}
 
