@@ -32,11 +32,11 @@ demo: install
 	$(OFFLINE) $(BIN)/hf-ft make-demo-data demo/data --rows-per-subject 400
 	$(OFFLINE) $(BIN)/hf-ft make-tiny-model demo/model --vocab-from demo/data --hidden-size 128 --heads 4 --intermediate-size 256
 	$(OFFLINE) $(BIN)/python run_qa.py configs/demo.yaml
-	$(OFFLINE) $(BIN)/python -m hf_ft.evaluate --original demo/model --finetuned demo/out --output_dir demo/compare
+	$(OFFLINE) $(BIN)/python -m hf_ft.evaluate --original demo/model --finetuned demo/out
 	@echo
 	@echo "loss curve:  demo/out/validation_loss_curve.png"
 	@echo "model:       demo/out (model.safetensors, tokenizer, README.md model card)"
-	@echo "comparison:  demo/compare/comparison.md, comparison.png"
+	@echo "comparison:  demo/out/comparison/comparison.md, comparison.png (hf-ft push adds it to the card)"
 
 test: install
 	$(OFFLINE) $(BIN)/python -m pytest -q -ra
