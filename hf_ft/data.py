@@ -534,6 +534,17 @@ def write_json(path: str | os.PathLike, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_json_if_present(path: str | os.PathLike):
+    """The parsed file, None if it does not exist, one clear error if it is not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
 def write_jsonl(path: str | os.PathLike, records) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

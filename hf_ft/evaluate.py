@@ -10,7 +10,6 @@ model) and the report says which. Outputs: comparison.json/.md/.png and predicti
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import LETTERS, QARow, load_data_dir, load_items, write_json, write_jsonl
+from .data import LETTERS, QARow, load_data_dir, load_items, read_json_if_present, write_json, write_jsonl
 from .errors import UserError
-from .metrics import accuracy_report
+from .metrics import accuracy_report, percent
 from .modeling import check_model_path
 from .plotting import plot_comparison
 from .scoring import SCORERS, load_scorer
@@ -66,12 +65,8 @@ class EvaluateArguments:
 
 def load_manifest(finetuned: str) -> tuple[dict | None, Path | None]:
     path = Path(finetuned) / "data_manifest.json"
-    if not path.is_file():
-        return None, None
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), path
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    manifest = read_json_if_present(path)
+    return (manifest, path) if manifest is not None else (None, None)
 
 
 def choose_items(args: EvaluateArguments) -> tuple[list[QARow], str]:
@@ -152,10 +147,6 @@ def build_report(rows, original, finetuned, scores_o, scores_f, seed: int) -> di
     }
 
 
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
-
-
 def render_markdown(report: dict) -> str:
     o, f, overall = report["original"], report["finetuned"], report["paired"]["overall"]
     ci = overall["difference_ci95"]
@@ -168,10 +159,10 @@ def render_markdown(report: dict) -> str:
         "",
         "| model | path | scorer | accuracy (95% CI) | TMMLU+ average |",
         "|---|---|---|---|---|",
-        f"| original | `{o['path']}` | {o['scorer']} | {_pct(o['accuracy'])} ({_pct(o['accuracy_ci95'][0])}–"
-        f"{_pct(o['accuracy_ci95'][1])}) | {_pct(o['tmmlu_average'])} |",
-        f"| fine-tuned | `{f['path']}` | {f['scorer']} | {_pct(f['accuracy'])} ({_pct(f['accuracy_ci95'][0])}–"
-        f"{_pct(f['accuracy_ci95'][1])}) | {_pct(f['tmmlu_average'])} |",
+        f"| original | `{o['path']}` | {o['scorer']} | {percent(o['accuracy'])} ({percent(o['accuracy_ci95'][0])}–"
+        f"{percent(o['accuracy_ci95'][1])}) | {percent(o['tmmlu_average'])} |",
+        f"| fine-tuned | `{f['path']}` | {f['scorer']} | {percent(f['accuracy'])} ({percent(f['accuracy_ci95'][0])}–"
+        f"{percent(f['accuracy_ci95'][1])}) | {percent(f['tmmlu_average'])} |",
         "",
         f"**Difference** (fine-tuned − original): {100 * overall['difference']:+.1f} points, paired bootstrap 95% CI "
         f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}], exact McNemar p = {overall['mcnemar']['p_value']:.3g} "
@@ -184,7 +175,7 @@ def render_markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for category, c in report["paired"]["per_category"].items():
-        lines.append(f"| {category} | {c['n']} | {_pct(c['accuracy_original'])} | {_pct(c['accuracy_finetuned'])} | "
+        lines.append(f"| {category} | {c['n']} | {percent(c['accuracy_original'])} | {percent(c['accuracy_finetuned'])} | "
                      f"{100 * c['difference']:+.1f} | [{100 * c['difference_ci95'][0]:+.1f}, "
                      f"{100 * c['difference_ci95'][1]:+.1f}] | {c['mcnemar']['p_value']:.3g} |")
     lines += ["", "## Predicted letters (position bias check)", "", "| | A | B | C | D |", "|---|---|---|---|---|"]
@@ -193,8 +184,8 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(str(counts[letter]) for letter in LETTERS) + " |")
     lines += ["", "## Per subject", "", "| subject | category | n | original | fine-tuned | Δ |", "|---|---|---|---|---|---|"]
     for s in report["per_subject"]:
-        lines.append(f"| {s['subject']} | {s['category']} | {s['n']} | {_pct(s['accuracy_original'])} | "
-                     f"{_pct(s['accuracy_finetuned'])} | {100 * s['difference']:+.1f} |")
+        lines.append(f"| {s['subject']} | {s['category']} | {s['n']} | {percent(s['accuracy_original'])} | "
+                     f"{percent(s['accuracy_finetuned'])} | {100 * s['difference']:+.1f} |")
     judge = report.get("judge")
     if judge:
         lines += ["", "## LLM judge", "", f"Judge: `{judge['judge']}`, {judge['items']} items asked in both orders "
@@ -202,8 +193,8 @@ def render_markdown(report: dict) -> str:
                   f"- mean score: original {judge['mean_score_original']}, fine-tuned {judge['mean_score_finetuned']}",
                   f"- fine-tuned wins / ties / original wins / undecided: {judge['finetuned_wins']} / {judge['ties']} / "
                   f"{judge['original_wins']} / {judge['undecided']}",
-                  f"- agreement between the two orders: {_pct(judge['order_agreement'])}; agreement with exact "
-                  f"match: {_pct(judge['agreement_with_exact_match'])} ({judge['exact_match_items_compared']} items)"]
+                  f"- agreement between the two orders: {percent(judge['order_agreement'])}; agreement with exact "
+                  f"match: {percent(judge['agreement_with_exact_match'])} ({judge['exact_match_items_compared']} items)"]
     return "\n".join(lines) + "\n"
 
 
@@ -211,15 +202,15 @@ def terminal_table(report: dict) -> str:
     o, f = report["original"], report["finetuned"]
     rows = [("", "original", "fine-tuned", "Δ", "95% CI", "p")]
     overall = report["paired"]["overall"]
-    rows.append(("overall", _pct(o["accuracy"]), _pct(f["accuracy"]), f"{100 * overall['difference']:+.1f}",
+    rows.append(("overall", percent(o["accuracy"]), percent(f["accuracy"]), f"{100 * overall['difference']:+.1f}",
                  f"[{100 * overall['difference_ci95'][0]:+.1f},{100 * overall['difference_ci95'][1]:+.1f}]",
                  f"{overall['mcnemar']['p_value']:.2g}"))
     for category, c in report["paired"]["per_category"].items():
-        rows.append((category, _pct(c["accuracy_original"]), _pct(c["accuracy_finetuned"]),
+        rows.append((category, percent(c["accuracy_original"]), percent(c["accuracy_finetuned"]),
                      f"{100 * c['difference']:+.1f}",
                      f"[{100 * c['difference_ci95'][0]:+.1f},{100 * c['difference_ci95'][1]:+.1f}]",
                      f"{c['mcnemar']['p_value']:.2g}"))
-    rows.append(("TMMLU+ avg", _pct(o["tmmlu_average"]), _pct(f["tmmlu_average"]),
+    rows.append(("TMMLU+ avg", percent(o["tmmlu_average"]), percent(f["tmmlu_average"]),
                  f"{100 * (f['tmmlu_average'] - o['tmmlu_average']):+.1f}", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows)

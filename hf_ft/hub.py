@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import logging
 from importlib import resources
 from pathlib import Path
 
+from .data import read_json_if_present
 from .errors import UserError
+from .metrics import percent
 from .subjects import CATEGORIES
 
 logger = logging.getLogger(__name__)
@@ -38,17 +39,6 @@ PIPELINE_TAGS = {"per_choice": "multiple-choice", "joint": "text-classification"
 
 # ----------------------------------------------------------------------------------------------
 # The card
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-
-
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
 
 
 def eval_results_for_card(results: dict, revision: str | None, formulation: str):
@@ -73,10 +63,10 @@ def build_model_card(output_dir: str | Path, repo_id: str | None = None, license
     from . import __version__
 
     out = Path(output_dir)
-    run = _read_json(out / RUN_INFO_FILE) or {}
-    results = _read_json(out / "eval_results.json") or {}
-    comparison = _read_json(out / "comparison" / "comparison.json")
-    manifest = _read_json(out / "data_manifest.json") or {}
+    run = read_json_if_present(out / RUN_INFO_FILE) or {}
+    results = read_json_if_present(out / "eval_results.json") or {}
+    comparison = read_json_if_present(out / "comparison" / "comparison.json")
+    manifest = read_json_if_present(out / "data_manifest.json") or {}
     formulation = run.get("formulation", "per_choice")
     revision = manifest.get("revision")
     repo_id = repo_id or run.get("hub_model_id") or out.name
@@ -97,7 +87,7 @@ def build_model_card(output_dir: str | Path, repo_id: str | None = None, license
         (f"{c} (test)", f"test_accuracy_{c}") for c in CATEGORIES] + [("validation", "eval_accuracy")]
     present = [(label, results[key]) for label, key in rows if key in results]
     if present:
-        results_table = "| split | accuracy |\n|---|---|\n" + "\n".join(f"| {l} | {_pct(v)} |" for l, v in present)
+        results_table = "| split | accuracy |\n|---|---|\n" + "\n".join(f"| {l} | {percent(v)} |" for l, v in present)
     elif "eval_loss" in results:
         results_table = f"Masked-LM adaptation: validation loss {results['eval_loss']:.3f}" + (
             f", test loss {results['test_loss']:.3f}." if "test_loss" in results else ".")
@@ -111,12 +101,12 @@ def build_model_card(output_dir: str | Path, repo_id: str | None = None, license
             f"On {comparison['items']} held-out questions "
             f"({'verified' if comparison['held_out']['verified'] else 'not verified'} against the training data): "
             f"original `{comparison['original']['path']}` ({comparison['original']['scorer']}) "
-            f"{_pct(comparison['original']['accuracy'])} → fine-tuned ({comparison['finetuned']['scorer']}) "
-            f"{_pct(comparison['finetuned']['accuracy'])}; difference {100 * overall['difference']:+.1f} points, "
+            f"{percent(comparison['original']['accuracy'])} → fine-tuned ({comparison['finetuned']['scorer']}) "
+            f"{percent(comparison['finetuned']['accuracy'])}; difference {100 * overall['difference']:+.1f} points, "
             f"paired bootstrap 95% CI [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}], exact McNemar "
             f"p = {overall['mcnemar']['p_value']:.3g}.\n\n"
             "| category | original | fine-tuned | Δ |\n|---|---|---|---|\n" + "\n".join(
-                f"| {c} | {_pct(v['accuracy_original'])} | {_pct(v['accuracy_finetuned'])} | "
+                f"| {c} | {percent(v['accuracy_original'])} | {percent(v['accuracy_finetuned'])} | "
                 f"{100 * v['difference']:+.1f} |" for c, v in comparison["paired"]["per_category"].items()))
     hyper = run.get("hyperparameters", {})
     ds = run.get("deepspeed") or {"used": False}

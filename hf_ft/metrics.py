@@ -37,6 +37,11 @@ def accuracy_report(predictions, labels, subjects, per_subject: bool = True) -> 
     return report
 
 
+def percent(x) -> str:
+    """An accuracy for reports and cards: 0.934 → "93.4%", None → "—"."""
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
 def flat_metrics(report: dict) -> dict:
     """The report with per-subject accuracies as `accuracy_subject_<name>` keys (Trainer metrics are flat)."""
     flat = {k: v for k, v in report.items() if k != "per_subject"}
