@@ -1,11 +1,13 @@
 """hf_ft vs the HF multiple-choice example: training/evaluation throughput, MFU, memory, preprocessing.
 
-    python benchmarks/bench.py --output bench.json [--quick] [--model mid|bert-base]
+    python benchmarks/bench.py --output bench.json [--quick] [--model mid|bert-base] [--device cuda --bf16]
 
 Every arm trains the same randomly initialised model (same weights, same seed) on the same synthetic
 rows with TMMLU+'s length profile, in this one process, and is reported as a ratio to `baseline`:
 what transformers' examples/pytorch/multiple-choice/run_swag.py does with the Trainer (per-choice
 encoding, `DataCollatorForMultipleChoice` dynamic padding, random sampling, evaluation in file order).
+On a GPU (`--device cuda`, the default where one exists) the matmul peak is measured on the GPU in the
+training dtype, steps are timed after a device sync, and peak GPU memory is reported beside peak RSS.
 """
 
 from __future__ import annotations
@@ -122,14 +124,23 @@ def build_model(out: Path, size: str) -> tuple[Path, BertTokenizer]:
 # Measurement helpers
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 20) -> float:
+    """Achieved matmul throughput on `device` in `dtype`: the ceiling MFU is measured against."""
+    n = 1024 if device == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    sync(device)
     return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 class PeakRSS:
@@ -155,11 +166,13 @@ class PeakRSS:
 class StepTimer(TrainerCallback):
     """Wall time of the training steps after the first (warm-up) step."""
 
-    def __init__(self):
+    def __init__(self, device: str):
+        self.device = device
         self.start = None
         self.steps = 0
 
     def on_step_end(self, args, state, control, **kwargs):
+        sync(self.device)
         if state.global_step == 1:
             self.start = time.perf_counter()
         self.end = time.perf_counter()
@@ -203,16 +216,16 @@ def padding_fraction(trainer, n_batches: int) -> float:
     return 1 - real / max(1, padded)
 
 
-def training_args(out: Path, steps: int, batch: int, sampling: str) -> TrainingArguments:
+def training_args(out: Path, steps: int, batch: int, sampling: str, device: str, bf16: bool) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, per_device_eval_batch_size=32,
-        learning_rate=1e-4, use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
+        learning_rate=1e-4, use_cpu=device == "cpu", bf16=bf16, report_to="none", save_strategy="no", eval_strategy="no",
         logging_strategy="no", train_sampling_strategy=sampling, remove_unused_columns=sampling != "group_by_length",
         average_tokens_across_devices=False, seed=0, dataloader_drop_last=True, disable_tqdm=True)
 
 
 def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, steps: int, batch: int,
-            work: Path, peak_gflops: float) -> dict:
+            work: Path, peak_gflops: float, device: str = "cpu", bf16: bool = False) -> dict:
     set_seed(0)
     formulation = arm["formulation"]
     model_cls = AutoModelForSequenceClassification if formulation == "joint" else AutoModelForMultipleChoice
@@ -223,23 +236,26 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
     if arm["kind"] == "run_swag":
         train_set = run_swag_encode(splits.train, tokenizer, max_length, arm["pad_to_max"])
         eval_set = run_swag_encode(splits.validation, tokenizer, max_length, arm["pad_to_max"])
-        trainer = Trainer(model=model, args=training_args(work / arm["name"], steps, batch, "random"),
+        trainer = Trainer(model=model, args=training_args(work / arm["name"], steps, batch, "random", device, bf16),
                           train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
                           data_collator=DataCollatorForMultipleChoice(tokenizer))
     else:
         train_set = encode(splits.train, tokenizer, formulation, max_length, cache_dir=work / "cache", progress=False)
         eval_set = encode(splits.validation, tokenizer, formulation, max_length, cache_dir=work / "cache",
                           sort_by_length=True, progress=False)
-        trainer = QATrainer(model=model, args=training_args(work / arm["name"], steps, batch, "group_by_length"),
+        trainer = QATrainer(model=model, args=training_args(work / arm["name"], steps, batch, "group_by_length", device, bf16),
                             train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
                             data_collator=make_collator(formulation, tokenizer, train=True),
                             eval_data_collator=make_collator(formulation, tokenizer, train=False))
-    timer = StepTimer()
+    timer = StepTimer(device)
     trainer.add_callback(timer)
     trainer.remove_callback(PrinterCallback)
     n_params = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
     tokens_per_example = real_tokens(train_set, formulation)
     padding = padding_fraction(trainer, n_batches=40)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as rss:
         trainer.train()
         train_sps = timer.steps * batch / (timer.end - timer.start)
@@ -258,6 +274,7 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
         "mfu": round(6 * n_params * train_sps * tokens_per_example / (peak_gflops * 1e9), 4),
         "eval_mfu": round(2 * n_params * eval_sps * eval_tokens / (peak_gflops * 1e9), 4),
         "peak_rss_mb": round(rss.peak / 2 ** 20, 1),
+        **({"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)} if device == "cuda" else {}),
         "steps_timed": timer.steps,
     }
 
@@ -331,7 +348,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed training steps per arm")
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--skip_demo", action="store_true", help="leave out the demo accuracy comparison")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the arms train (auto: the GPU when there is one)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU); the matmul peak is then bf16")
     args = parser.parse_args()
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench: --device cuda, but torch sees no CUDA device")
     quick = args.quick
     steps = args.steps or (3 if quick else 16)
     batch = 8
@@ -340,8 +363,10 @@ def main() -> None:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="hf_ft_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        peak = matmul_gflops()
-        print(f"matmul peak: {peak:.1f} GFLOP/s (fp32, 1024², {torch.get_num_threads()} threads)")
+        dtype = torch.bfloat16 if args.bf16 else torch.float32
+        peak = matmul_gflops(device, dtype)
+        where = torch.cuda.get_device_name(0) if device == "cuda" else f"{torch.get_num_threads()} threads"
+        print(f"matmul peak: {peak:.1f} GFLOP/s ({str(dtype).removeprefix('torch.')}, {where})")
         model_dir, tokenizer = build_model(work / "model", args.model)
         data = write_layout(work / "data", 700 if quick else 3000, seed=0)
         splits = make_splits(load_data_dir(str(data)), "resplit", 0, 0.1, (0.85, 0.15, 0.0))
@@ -351,7 +376,8 @@ def main() -> None:
             splits.validation = splits.validation[:256]
         arms = []
         for arm in ARMS:
-            result = run_arm(arm, model_dir, tokenizer, splits, max_length, steps, batch, work, peak)
+            result = run_arm(arm, model_dir, tokenizer, splits, max_length, steps, batch, work, peak, device,
+                             args.bf16)
             arms.append(result)
             print(f"  {result['name']:<34} train {result['train_samples_per_s']:7.2f}/s  "
                   f"eval {result['eval_samples_per_s']:7.2f}/s  padding {result['padding_fraction']:.0%}", flush=True)
@@ -364,6 +390,7 @@ def main() -> None:
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "torch": torch.__version__, "transformers": transformers.__version__,
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+            "device": device, "precision": "bf16" if args.bf16 else "fp32",
             "quick": quick, "model": args.model, "steps_per_arm": steps, "batch_size": batch,
             "train_rows": len(splits.train), "eval_rows": len(splits.validation), "max_seq_length": max_length,
             "matmul_gflops": round(peak, 2),
@@ -381,16 +408,18 @@ def main() -> None:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nhf_ft benchmark — {report['model']} model, fp32, batch {report['batch_size']}, "
+    print(f"\nhf_ft benchmark — {report['model']} model on {report['device']}, {report['precision']}, batch {report['batch_size']}, "
           f"{report['steps_per_arm']} timed steps/arm, {report['train_rows']} train rows, matmul peak "
           f"{report['matmul_gflops']} GFLOP/s{' (QUICK: numbers are not measurements)' if report['quick'] else ''}")
-    header = f"{'arm':<34}{'train/s':>9}{'×base':>7}{'eval/s':>9}{'×base':>7}{'tok/s':>9}{'MFU':>7}{'pad':>6}{'RSS MB':>8}"
+    gpu = all("peak_gpu_mb" in a for a in report["arms"])
+    header = (f"{'arm':<34}{'train/s':>9}{'×base':>7}{'eval/s':>9}{'×base':>7}{'tok/s':>9}{'MFU':>7}{'pad':>6}"
+              f"{'RSS MB':>8}" + (f"{'GPU MB':>8}" if gpu else ""))
     print(header)
     print("-" * len(header))
     for a in report["arms"]:
         print(f"{a['name']:<34}{a['train_samples_per_s']:>9.2f}{a['train_ratio']:>7.2f}{a['eval_samples_per_s']:>9.2f}"
               f"{a['eval_ratio']:>7.2f}{a['train_real_tokens_per_s']:>9.0f}{a['mfu']:>7.1%}{a['padding_fraction']:>6.0%}"
-              f"{a['peak_rss_mb']:>8.0f}")
+              f"{a['peak_rss_mb']:>8.0f}" + (f"{a['peak_gpu_mb']:>8.0f}" if gpu else ""))
     print(f"preprocessing {report['preprocess_rows']} rows: cold {report['preprocess_cold_s']} s, "
           f"cached {report['preprocess_cached_s']} s")
     if "demo_accuracy" in report:
