@@ -216,12 +216,14 @@ def padding_fraction(trainer, n_batches: int) -> float:
     return 1 - real / max(1, padded)
 
 
-def training_args(out: Path, steps: int, batch: int, sampling: str, device: str, bf16: bool) -> TrainingArguments:
-    return TrainingArguments(
+def training_args(out: Path, steps: int, batch: int, sampling: str, device: str, bf16: bool,
+                  **overrides) -> TrainingArguments:
+    settings = dict(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, per_device_eval_batch_size=32,
         learning_rate=1e-4, use_cpu=device == "cpu", bf16=bf16, report_to="none", save_strategy="no", eval_strategy="no",
         logging_strategy="no", train_sampling_strategy=sampling, remove_unused_columns=sampling != "group_by_length",
         average_tokens_across_devices=False, seed=0, dataloader_drop_last=True, disable_tqdm=True)
+    return TrainingArguments(**{**settings, **overrides})
 
 
 def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, steps: int, batch: int,
@@ -243,7 +245,8 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
         train_set = encode(splits.train, tokenizer, formulation, max_length, cache_dir=work / "cache", progress=False)
         eval_set = encode(splits.validation, tokenizer, formulation, max_length, cache_dir=work / "cache",
                           sort_by_length=True, progress=False)
-        trainer = QATrainer(model=model, args=training_args(work / arm["name"], steps, batch, "group_by_length", device, bf16),
+        trainer = QATrainer(model=model, args=training_args(work / arm["name"], steps, batch, "group_by_length", device, bf16,
+                                                      **arm.get("training_args", {})),
                             train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
                             data_collator=make_collator(formulation, tokenizer, train=True),
                             eval_data_collator=make_collator(formulation, tokenizer, train=False))
@@ -288,6 +291,12 @@ ARMS = [
      "description": "hf_ft default: length-grouped batches (length column), length-sorted eval, SDPA"},
     {"name": "hf_ft_per_choice_eager_attention", "kind": "hf_ft", "formulation": "per_choice", "attention": "eager",
      "description": "as hf_ft default with eager attention instead of SDPA (kept only as evidence for SDPA)"},
+    {"name": "hf_ft_per_choice_2_dataloader_workers", "kind": "hf_ft", "formulation": "per_choice",
+     "training_args": {"dataloader_num_workers": 2},
+     "description": "as hf_ft default with 2 dataloader worker processes collating batches"},
+    {"name": "hf_ft_per_choice_torch_compile", "kind": "hf_ft", "formulation": "per_choice", "full_only": True,
+     "training_args": {"torch_compile": True},
+     "description": "as hf_ft default under torch.compile (inductor); compilation after step 1 is timed"},
     {"name": "hf_ft_joint", "kind": "hf_ft", "formulation": "joint",
      "description": "--formulation joint: question encoded once, 4-way classification, + length grouping"},
 ]
@@ -351,10 +360,16 @@ def main() -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where the arms train (auto: the GPU when there is one)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU); the matmul peak is then bf16")
+    parser.add_argument("--arms", default=None,
+                        help="comma-separated arm names to run (baseline always runs); default: all")
     args = parser.parse_args()
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench: --device cuda, but torch sees no CUDA device")
+    chosen = set(args.arms.split(",")) | {"baseline"} if args.arms else None
+    unknown = (chosen or set()) - {a["name"] for a in ARMS}
+    if unknown:
+        raise SystemExit(f"bench: unknown arm(s) {', '.join(sorted(unknown))}")
     quick = args.quick
     steps = args.steps or (3 if quick else 16)
     batch = 8
@@ -376,10 +391,12 @@ def main() -> None:
             splits.validation = splits.validation[:256]
         arms = []
         for arm in ARMS:
+            if (chosen and arm["name"] not in chosen) or (quick and arm.get("full_only") and not chosen):
+                continue
             result = run_arm(arm, model_dir, tokenizer, splits, max_length, steps, batch, work, peak, device,
                              args.bf16)
             arms.append(result)
-            print(f"  {result['name']:<34} train {result['train_samples_per_s']:7.2f}/s  "
+            print(f"  {result['name']:<40} train {result['train_samples_per_s']:7.2f}/s  "
                   f"eval {result['eval_samples_per_s']:7.2f}/s  padding {result['padding_fraction']:.0%}", flush=True)
         base = next(a for a in arms if a["name"] == "baseline")
         for a in arms:
@@ -412,12 +429,12 @@ def print_table(report: dict) -> None:
           f"{report['steps_per_arm']} timed steps/arm, {report['train_rows']} train rows, matmul peak "
           f"{report['matmul_gflops']} GFLOP/s{' (QUICK: numbers are not measurements)' if report['quick'] else ''}")
     gpu = all("peak_gpu_mb" in a for a in report["arms"])
-    header = (f"{'arm':<34}{'train/s':>9}{'×base':>7}{'eval/s':>9}{'×base':>7}{'tok/s':>9}{'MFU':>7}{'pad':>6}"
+    header = (f"{'arm':<40}{'train/s':>9}{'×base':>7}{'eval/s':>9}{'×base':>7}{'tok/s':>9}{'MFU':>7}{'pad':>6}"
               f"{'RSS MB':>8}" + (f"{'GPU MB':>8}" if gpu else ""))
     print(header)
     print("-" * len(header))
     for a in report["arms"]:
-        print(f"{a['name']:<34}{a['train_samples_per_s']:>9.2f}{a['train_ratio']:>7.2f}{a['eval_samples_per_s']:>9.2f}"
+        print(f"{a['name']:<40}{a['train_samples_per_s']:>9.2f}{a['train_ratio']:>7.2f}{a['eval_samples_per_s']:>9.2f}"
               f"{a['eval_ratio']:>7.2f}{a['train_real_tokens_per_s']:>9.0f}{a['mfu']:>7.1%}{a['padding_fraction']:>6.0%}"
               f"{a['peak_rss_mb']:>8.0f}" + (f"{a['peak_gpu_mb']:>8.0f}" if gpu else ""))
     print(f"preprocessing {report['preprocess_rows']} rows: cold {report['preprocess_cold_s']} s, "
