@@ -79,6 +79,13 @@ class DataArguments:
                                        "is truncated, never an option."}
     )
     mlm_probability: float = field(default=0.15, metadata={"help": "--task mlm: share of tokens masked."})
+    joint_rotations: int = field(
+        default=4,
+        metadata={"help": "--formulation joint, training only: each question enters its batch this many times, "
+                          "its shuffled options rotated so the gold answer sits in a different slot each time "
+                          "(1: one random order). Rotations make the head compare options instead of learning "
+                          "content alone; each costs one more sequence."},
+    )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
     def ratios(self) -> tuple[float, float, float]:
@@ -214,6 +221,8 @@ def parse_args(argv: list[str] | None = None):
         raise ConfigError("--hub_token is not accepted: it would be saved with the run's arguments; set HF_TOKEN "
                           "or run `hf auth login` instead")
     data_args.ratios()
+    if data_args.joint_rotations < 1:
+        raise ConfigError(f"--joint_rotations {data_args.joint_rotations}: need 1 or more")
 
     overrides = {}
     if _bf16_wanted(run_args, training_args):

@@ -12,7 +12,8 @@ USAGE = """usage: hf-ft COMMAND [ARGS]
 commands:
   train            fine-tune (same arguments as run_qa.py)
   make-demo-data   write a learnable synthetic TMMLU+-layout data set: hf-ft make-demo-data DIR
-  make-tiny-model  a tiny random BERT with a vocabulary from data: hf-ft make-tiny-model DIR --vocab-from DATA...
+  make-tiny-model  a tiny BERT, vocabulary from data: hf-ft make-tiny-model DIR --vocab-from DATA...
+                   [--pretrain-sentences N: masked-LM pretraining on N fact sentences]
   evaluate         original vs fine-tuned on held-out questions (python -m hf_ft.evaluate)
   predict          answer questions with a model: single, --input FILE, --interactive, --fill
   push             upload a trained output_dir to the hub with its model card
@@ -48,7 +49,7 @@ def make_demo_data_command(argv: list[str]) -> None:
 
 
 def make_tiny_model_command(argv: list[str]) -> None:
-    from .demo import make_tiny_model
+    from .demo import make_tiny_model, pretrain_tiny_model
 
     parser = argparse.ArgumentParser(prog="hf-ft make-tiny-model", description=make_tiny_model.__doc__)
     parser.add_argument("out_dir")
@@ -59,10 +60,15 @@ def make_tiny_model_command(argv: list[str]) -> None:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--intermediate-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-sentences", type=int, default=0,
+                        help="masked-LM pretraining on this many fact sentences (0: leave it randomly initialised)")
+    parser.add_argument("--pretrain-epochs", type=int, default=20)
     args = parser.parse_args(argv)
     out = make_tiny_model(args.out_dir, args.vocab_from, args.hidden_size, args.layers, args.heads,
                           args.intermediate_size, seed=args.seed)
-    print(f"tiny model written to {out}")
+    if args.pretrain_sentences:
+        pretrain_tiny_model(out, args.pretrain_sentences, args.pretrain_epochs, seed=args.seed)
+    print(f"tiny model written to {out}{' (pretrained)' if args.pretrain_sentences else ''}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """Offline demo assets built by the project itself: a learnable synthetic TMMLU+-layout data set and a
-tiny randomly initialised BERT whose WordPiece vocabulary comes from the data's characters.
+tiny BERT whose WordPiece vocabulary comes from the data's characters — randomly initialised, or
+pretrained (masked LM) on a few thousand fact sentences as a stand-in for a pretrained encoder.
 
 The task — "which option belongs to category X?" — needs the model to link a word in the question
 to a word in an option, so a 2-layer model learns it in minutes while chance stays at 25%.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import random
+import tempfile
 from pathlib import Path
 
 from .data import LETTERS
@@ -88,6 +90,16 @@ def make_demo_data(out_dir: str | Path, rows_per_subject: int = 160, seed: int =
     return out
 
 
+FACT_TEMPLATES = ["{m}屬於{c}。", "{m}是一種{c}。", "常見的{c}有{m}。", "{c}的例子：{m}。", "「{m}」可以歸類為「{c}」。"]
+
+
+def fact_sentences(n: int, seed: int = 5) -> list[str]:
+    """A tiny "pretraining corpus": sentences that state which category each demo item belongs to."""
+    rng = random.Random(seed)
+    pairs = sorted(_all_members().items())
+    return [rng.choice(FACT_TEMPLATES).format(m=m, c=c) for m, c in (rng.choice(pairs) for _ in range(n))]
+
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -127,3 +139,29 @@ def make_tiny_model(out_dir: str | Path, vocab_from: list[str | Path], hidden_si
     model = BertForMaskedLM(config)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def pretrain_tiny_model(model_dir: str | Path, sentences: int = 20000, epochs: int = 20, learning_rate: float = 5e-4,
+                        batch_size: int = 32, seed: int = 0) -> Path:
+    """Masked-LM pretraining of `model_dir` in place on `fact_sentences`, like a (very) small pretrained
+    encoder: it then knows which item belongs to which category, but not the exam format. The joint
+    formulation needs such knowledge to learn at all; per-choice does not."""
+    import datasets
+    import torch
+    from transformers import (AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer,
+                              TrainingArguments)
+
+    model_dir = Path(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = BertForMaskedLM.from_pretrained(model_dir)
+    corpus = datasets.Dataset.from_dict(tokenizer(fact_sentences(sentences, seed=seed + 5)))
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+                                 learning_rate=learning_rate, lr_scheduler_type="constant", weight_decay=0.0,
+                                 save_strategy="no", report_to="none", logging_strategy="no", seed=seed,
+                                 disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+        trainer = Trainer(model=model, args=args, train_dataset=corpus,
+                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=seed))
+        trainer.train()
+    model.save_pretrained(model_dir, safe_serialization=True)
+    return model_dir

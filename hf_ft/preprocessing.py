@@ -251,12 +251,18 @@ class MultipleChoiceCollator:
 class JointCollator:
     """Builds `[CLS] q [SEP] A o₁ [SEP] B o₂ [SEP] C o₃ [SEP] D o₄ [SEP]`; the letters mark the slots and
     the label names a slot. With `shuffle_options` the options are permuted per example (the label
-    follows the gold option), so a position cannot be learned as the answer."""
+    follows the gold option), so a position cannot be learned as the answer.
+
+    With `rotations` k > 1 each example becomes k sequences in the batch: one random order, rotated by
+    n/k slots each time, so the same options appear with the gold answer in k different slots. Features
+    of the content alone then cannot tell the k copies apart, and the gradient goes to what does: which
+    slot holds the option that fits the question (on the demo task this is what lets joint learn)."""
 
     tokenizer: PreTrainedTokenizerBase
     shuffle_options: bool = False
     seed: int = 0
     pad_to_multiple_of: int | None = None
+    rotations: int = 1
 
     def __post_init__(self):
         self._rng = np.random.default_rng(self.seed)
@@ -278,13 +284,20 @@ class JointCollator:
         types += [1] * (len(ids) - len(types))
         return {"input_ids": ids, "token_type_ids": types}
 
+    def orders(self, n: int) -> list[np.ndarray]:
+        """The option orders one example is presented in: order[slot] = index of the option in that slot."""
+        if not self.shuffle_options:
+            return [np.arange(n)]
+        order = self._rng.permutation(n)
+        k = max(1, min(self.rotations, n))
+        return [np.roll(order, (r * n) // k) for r in range(k)]
+
     def __call__(self, features: list[dict]) -> dict:
         examples, labels = [], []
         for f in features:
-            n = len(f["option_ids"])
-            order = self._rng.permutation(n) if self.shuffle_options else np.arange(n)
-            examples.append(self.build(f["question_ids"], f["option_ids"], order))
-            labels.append(int(np.nonzero(order == f["labels"])[0][0]) if f["labels"] >= 0 else -100)
+            for order in self.orders(len(f["option_ids"])):
+                examples.append(self.build(f["question_ids"], f["option_ids"], order))
+                labels.append(int(np.nonzero(order == f["labels"])[0][0]) if f["labels"] >= 0 else -100)
         batch = self.tokenizer.pad(examples, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
                                    return_tensors="pt")
         if not self._with_types:
@@ -309,11 +322,12 @@ class MaskedLMCollator:
 
 
 def make_collator(formulation: str, tokenizer, *, train: bool, seed: int = 0, mlm_probability: float = 0.15,
-                  pad_to_multiple_of: int | None = None):
+                  pad_to_multiple_of: int | None = None, joint_rotations: int = 1):
     if formulation == "per_choice":
         return MultipleChoiceCollator(tokenizer, pad_to_multiple_of)
     if formulation == "joint":
-        return JointCollator(tokenizer, shuffle_options=train, seed=seed, pad_to_multiple_of=pad_to_multiple_of)
+        return JointCollator(tokenizer, shuffle_options=train, seed=seed, pad_to_multiple_of=pad_to_multiple_of,
+                             rotations=joint_rotations if train else 1)
     if formulation == "mlm":
         return MaskedLMCollator(tokenizer, mlm_probability, seed)
     raise ValueError(f"unknown formulation {formulation}")

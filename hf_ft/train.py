@@ -169,7 +169,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
         eval_dataset=eval_set if has_eval else None,
         processing_class=tokenizer,
         data_collator=make_collator(formulation, tokenizer, train=True, seed=training_args.seed,
-                                    mlm_probability=data_args.mlm_probability),
+                                    mlm_probability=data_args.mlm_probability,
+                                    joint_rotations=data_args.joint_rotations),
         eval_data_collator=make_collator(formulation, tokenizer, train=False, seed=training_args.seed,
                                          mlm_probability=data_args.mlm_probability),
         compute_metrics=build_compute_metrics(eval_set["subject"]) if scores_accuracy and has_eval else None,
@@ -236,6 +237,8 @@ def run_record(model_args, data_args, training_args, formulation: str, trainer, 
     hyperparameters["lr_scheduler_type"] = str(hyperparameters["lr_scheduler_type"])
     hyperparameters.update(world_size=training_args.world_size, max_seq_length=max_length,
                            global_step=trainer.state.global_step)
+    if formulation == "joint":
+        hyperparameters["joint_rotations"] = data_args.joint_rotations
     return {
         "base_model": model_args.model_name_or_path,
         "task": model_args.task,

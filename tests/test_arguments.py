@@ -42,3 +42,8 @@ def test_json_config_and_unknown_keys(tmp_path):
 def test_bad_split_ratios(tmp_path):
     with pytest.raises(ConfigError, match="split_ratios"):
         parse_args(["--output_dir", str(tmp_path), "--split_ratios", "0.5,0.5,0.5"])
+
+
+def test_joint_rotations_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="--joint_rotations 0: need 1 or more"):
+        parse_args(["--output_dir", str(tmp_path), "--formulation", "joint", "--joint_rotations", "0"])
