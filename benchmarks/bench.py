@@ -48,6 +48,7 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 
+from hf_ft.arguments import DataArguments  # noqa: E402
 from hf_ft.data import LETTERS, load_data_dir, make_splits  # noqa: E402
 from hf_ft.preprocessing import encode, make_collator  # noqa: E402
 from hf_ft.trainer import QATrainer  # noqa: E402
@@ -298,8 +299,8 @@ ARMS = [
     {"name": "hf_ft_per_choice_torch_compile", "kind": "hf_ft", "formulation": "per_choice", "full_only": True,
      "training_args": {"torch_compile": True},
      "description": "as hf_ft default under torch.compile (inductor); compilation after step 1 is timed"},
-    {"name": "hf_ft_joint", "kind": "hf_ft", "formulation": "joint", "joint_rotations": 4,
-     "description": "--formulation joint (default --joint_rotations 4: each question in 4 rotated orders)"},
+    {"name": "hf_ft_joint", "kind": "hf_ft", "formulation": "joint", "joint_rotations": DataArguments.joint_rotations,
+     "description": "--formulation joint with its default --joint_rotations (each question in rotated orders)"},
     {"name": "hf_ft_joint_one_order", "kind": "hf_ft", "formulation": "joint", "joint_rotations": 1,
      "description": "--formulation joint --joint_rotations 1: each question once, in one random order"},
 ]
