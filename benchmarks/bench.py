@@ -48,7 +48,7 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 
-from hf_ft.arguments import DataArguments  # noqa: E402
+from hf_ft.arguments import JOINT_DEFAULTS, TASK_DEFAULTS, DataArguments  # noqa: E402
 from hf_ft.data import LETTERS, load_data_dir, make_splits  # noqa: E402
 from hf_ft.preprocessing import encode, make_collator  # noqa: E402
 from hf_ft.trainer import QATrainer  # noqa: E402
@@ -217,14 +217,20 @@ def padding_fraction(trainer, n_batches: int) -> float:
     return 1 - real / max(1, padded)
 
 
-def training_args(out: Path, steps: int, batch: int, sampling: str, device: str, bf16: bool,
+def training_args(out: Path, steps: int, batch: int, sampling: str, device: str, bf16: bool, hf_ft_columns: bool,
                   **overrides) -> TrainingArguments:
     settings = dict(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, per_device_eval_batch_size=32,
         learning_rate=1e-4, use_cpu=device == "cpu", bf16=bf16, report_to="none", save_strategy="no", eval_strategy="no",
-        logging_strategy="no", train_sampling_strategy=sampling, remove_unused_columns=sampling != "group_by_length",
+        logging_strategy="no", train_sampling_strategy=sampling, remove_unused_columns=not hf_ft_columns,
         average_tokens_across_devices=False, seed=0, dataloader_drop_last=True, disable_tqdm=True)
     return TrainingArguments(**{**settings, **overrides})
+
+
+def default_sampling(formulation: str) -> str:
+    """hf_ft's default train_sampling_strategy for `formulation`, so the arms time what users get."""
+    defaults = {**TASK_DEFAULTS, **(JOINT_DEFAULTS if formulation == "joint" else {})}
+    return defaults["train_sampling_strategy"]
 
 
 def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, steps: int, batch: int,
@@ -239,15 +245,16 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
     if arm["kind"] == "run_swag":
         train_set = run_swag_encode(splits.train, tokenizer, max_length, arm["pad_to_max"])
         eval_set = run_swag_encode(splits.validation, tokenizer, max_length, arm["pad_to_max"])
-        trainer = Trainer(model=model, args=training_args(work / arm["name"], steps, batch, "random", device, bf16),
+        trainer = Trainer(model=model, args=training_args(work / arm["name"], steps, batch, "random", device, bf16, False),
                           train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
                           data_collator=DataCollatorForMultipleChoice(tokenizer))
     else:
         train_set = encode(splits.train, tokenizer, formulation, max_length, cache_dir=work / "cache", progress=False)
         eval_set = encode(splits.validation, tokenizer, formulation, max_length, cache_dir=work / "cache",
                           sort_by_length=True, progress=False)
-        trainer = QATrainer(model=model, args=training_args(work / arm["name"], steps, batch, "group_by_length", device, bf16,
-                                                      **arm.get("training_args", {})),
+        sampling = default_sampling(formulation)
+        trainer = QATrainer(model=model, args=training_args(work / arm["name"], steps, batch, sampling, device, bf16,
+                                                            True, **arm.get("training_args", {})),
                             train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
                             data_collator=make_collator(formulation, tokenizer, train=True,
                                                         joint_rotations=arm.get("joint_rotations", 1)),
@@ -300,7 +307,7 @@ ARMS = [
      "training_args": {"torch_compile": True},
      "description": "as hf_ft default under torch.compile (inductor); compilation after step 1 is timed"},
     {"name": "hf_ft_joint", "kind": "hf_ft", "formulation": "joint", "joint_rotations": DataArguments.joint_rotations,
-     "description": "--formulation joint with its default --joint_rotations (each question in rotated orders)"},
+     "description": "--formulation joint, its defaults: random batches, --joint_rotations 4 (rotated orders)"},
     {"name": "hf_ft_joint_one_order", "kind": "hf_ft", "formulation": "joint", "joint_rotations": 1,
      "description": "--formulation joint --joint_rotations 1: each question once, in one random order"},
 ]
@@ -333,8 +340,9 @@ def time_preprocessing(work: Path, tokenizer, rows: int, max_length: int) -> tup
 def demo_accuracy(work: Path, quick: bool) -> dict:
     """Per-choice vs joint on the learnable demo task, on the demo-size BERT pretrained (masked LM) on fact
     sentences: a stand-in for the pretrained encoder joint is meant for (a random-init model does not learn
-    joint at all, see README). Per-choice uses the demo's settings; joint trains 4 examples × 4 rotations per
-    batch (16 sequences, as per-choice's 16 examples) for twice the epochs at lr 5e-4."""
+    joint at all, see README). Both fine-tune with dropout off (`--config_overrides`), which joint needs on
+    this tiny model. Per-choice uses the demo's settings; joint trains 4 examples × 4 rotations per batch (16
+    sequences, as per-choice's 16 examples) for twice the epochs at lr 5e-4, with its default random batches."""
     from hf_ft.arguments import parse_args
     from hf_ft.demo import make_demo_data, make_tiny_model, pretrain_tiny_model
     from hf_ft.train import main as train_main
@@ -353,6 +361,7 @@ def demo_accuracy(work: Path, quick: bool) -> dict:
         metrics = train_main(*parse_args([
             "--model_name_or_path", str(model), "--data_dir", str(data), "--output_dir", str(out),
             "--formulation", formulation, "--use_cpu", "--max_seq_length", "128", *schedule,
+            "--config_overrides", "hidden_dropout_prob=0,attention_probs_dropout_prob=0",
             "--warmup_steps", "0.1", "--seed", "0", "--disable_tqdm", "true", "--log_level", "warning"]))
         results[formulation] = {"eval_accuracy": metrics["eval_accuracy"], "test_accuracy": metrics["test_accuracy"],
                                 "train_runtime_s": metrics["train_runtime"], "settings": " ".join(schedule)}

@@ -79,10 +79,25 @@ def formulation_of(config) -> str | None:
     return None
 
 
+def apply_config_overrides(config, overrides: str | None) -> None:
+    """`key=value,key=value` onto `config` (PretrainedConfig.update_from_string), with errors that name the key."""
+    if not overrides:
+        return
+    for item in overrides.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ModelLoadError(f"--config_overrides '{overrides}': '{item}' is not key=value")
+        try:
+            config.update_from_string(f"{key.strip()}={value.strip()}")
+        except (ValueError, TypeError) as e:
+            raise ModelLoadError(f"--config_overrides '{overrides}': {key.strip()}: {e}") from None
+
+
 def load_model(name_or_path: str, formulation: str, revision: str = "main", cache_dir: str | None = None,
-               trust_remote_code: bool = False, **kwargs):
+               trust_remote_code: bool = False, config_overrides: str | None = None, **kwargs):
     """Load `name_or_path` with the head `formulation` needs (a fresh head when it has none yet)."""
     config = load_config(name_or_path, revision, cache_dir, trust_remote_code)
+    apply_config_overrides(config, config_overrides)
     if formulation == "joint":
         config.num_labels = 4
         config.id2label = dict(enumerate(LETTERS))

@@ -139,7 +139,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.model_revision,
                                model_args.cache_dir, model_args.trust_remote_code)
     model = load_model(model_args.model_name_or_path, formulation, model_args.model_revision,
-                       model_args.cache_dir, model_args.trust_remote_code)
+                       model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides)
     max_length = min(data_args.max_seq_length, tokenizer.model_max_length,
                      getattr(model.config, "max_position_embeddings", data_args.max_seq_length))
 
@@ -235,6 +235,9 @@ def run_record(model_args, data_args, training_args, formulation: str, trainer, 
         "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
         "gradient_accumulation_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "bf16", "fp16")}
     hyperparameters["lr_scheduler_type"] = str(hyperparameters["lr_scheduler_type"])
+    hyperparameters["train_sampling_strategy"] = str(training_args.train_sampling_strategy)
+    if model_args.config_overrides:
+        hyperparameters["config_overrides"] = model_args.config_overrides
     hyperparameters.update(world_size=training_args.world_size, max_seq_length=max_length,
                            global_step=trainer.state.global_step)
     if formulation == "joint":

@@ -14,7 +14,8 @@ from hf_ft.data import QARow, load_items
 def joint_run(tmp_path_factory, demo_data, tiny_model):
     out = tmp_path_factory.mktemp("joint") / "out"
     metrics = train_in_process(["--formulation", "joint", "--model_name_or_path", str(tiny_model), "--data_dir",
-                                str(demo_data), "--output_dir", str(out), *TRAIN_ARGS])
+                                str(demo_data), "--output_dir", str(out), *TRAIN_ARGS,
+                                "--config_overrides", "hidden_dropout_prob=0,attention_probs_dropout_prob=0.0"])
     return out, metrics
 
 
@@ -30,6 +31,10 @@ def test_joint_trains_saves_reloads_and_predicts_the_same(joint_run):
     assert np.isfinite(metrics["train_loss"]) and metrics["test_samples"] > 100
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.num_labels == 4 and model.config.hf_ft_formulation == "joint"
+    assert model.config.hidden_dropout_prob == 0 and model.config.attention_probs_dropout_prob == 0  # overridden
+    hyperparameters = json.loads((out / "hf_ft_run.json").read_text())["hyperparameters"]
+    assert hyperparameters["train_sampling_strategy"] == "random"  # the joint default
+    assert hyperparameters["config_overrides"] == "hidden_dropout_prob=0,attention_probs_dropout_prob=0.0"
     scorer = load_scorer(str(out), use_cpu=True, max_length=128)
     assert scorer.name == "head (joint)"
     rows = load_items(out / "test_qa_data.json")
@@ -52,6 +57,18 @@ def test_joint_model_in_predict_and_evaluate(joint_run, tiny_model, tmp_path):
                                    use_cpu=True, max_seq_length=128))
     assert report["finetuned"]["scorer"] == "head (joint)" and report["original"]["scorer"] == "mlm-pll"
     assert sum(report["finetuned"]["predicted_letters"].values()) == report["items"] > 100
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ("hidden_dropout_prob", "'hidden_dropout_prob' is not key=value"),
+    ("hiden_dropout_prob=0", "hiden_dropout_prob: key hiden_dropout_prob isn't in the original config"),
+    ("hidden_dropout_prob=zero", "hidden_dropout_prob: could not convert string to float"),
+])
+def test_bad_config_overrides_are_named(tiny_model, tmp_path, overrides, message):
+    from hf_ft.modeling import ModelLoadError, load_model
+
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(str(tiny_model), "per_choice", config_overrides=overrides)
 
 
 def test_option_shuffling_keeps_the_gold_option_labelled(tiny_model):
