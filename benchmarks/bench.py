@@ -48,7 +48,7 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 
-from hf_ft.arguments import JOINT_DEFAULTS, TASK_DEFAULTS, DataArguments  # noqa: E402
+from hf_ft.arguments import TASK_DEFAULTS, DataArguments  # noqa: E402
 from hf_ft.data import LETTERS, load_data_dir, make_splits  # noqa: E402
 from hf_ft.preprocessing import encode, make_collator  # noqa: E402
 from hf_ft.trainer import QATrainer  # noqa: E402
@@ -227,12 +227,6 @@ def training_args(out: Path, steps: int, batch: int, sampling: str, device: str,
     return TrainingArguments(**{**settings, **overrides})
 
 
-def default_sampling(formulation: str) -> str:
-    """hf_ft's default train_sampling_strategy for `formulation`, so the arms time what users get."""
-    defaults = {**TASK_DEFAULTS, **(JOINT_DEFAULTS if formulation == "joint" else {})}
-    return defaults["train_sampling_strategy"]
-
-
 def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, steps: int, batch: int,
             work: Path, peak_gflops: float, device: str = "cpu", bf16: bool = False) -> dict:
     set_seed(0)
@@ -252,7 +246,7 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
         train_set = encode(splits.train, tokenizer, formulation, max_length, cache_dir=work / "cache", progress=False)
         eval_set = encode(splits.validation, tokenizer, formulation, max_length, cache_dir=work / "cache",
                           sort_by_length=True, progress=False)
-        sampling = default_sampling(formulation)
+        sampling = TASK_DEFAULTS["train_sampling_strategy"]  # what users get
         trainer = QATrainer(model=model, args=training_args(work / arm["name"], steps, batch, sampling, device, bf16,
                                                             True, **arm.get("training_args", {})),
                             train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
@@ -307,7 +301,7 @@ ARMS = [
      "training_args": {"torch_compile": True},
      "description": "as hf_ft default under torch.compile (inductor); compilation after step 1 is timed"},
     {"name": "hf_ft_joint", "kind": "hf_ft", "formulation": "joint", "joint_rotations": DataArguments.joint_rotations,
-     "description": "--formulation joint, its defaults: random batches, --joint_rotations 4 (rotated orders)"},
+     "description": "--formulation joint with its default --joint_rotations (each question in rotated orders)"},
     {"name": "hf_ft_joint_one_order", "kind": "hf_ft", "formulation": "joint", "joint_rotations": 1,
      "description": "--formulation joint --joint_rotations 1: each question once, in one random order"},
 ]
@@ -340,9 +334,9 @@ def time_preprocessing(work: Path, tokenizer, rows: int, max_length: int) -> tup
 def demo_accuracy(work: Path, quick: bool) -> dict:
     """Per-choice vs joint on the learnable demo task, on the demo-size BERT pretrained (masked LM) on fact
     sentences: a stand-in for the pretrained encoder joint is meant for (a random-init model does not learn
-    joint at all, see README). Both fine-tune with dropout off (`--config_overrides`), which joint needs on
-    this tiny model. Per-choice uses the demo's settings; joint trains 4 examples × 4 rotations per batch (16
-    sequences, as per-choice's 16 examples) for twice the epochs at lr 5e-4, with its default random batches."""
+    joint at all, see README). Both fine-tune with dropout off (`--config_overrides`), as in the separate
+    loop where joint did best. Per-choice uses the demo's settings; joint trains 4 examples × 4 rotations
+    per batch (16 sequences, as per-choice's 16 examples) for twice the epochs at lr 5e-4."""
     from hf_ft.arguments import parse_args
     from hf_ft.demo import make_demo_data, make_tiny_model, pretrain_tiny_model
     from hf_ft.train import main as train_main

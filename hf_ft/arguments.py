@@ -136,17 +136,13 @@ TASK_DEFAULTS = {
     "greater_is_better": True,
     "report_to": "none",
     "average_tokens_across_devices": False,  # would multiply a choice head's loss by the process count
-    "train_sampling_strategy": "group_by_length",  # uses our `length` column; joint: see JOINT_DEFAULTS
+    "train_sampling_strategy": "group_by_length",  # uses our `length` column
     "per_device_eval_batch_size": 32,
     "num_train_epochs": 3.0,
     "learning_rate": 3e-5,
     "warmup_steps": 0.1,
     "hub_strategy": "end",  # one push of the finished model (with our card), not one per checkpoint
 }
-
-# The joint formulation learns far slower from length-grouped batches (similar questions together); measured
-# on the demo task: validation 42% vs 79% after 5 epochs (README, Formulations). Its padding stays ~3% anyway.
-JOINT_DEFAULTS = {"train_sampling_strategy": "random"}
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
 
@@ -235,9 +231,6 @@ def parse_args(argv: list[str] | None = None):
         raise ConfigError(f"--joint_rotations {data_args.joint_rotations}: need 1 or more")
 
     overrides = {}
-    if model_args.formulation == "joint":
-        overrides.update({name: value for name, value in JOINT_DEFAULTS.items()
-                          if name not in config and not _given(argv, name)})
     if _bf16_wanted(run_args, training_args):
         overrides["bf16"] = True
         training_args.bf16 = True  # so the DeepSpeed check compares against the final value
@@ -255,10 +248,6 @@ def parse_args(argv: list[str] | None = None):
         model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args.hf_ft_deepspeed = deepspeed.record()
     return model_args, data_args, run_args, training_args
-
-
-def _given(argv: list[str], name: str) -> bool:
-    return any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in argv)
 
 
 def _cuda_present() -> bool:

@@ -48,16 +48,3 @@ def test_joint_rotations_must_be_positive(tmp_path):
     with pytest.raises(ConfigError, match="--joint_rotations 0: need 1 or more"):
         parse_args(["--output_dir", str(tmp_path), "--formulation", "joint", "--joint_rotations", "0"])
 
-
-def test_joint_samples_randomly_unless_told_otherwise(tmp_path):
-    def sampling(*argv, config=None):
-        return parse_args([*([str(config)] if config else []), "--output_dir", str(tmp_path), "--use_cpu",
-                           *argv])[3].train_sampling_strategy
-
-    assert sampling("--formulation", "joint") == "random"
-    assert sampling("--formulation", "per_choice") == "group_by_length"
-    assert sampling("--formulation", "joint", "--train_sampling_strategy", "group_by_length") == "group_by_length"
-    assert sampling("--formulation=joint", "--train_sampling_strategy=group_by_length") == "group_by_length"
-    config = tmp_path / "c.yaml"
-    config.write_text("formulation: joint\ntrain_sampling_strategy: group_by_length\n", encoding="utf-8")
-    assert sampling(config=config) == "group_by_length"

@@ -33,7 +33,7 @@ def test_joint_trains_saves_reloads_and_predicts_the_same(joint_run):
     assert model.config.num_labels == 4 and model.config.hf_ft_formulation == "joint"
     assert model.config.hidden_dropout_prob == 0 and model.config.attention_probs_dropout_prob == 0  # overridden
     hyperparameters = json.loads((out / "hf_ft_run.json").read_text())["hyperparameters"]
-    assert hyperparameters["train_sampling_strategy"] == "random"  # the joint default
+    assert hyperparameters["train_sampling_strategy"] == "group_by_length"
     assert hyperparameters["config_overrides"] == "hidden_dropout_prob=0,attention_probs_dropout_prob=0.0"
     scorer = load_scorer(str(out), use_cpu=True, max_length=128)
     assert scorer.name == "head (joint)"
