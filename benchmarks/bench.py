@@ -125,18 +125,24 @@ def build_model(out: Path, size: str) -> tuple[Path, BertTokenizer]:
 # Measurement helpers
 
 
-def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 20) -> float:
-    """Achieved matmul throughput on `device` in `dtype`: the ceiling MFU is measured against."""
-    n = 1024 if device == "cpu" else 8192
+def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 10,
+                  trials: int = 5) -> float:
+    """Achieved matmul throughput on `device` in `dtype`, the best of `trials`: the ceiling MFU is measured
+    against. One short trial can land on a slow moment (a single 0.4 s trial read 103 GFLOP/s where the
+    best is over 140), which would put MFU above 100%."""
+    n = 2048 if device == "cpu" else 8192
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
+    for _ in range(2):
         a @ b
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+    best = 0.0
+    for _ in range(trials):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync(device)
+        best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def sync(device: str) -> None:
@@ -332,24 +338,26 @@ def time_preprocessing(work: Path, tokenizer, rows: int, max_length: int) -> tup
 
 
 def demo_accuracy(work: Path, quick: bool) -> dict:
-    """Per-choice vs joint on the learnable demo task, on the demo-size BERT pretrained (masked LM) on fact
-    sentences: a stand-in for the pretrained encoder joint is meant for (a random-init model does not learn
-    joint at all, see README). Both fine-tune with dropout off (`--config_overrides`), as in the separate
-    loop where joint did best. Per-choice uses the demo's settings; joint trains 4 examples × 4 rotations
-    per batch (16 sequences, as per-choice's 16 examples) for twice the epochs at lr 5e-4."""
+    """Per-choice vs joint on the learnable demo task, on a demo-vocabulary BERT (4 layers, hidden 128) pretrained
+    by masked LM on fact sentences: a stand-in for the pretrained encoder joint is meant for (a random-init
+    model does not learn joint at all, and the demo's 2-layer model, pretrained, stops near 80–84%; see
+    README). Both fine-tune with dropout off (`--config_overrides`). Per-choice uses the demo's settings;
+    joint trains 4 examples × 4 rotations per batch (16 sequences, as per-choice's 16 examples) at lr 5e-4
+    for 32 epochs (a 24-epoch run was still rising on validation)."""
     from hf_ft.arguments import parse_args
     from hf_ft.demo import make_demo_data, make_tiny_model, pretrain_tiny_model
     from hf_ft.train import main as train_main
 
     data = make_demo_data(work / "demo_data", rows_per_subject=120 if quick else 400, seed=0)
-    model = make_tiny_model(work / "demo_model", [data], hidden_size=128, num_heads=4, intermediate_size=256)
+    model = make_tiny_model(work / "demo_model", [data], hidden_size=128, num_layers=4, num_heads=4,
+                            intermediate_size=256)
     start = time.perf_counter()
     pretrain_tiny_model(model, sentences=500 if quick else 20000, epochs=1 if quick else 20)
     results = {"pretraining_s": round(time.perf_counter() - start, 1)}
     schedules = {"per_choice": ["--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
                                 "--num_train_epochs", "1" if quick else "12"],
                  "joint": ["--per_device_train_batch_size", "4", "--joint_rotations", "4", "--learning_rate", "5e-4",
-                           "--num_train_epochs", "1" if quick else "24"]}
+                           "--num_train_epochs", "1" if quick else "32"]}
     for formulation, schedule in schedules.items():
         out = work / f"demo_{formulation}"
         metrics = train_main(*parse_args([
