@@ -35,6 +35,8 @@ def test_joint_trains_saves_reloads_and_predicts_the_same(joint_run):
     hyperparameters = json.loads((out / "hf_ft_run.json").read_text())["hyperparameters"]
     assert hyperparameters["train_sampling_strategy"] == "group_by_length"
     assert hyperparameters["config_overrides"] == "hidden_dropout_prob=0,attention_probs_dropout_prob=0.0"
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "| config overrides | hidden_dropout_prob=0,attention_probs_dropout_prob=0.0 |" in card
     scorer = load_scorer(str(out), use_cpu=True, max_length=128)
     assert scorer.name == "head (joint)"
     rows = load_items(out / "test_qa_data.json")
