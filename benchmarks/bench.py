@@ -223,12 +223,12 @@ def padding_fraction(trainer, n_batches: int) -> float:
     return 1 - real / max(1, padded)
 
 
-def training_args(out: Path, steps: int, batch: int, sampling: str, device: str, bf16: bool, hf_ft_columns: bool,
+def training_args(out: Path, steps: int, batch: int, sampling: str, device: str, bf16: bool,
                   **overrides) -> TrainingArguments:
     settings = dict(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, per_device_eval_batch_size=32,
         learning_rate=1e-4, use_cpu=device == "cpu", bf16=bf16, report_to="none", save_strategy="no", eval_strategy="no",
-        logging_strategy="no", train_sampling_strategy=sampling, remove_unused_columns=not hf_ft_columns,
+        logging_strategy="no", train_sampling_strategy=sampling,
         average_tokens_across_devices=False, seed=0, dataloader_drop_last=True, disable_tqdm=True)
     return TrainingArguments(**{**settings, **overrides})
 
@@ -245,7 +245,7 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
     if arm["kind"] == "run_swag":
         train_set = run_swag_encode(splits.train, tokenizer, max_length, arm["pad_to_max"])
         eval_set = run_swag_encode(splits.validation, tokenizer, max_length, arm["pad_to_max"])
-        trainer = Trainer(model=model, args=training_args(work / arm["name"], steps, batch, "random", device, bf16, False),
+        trainer = Trainer(model=model, args=training_args(work / arm["name"], steps, batch, "random", device, bf16),
                           train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
                           data_collator=DataCollatorForMultipleChoice(tokenizer))
     else:
@@ -253,8 +253,9 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
         eval_set = encode(splits.validation, tokenizer, formulation, max_length, cache_dir=work / "cache",
                           sort_by_length=True, progress=False)
         sampling = TASK_DEFAULTS["train_sampling_strategy"]  # what users get
+        # As in hf_ft.train: the collators need the length and option columns the model's forward does not take.
         trainer = QATrainer(model=model, args=training_args(work / arm["name"], steps, batch, sampling, device, bf16,
-                                                            True, **arm.get("training_args", {})),
+                                                            remove_unused_columns=False, **arm.get("training_args", {})),
                             train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
                             data_collator=make_collator(formulation, tokenizer, train=True,
                                                         joint_rotations=arm.get("joint_rotations", 1)),
