@@ -15,6 +15,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import UserError
 from .data import HUB_DATASET, HUB_DEFAULT_REVISION
+from .preprocessing import JOINT_EVAL_ROTATIONS
 
 
 @dataclass
@@ -91,6 +92,12 @@ class DataArguments:
                           "its shuffled options rotated so the gold answer sits in a different slot each time "
                           "(1: one random order). Rotations make the head compare options instead of learning "
                           "content alone; each costs one more sequence."},
+    )
+    joint_eval_rotations: int = field(
+        default=JOINT_EVAL_ROTATIONS,
+        metadata={"help": "--formulation joint, validation and test: score each question in this many rotations of "
+                          "its option order and average each option's log-probability over them, which cancels "
+                          "slot bias (1: one pass, fastest). The same option exists in evaluate and predict."},
     )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
@@ -227,8 +234,9 @@ def parse_args(argv: list[str] | None = None):
         raise ConfigError("--hub_token is not accepted: it would be saved with the run's arguments; set HF_TOKEN "
                           "or run `hf auth login` instead")
     data_args.ratios()
-    if data_args.joint_rotations < 1:
-        raise ConfigError(f"--joint_rotations {data_args.joint_rotations}: need 1 or more")
+    for name in ("joint_rotations", "joint_eval_rotations"):
+        if getattr(data_args, name) < 1:
+            raise ConfigError(f"--{name} {getattr(data_args, name)}: need 1 or more")
 
     overrides = {}
     if _bf16_wanted(run_args, training_args):

@@ -24,6 +24,7 @@ from .errors import UserError
 from .metrics import accuracy_report, percent
 from .modeling import check_model_path
 from .plotting import plot_comparison
+from .preprocessing import JOINT_EVAL_ROTATIONS
 from .scoring import SCORERS, load_scorer
 from .stats import accuracy_ci, paired_comparison
 from .subjects import CATEGORIES, category_of
@@ -45,6 +46,9 @@ class EvaluateArguments:
                 "head or mlm: force one for both models.", "choices": list(SCORERS)})
     allow_overlap: bool = field(default=False, metadata={
         "help": "Remove (and report) items that were in training/validation instead of stopping."})
+    joint_eval_rotations: int = field(default=JOINT_EVAL_ROTATIONS, metadata={
+        "help": "A joint model scores each question in this many rotations of its option order, averaging each "
+                "option's log-probability over them (1: one pass, fastest)."})
     batch_size: int = field(default=32, metadata={"help": "Items per forward pass."})
     max_seq_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
     use_cpu: bool = field(default=False, metadata={"help": "Score on the CPU even when CUDA is available."})
@@ -256,7 +260,8 @@ def run(args: EvaluateArguments) -> dict:
     scores = {}
     scorers = {}
     for who, path in (("original", args.original), ("finetuned", args.finetuned)):
-        scorer = load_scorer(path, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code)
+        scorer = load_scorer(path, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
+                             joint_eval_rotations=args.joint_eval_rotations)
         start = time.perf_counter()
         scores[who] = scorer.score(rows, args.batch_size)
         seconds[who] = time.perf_counter() - start

@@ -21,6 +21,7 @@ import numpy as np
 
 from .data import QARow, handle_problems, read_records, validate_records, write_jsonl
 from .errors import UserError
+from .preprocessing import JOINT_EVAL_ROTATIONS
 from .scoring import LoadedScorer, load_scorer
 
 OPTION_LETTERS = string.ascii_uppercase
@@ -184,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="--input: where the JSONL predictions go")
     parser.add_argument("--top_k", type=int, default=5, help="--fill: how many tokens per mask")
     parser.add_argument("--scorer", choices=["auto", "head", "mlm"], default="auto")
+    parser.add_argument("--joint_eval_rotations", type=int, default=JOINT_EVAL_ROTATIONS,
+                        help="a joint model scores each question in this many rotations of its option order, "
+                             "averaging each option's log-probability (1: one pass, fastest)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=512)
     parser.add_argument("--use_cpu", action="store_true")
@@ -195,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> object:
     if args.question is not None:
         row = make_question(args.question, args.choices)  # check the input before loading a model
-    scorer = load_scorer(args.model, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code)
+    scorer = load_scorer(args.model, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
+                         joint_eval_rotations=args.joint_eval_rotations)
     if args.question is not None:
         result = rank(scorer, [row])[0]
         if args.json:

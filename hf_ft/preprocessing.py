@@ -25,6 +25,8 @@ from .data import QARow
 logger = logging.getLogger(__name__)
 
 MLM_ANSWER_PREFIX = "答案："
+# A joint model scores each question in this many rotated option orders at evaluation (see merge_rotations).
+JOINT_EVAL_ROTATIONS = 4
 
 
 def rows_to_dataset(rows: list[QARow]) -> datasets.Dataset:
@@ -247,6 +249,25 @@ class MultipleChoiceCollator:
         return self._collate([{k: f[k] for k in self._keys if k in f} for f in features])
 
 
+def rotation_shifts(n_options: int, rotations: int) -> list[int]:
+    """How far each of k rotated copies moves the options (k ≤ n, spread evenly): 4 of 4 → 0, 1, 2, 3."""
+    k = max(1, min(rotations, n_options))
+    return [(r * n_options) // k for r in range(k)]
+
+
+def merge_rotations(logits: torch.Tensor, rotations: int) -> torch.Tensor:
+    """One row of option scores per example from the k rotated copies JointCollator lays out consecutively
+    at evaluation: each option's log-probability averaged over the k slots it sat in, which cancels what
+    the head has learnt about slots rather than options. With one copy the logits come back unchanged."""
+    n = logits.shape[-1]
+    shifts = rotation_shifts(n, rotations)
+    if len(shifts) == 1:
+        return logits
+    copies = torch.log_softmax(logits.float(), dim=-1).view(-1, len(shifts), n)
+    # Copy r holds option j in slot (j + shift_r) mod n; rolling back by shift_r puts it at j again.
+    return torch.stack([copies[:, r].roll(-shift, dims=-1) for r, shift in enumerate(shifts)], dim=1).mean(dim=1)
+
+
 @dataclass
 class JointCollator:
     """Builds `[CLS] q [SEP] A o₁ [SEP] B o₂ [SEP] C o₃ [SEP] D o₄ [SEP]`; the letters mark the slots and
@@ -256,7 +277,10 @@ class JointCollator:
     With `rotations` k > 1 each example becomes k sequences in the batch: one random order, rotated by
     n/k slots each time, so the same options appear with the gold answer in k different slots. Features
     of the content alone then cannot tell the k copies apart, and the gradient goes to what does: which
-    slot holds the option that fits the question (on the demo task this is what lets joint learn)."""
+    slot holds the option that fits the question (on the demo task this is what lets joint learn).
+
+    Without `shuffle_options` (evaluation) the k copies are rotations of the given order, and
+    `merge_rotations` folds their logits back into one score per option."""
 
     tokenizer: PreTrainedTokenizerBase
     shuffle_options: bool = False
@@ -286,11 +310,8 @@ class JointCollator:
 
     def orders(self, n: int) -> list[np.ndarray]:
         """The option orders one example is presented in: order[slot] = index of the option in that slot."""
-        if not self.shuffle_options:
-            return [np.arange(n)]
-        order = self._rng.permutation(n)
-        k = max(1, min(self.rotations, n))
-        return [np.roll(order, (r * n) // k) for r in range(k)]
+        base = self._rng.permutation(n) if self.shuffle_options else np.arange(n)
+        return [np.roll(base, shift) for shift in rotation_shifts(n, self.rotations)]
 
     def __call__(self, features: list[dict]) -> dict:
         examples, labels = [], []
@@ -322,12 +343,12 @@ class MaskedLMCollator:
 
 
 def make_collator(formulation: str, tokenizer, *, train: bool, seed: int = 0, mlm_probability: float = 0.15,
-                  pad_to_multiple_of: int | None = None, joint_rotations: int = 1):
+                  pad_to_multiple_of: int | None = None, joint_rotations: int = 1, joint_eval_rotations: int = 1):
     if formulation == "per_choice":
         return MultipleChoiceCollator(tokenizer, pad_to_multiple_of)
     if formulation == "joint":
         return JointCollator(tokenizer, shuffle_options=train, seed=seed, pad_to_multiple_of=pad_to_multiple_of,
-                             rotations=joint_rotations if train else 1)
+                             rotations=joint_rotations if train else joint_eval_rotations)
     if formulation == "mlm":
         return MaskedLMCollator(tokenizer, mlm_probability, seed)
     raise ValueError(f"unknown formulation {formulation}")

@@ -1,7 +1,9 @@
 """Option scores for multiple-choice items, one implementation per scorer, shared by evaluate and predict.
 
 head: a fine-tuned per_choice or joint model scores options with its trained head; the inputs are
-      built by the training preprocessing and collators, so train and test see the same sequences.
+      built by the training preprocessing and collators, so train and test see the same sequences. A
+      joint model sees each question in `joint_eval_rotations` rotated option orders, merged into one
+      log-probability per option.
 mlm:  a masked-LM (the original pretrained model, or a --task mlm adaptation) scores each option
       zero-shot by its length-normalised pseudo-log-likelihood given the question: every option
       token is masked in turn and the log-probability of the true token is averaged.
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 from .data import QARow
 from .errors import UserError
 from .modeling import ModelLoadError, formulation_of, load_config, load_model, load_tokenizer
-from .preprocessing import MLM_ANSWER_PREFIX, encode, make_collator
+from .preprocessing import JOINT_EVAL_ROTATIONS, MLM_ANSWER_PREFIX, encode, make_collator, merge_rotations
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,9 @@ class LoadedScorer:
     model: torch.nn.Module
     tokenizer: object
     formulation: str  # per_choice / joint / mlm
-    name: str  # "head (per_choice)", "head (joint)" or "mlm-pll"
+    name: str  # "head (per_choice)", "head (joint)", "head (joint, 4 rotations)" or "mlm-pll"
     max_length: int
+    joint_eval_rotations: int = 1
 
     def score(self, rows: list[QARow], batch_size: int = 32, progress: bool = True) -> np.ndarray:
         """(n, options) scores; higher is better. Deterministic for the same model and items."""
@@ -51,8 +54,11 @@ class LoadedScorer:
 
 
 def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_length: int = 512,
-                trust_remote_code: bool = False, revision: str = "main") -> LoadedScorer:
+                trust_remote_code: bool = False, revision: str = "main",
+                joint_eval_rotations: int = JOINT_EVAL_ROTATIONS) -> LoadedScorer:
     """Choose the scorer from the checkpoint's config (or `scorer`), load the model once, in eval mode."""
+    if joint_eval_rotations < 1:
+        raise UserError(f"--joint_eval_rotations {joint_eval_rotations}: need 1 or more")
     config = load_config(path, revision, None, trust_remote_code)
     formulation = formulation_of(config)
     if scorer == "mlm":
@@ -73,8 +79,11 @@ def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_leng
     device = pick_device(use_cpu)
     model.to(device).eval()
     limit = min(max_length, tokenizer.model_max_length, getattr(config, "max_position_embeddings", max_length))
+    rotations = joint_eval_rotations if formulation == "joint" else 1
     name = "mlm-pll" if formulation == "mlm" else f"head ({formulation})"
-    return LoadedScorer(path, model, tokenizer, formulation, name, limit)
+    if rotations > 1:
+        name = f"head (joint, {min(rotations, config.num_labels)} rotations)"
+    return LoadedScorer(path, model, tokenizer, formulation, name, limit, rotations)
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -87,7 +96,8 @@ def score_with_head(scorer: LoadedScorer, rows: list[QARow], batch_size: int, pr
                      progress=progress and len(rows) >= 1000)
     index_of = {row_id: i for i, row_id in enumerate(r.id for r in rows)}
     order = [index_of[row_id] for row_id in dataset["id"]]
-    collator = make_collator(scorer.formulation, scorer.tokenizer, train=False)
+    collator = make_collator(scorer.formulation, scorer.tokenizer, train=False,
+                             joint_eval_rotations=scorer.joint_eval_rotations)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
     device = next(scorer.model.parameters()).device
     if len({len(r.options) for r in rows}) > 1:
@@ -97,7 +107,8 @@ def score_with_head(scorer: LoadedScorer, rows: list[QARow], batch_size: int, pr
     position = 0
     with torch.inference_mode():
         for batch in tqdm(loader, desc=f"scoring {scorer.path}", disable=not progress, leave=False):
-            logits = scorer.model(**_to_device(batch, device)).logits.float().cpu().numpy()
+            logits = scorer.model(**_to_device(batch, device)).logits
+            logits = merge_rotations(logits, scorer.joint_eval_rotations).float().cpu().numpy()
             for row_logits in logits:
                 scores[order[position]] = row_logits
                 position += 1

@@ -172,7 +172,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
                                     mlm_probability=data_args.mlm_probability,
                                     joint_rotations=data_args.joint_rotations),
         eval_data_collator=make_collator(formulation, tokenizer, train=False, seed=training_args.seed,
-                                         mlm_probability=data_args.mlm_probability),
+                                         mlm_probability=data_args.mlm_probability,
+                                         joint_eval_rotations=data_args.joint_eval_rotations),
+        joint_eval_rotations=data_args.joint_eval_rotations if formulation == "joint" else 1,
         compute_metrics=build_compute_metrics(eval_set["subject"]) if scores_accuracy and has_eval else None,
         callbacks=[LossCurveCallback(str(output_dir))],
     )
@@ -242,6 +244,7 @@ def run_record(model_args, data_args, training_args, formulation: str, trainer, 
                            global_step=trainer.state.global_step)
     if formulation == "joint":
         hyperparameters["joint_rotations"] = data_args.joint_rotations
+        hyperparameters["joint_eval_rotations"] = data_args.joint_eval_rotations
     return {
         "base_model": model_args.model_name_or_path,
         "task": model_args.task,

@@ -44,7 +44,8 @@ def test_bad_split_ratios(tmp_path):
         parse_args(["--output_dir", str(tmp_path), "--split_ratios", "0.5,0.5,0.5"])
 
 
-def test_joint_rotations_must_be_positive(tmp_path):
-    with pytest.raises(ConfigError, match="--joint_rotations 0: need 1 or more"):
-        parse_args(["--output_dir", str(tmp_path), "--formulation", "joint", "--joint_rotations", "0"])
+@pytest.mark.parametrize("name", ["joint_rotations", "joint_eval_rotations"])
+def test_joint_rotations_must_be_positive(tmp_path, name):
+    with pytest.raises(ConfigError, match=f"--{name} 0: need 1 or more"):
+        parse_args(["--output_dir", str(tmp_path), "--formulation", "joint", f"--{name}", "0"])
 

@@ -34,30 +34,43 @@ def test_joint_trains_saves_reloads_and_predicts_the_same(joint_run):
     assert model.config.hidden_dropout_prob == 0 and model.config.attention_probs_dropout_prob == 0  # overridden
     hyperparameters = json.loads((out / "hf_ft_run.json").read_text())["hyperparameters"]
     assert hyperparameters["train_sampling_strategy"] == "group_by_length"
+    assert hyperparameters["joint_rotations"] == 4 and hyperparameters["joint_eval_rotations"] == 4
     assert hyperparameters["config_overrides"] == "hidden_dropout_prob=0,attention_probs_dropout_prob=0.0"
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "| config overrides | hidden_dropout_prob=0,attention_probs_dropout_prob=0.0 |" in card
+    # The Trainer's test predictions and the scorer both merge 4 rotations per question (the default).
     scorer = load_scorer(str(out), use_cpu=True, max_length=128)
-    assert scorer.name == "head (joint)"
+    assert scorer.name == "head (joint, 4 rotations)"
     rows = load_items(out / "test_qa_data.json")
     trained = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
-    np.testing.assert_allclose(scorer.score(rows, progress=False), [t["scores"] for t in trained], atol=1e-5)
+    merged = scorer.score(rows, progress=False)
+    np.testing.assert_allclose(merged, [t["scores"] for t in trained], atol=1e-5)
+    assert (np.exp(merged).sum(axis=1) <= 1 + 1e-6).all()  # mean log-probabilities, not logits
     accuracy = np.mean([t["prediction"] == r.answer for t, r in zip(trained, rows)])
     assert accuracy == pytest.approx(metrics["test_accuracy"])
+    one_pass = load_scorer(str(out), use_cpu=True, max_length=128, joint_eval_rotations=1)
+    assert one_pass.name == "head (joint)"
+    assert not np.allclose(one_pass.score(rows, progress=False), merged)  # raw logits of the given order
 
 
 def test_joint_model_in_predict_and_evaluate(joint_run, tiny_model, tmp_path):
     out, _ = joint_run
     single = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--question", "下列何者屬於「樂器」？",
                             "--choices", "二胡", "老虎", "芒果", "氫", "--use_cpu"))
-    assert single.returncode == 0 and "head (joint)" in single.stdout, single.stderr[-2000:]
+    assert single.returncode == 0 and "head (joint, 4 rotations)" in single.stdout, single.stderr[-2000:]
+    fast = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--question", "下列何者屬於「樂器」？",
+                          "--choices", "二胡", "老虎", "芒果", "氫", "--use_cpu", "--joint_eval_rotations", "1"))
+    assert fast.returncode == 0 and "(scorer: head (joint))" in fast.stdout, fast.stderr[-2000:]
+    bad = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--question", "問題", "--choices", "a", "b", "c",
+                         "d", "--joint_eval_rotations", "0"))
+    assert bad.returncode == 2 and "--joint_eval_rotations 0: need 1 or more" in bad.stderr
     three = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--question", "問題", "--choices", "a", "b", "c"))
     assert three.returncode == 2 and "answers exactly 4 options" in three.stderr
     from hf_ft.evaluate import EvaluateArguments, run
 
     report = run(EvaluateArguments(original=str(tiny_model), finetuned=str(out), output_dir=str(tmp_path),
                                    use_cpu=True, max_seq_length=128))
-    assert report["finetuned"]["scorer"] == "head (joint)" and report["original"]["scorer"] == "mlm-pll"
+    assert report["finetuned"]["scorer"] == "head (joint, 4 rotations)" and report["original"]["scorer"] == "mlm-pll"
     assert sum(report["finetuned"]["predicted_letters"].values()) == report["items"] > 100
 
 
@@ -128,6 +141,41 @@ def test_rotations_put_the_gold_option_in_every_slot(tiny_model):
     assert make_collator("joint", tokenizer, train=False, joint_rotations=4)(features)["input_ids"].shape[0] == 6
 
 
+def test_evaluation_rotations_cancel_a_slot_bias(tiny_model):
+    """A head that prefers slot A by a wide margin and the gold option by a small one is wrong in one pass
+    whenever the answer is not A; merged over 4 rotations, the slot preference cancels and every answer is
+    right. The logits are computed from the collated tokens, so the collator's layout and merge_rotations'
+    way back are checked together."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from hf_ft.preprocessing import encode, make_collator, merge_rotations
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    options = ("二胡", "老虎", "芒果", "氫")
+    rows = [QARow(f"q{i}", "music", f"下列何者屬於「樂器」？第{i}題", options[i % 4:] + options[:i % 4],
+                  "ABCD"[(4 - i % 4) % 4]) for i in range(8)]
+    features = [encode(rows, tokenizer, "joint", 128, progress=False)[i] for i in range(8)]
+
+    def biased_head(batch):
+        logits = []
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            tokens = ids[mask == 1].tolist()
+            seps = [k for k, t in enumerate(tokens) if t == tokenizer.sep_token_id]
+            slots = [tokenizer.decode(tokens[a + 2:b]).replace(" ", "") for a, b in zip(seps, seps[1:])]
+            logits.append([3.0, 0.0, 0.0, 0.0] + np.eye(4)[slots.index("二胡")])
+        return torch.tensor(np.array(logits))
+
+    golds = [r.label for r in rows]
+    one = make_collator("joint", tokenizer, train=False)(features)
+    assert biased_head(one).argmax(-1).tolist() == [0] * 8 and golds != [0] * 8  # one pass: always A
+    batch = make_collator("joint", tokenizer, train=False, joint_eval_rotations=4)(features)
+    assert batch["input_ids"].shape[0] == 32 and batch["labels"][::4].tolist() == golds
+    merged = merge_rotations(biased_head(batch), 4)
+    assert merged.shape == (8, 4) and merged.argmax(-1).tolist() == golds  # merged: always the gold option
+    assert torch.equal(merge_rotations(biased_head(one), 1), biased_head(one))  # one copy: logits unchanged
+
+
 def test_length_grouping_reduces_padding_on_a_skewed_set(tiny_model, tmp_path):
     from transformers import AutoModelForMultipleChoice, AutoTokenizer, TrainingArguments
 
@@ -166,7 +214,9 @@ def test_benchmark_runs_in_quick_mode(tmp_path):
                 "peak_rss_mb"} <= set(arm)
         assert arm["train_samples_per_s"] > 0 and arm["eval_samples_per_s"] > 0
     assert next(a for a in report["arms"] if a["name"] == "baseline")["train_ratio"] == 1.0
-    assert {"per_choice", "joint"} <= set(report["demo_accuracy"])
+    demo = report["demo_accuracy"]
+    assert {"per_choice", "joint"} <= set(demo)
+    assert 0 <= demo["joint"]["test_accuracy_one_pass"] <= 1 and demo["joint"]["eval_rotations"] == 4
     assert "hf_ft benchmark" in result.stdout
 
 
