@@ -34,6 +34,35 @@ PUSHED_PATTERNS = [
 ]
 CHECKPOINT_PATTERNS = ["checkpoint-*/*", "checkpoint-*/**/*"]
 REJECTED_PATTERNS = ["rejected_rows.jsonl"]
+# How a joint model reads a question (hf_ft.preprocessing.JointCollator) and how hf_ft merges rotations
+# (merge_rotations), in plain transformers: what the card shows, and what the tests run against hf_ft.
+JOINT_USAGE = '''import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+model = AutoModelForSequenceClassification.from_pretrained("{repo_id}").eval()
+question, options = "下列何者為哺乳類？", ["鯨魚", "鯊魚", "章魚", "海星"]
+# One sequence: [CLS] question [SEP] A option [SEP] B option [SEP] C option [SEP] D option [SEP], scored in
+# `rotations` rotated option orders; each option's log-probability is averaged over the slots it sat in.
+rotations = {rotations}  # as hf_ft evaluated this model (--joint_eval_rotations); 1: one pass
+pieces = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+n = len(options)
+shifts = [r * n // min(rotations, n) for r in range(min(rotations, n))]
+scores = torch.zeros(n)
+for shift in shifts:
+    order = [(slot - shift) % n for slot in range(n)]  # which option sits in each slot
+    ids = [tokenizer.cls_token_id, *pieces(question), tokenizer.sep_token_id]
+    first = len(ids)
+    for slot, option in enumerate(order):
+        ids += [*pieces("ABCDEFGHIJ"[slot]), *pieces(options[option]), tokenizer.sep_token_id]
+    inputs = {{"input_ids": torch.tensor([ids])}}
+    if "token_type_ids" in tokenizer.model_input_names:
+        inputs["token_type_ids"] = torch.tensor([[0] * first + [1] * (len(ids) - first)])
+    with torch.no_grad():
+        log_probs = model(**inputs).logits[0].log_softmax(-1)
+    scores += log_probs[[(option + shift) % n for option in range(n)]] / len(shifts)
+print("ABCD"[scores.argmax().item()], scores.softmax(-1))'''
+
 PIPELINE_TAGS = {"per_choice": "multiple-choice", "joint": "text-classification", "mlm": "fill-mask"}
 
 
@@ -132,6 +161,8 @@ def build_model_card(output_dir: str | Path, repo_id: str | None = None, license
                  'with torch.no_grad():\n'
                  '    logits = model(**{k: v.unsqueeze(0) for k, v in enc.items()}).logits\n'
                  'print("ABCD"[logits.argmax().item()], logits.softmax(-1))')
+    elif formulation == "joint":
+        usage = JOINT_USAGE.format(repo_id=repo_id, rotations=hyper.get("joint_eval_rotations", 1))
     else:
         usage = (f'from transformers import {model_class}, AutoTokenizer\n\n'
                  f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'

@@ -62,3 +62,15 @@ def trained_run(tmp_path_factory, demo_data, tiny_model):
         *TRAIN_ARGS,
     ])
     return out, metrics
+
+
+def run_card_usage(output_dir: Path) -> dict:
+    """Run the model card's plain-transformers snippet against the local model; returns its variables."""
+    import re
+
+    card = (output_dir / "README.md").read_text(encoding="utf-8")
+    code = card.split("With plain transformers:")[1].split("```python")[1].split("```")[0]
+    code = re.sub(r'from_pretrained\("[^"]*"\)', f"from_pretrained({str(output_dir)!r})", code)
+    namespace: dict = {}
+    exec(compile(code, "model card usage", "exec"), namespace)
+    return namespace

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, TRAIN_ARGS, python, run_cli, train_in_process
+from conftest import ROOT, TRAIN_ARGS, python, run_card_usage, run_cli, train_in_process
 from hf_ft.data import QARow, load_items
 
 
@@ -72,6 +72,22 @@ def test_joint_model_in_predict_and_evaluate(joint_run, tiny_model, tmp_path):
                                    use_cpu=True, max_seq_length=128))
     assert report["finetuned"]["scorer"] == "head (joint, 4 rotations)" and report["original"]["scorer"] == "mlm-pll"
     assert sum(report["finetuned"]["predicted_letters"].values()) == report["items"] > 100
+
+
+def test_card_usage_code_answers_like_hf_ft(joint_run, capsys):
+    """The card shows how to use a joint model with transformers alone (build the sequence, merge the
+    rotations); run as printed, it must give hf_ft's answer and probabilities."""
+    from hf_ft.predict import make_question, rank
+    from hf_ft.scoring import load_scorer
+
+    out, _ = joint_run
+    usage = run_card_usage(out)
+    assert "rotations = 4" in (out / "README.md").read_text(encoding="utf-8")
+    expected = rank(load_scorer(str(out), use_cpu=True), [make_question(usage["question"], usage["options"])])[0]
+    probabilities = usage["scores"].softmax(-1).tolist()
+    assert capsys.readouterr().out.startswith(expected["prediction"])
+    assert {r["letter"]: r["probability"] for r in expected["ranking"]} == pytest.approx(
+        dict(zip("ABCD", probabilities)), abs=1e-5)
 
 
 @pytest.mark.parametrize("overrides, message", [

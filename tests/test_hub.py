@@ -6,7 +6,7 @@ import shutil
 import pytest
 import yaml
 
-from conftest import TRAIN_ARGS, python, run_cli
+from conftest import TRAIN_ARGS, python, run_card_usage, run_cli
 from fake_hub import GOOD_TOKEN, FakeHub
 
 
@@ -117,6 +117,18 @@ def test_card_is_written_at_the_end_of_training(trained_run):
     meta = yaml.safe_load(text.split("---")[1])
     assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "ikala/tmmluplus"
     assert "## Training" in text and "learning rate" in text and "DeepSpeed" in text
+
+
+def test_card_usage_code_answers_like_hf_ft(trained_run, capsys):
+    from hf_ft.predict import make_question, rank
+    from hf_ft.scoring import load_scorer
+
+    out, _ = trained_run
+    usage = run_card_usage(out)
+    expected = rank(load_scorer(str(out), use_cpu=True), [make_question(usage["question"], usage["options"])])[0]
+    assert capsys.readouterr().out.startswith(expected["prediction"])
+    assert {r["letter"]: r["probability"] for r in expected["ranking"]} == pytest.approx(
+        dict(zip("ABCD", usage["logits"].softmax(-1)[0].tolist())), abs=1e-5)
 
 
 def test_hub_token_argument_is_refused(tmp_path):
