@@ -146,6 +146,17 @@ def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32, repea
     return best
 
 
+def cpu_name() -> str:
+    """The CPU's model name where Linux tells it (platform.processor() often says only "x86_64")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -445,7 +456,7 @@ def main() -> None:
             a["eval_ratio"] = round(a["eval_samples_per_s"] / base["eval_samples_per_s"], 3)
         cold, cached, n_rows = time_preprocessing(work, tokenizer, 2000 if quick else 22700, max_length)
         report = {
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                         "torch": torch.__version__, "transformers": transformers.__version__,
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
             "device": device, "precision": "bf16" if args.bf16 else "fp32",
