@@ -134,10 +134,13 @@ def test_fallback_when_deepspeed_cannot_be_imported(tmp_path, demo_data, tiny_mo
 # Training under ZeRO, 1 and 2 processes
 
 
-@pytest.mark.parametrize("zero,nproc", [(0, 1), (0, 2), (3, 1), (3, 2)])
-def test_zero_training_saves_a_model_that_predicts_identically(zero, nproc, tmp_path, demo_data, tiny_model):
+@pytest.mark.parametrize("zero,nproc,formulation", [(0, 1, "per_choice"), (0, 2, "per_choice"), (3, 1, "per_choice"),
+                                                    (3, 2, "per_choice"), (0, 2, "joint")])
+def test_zero_training_saves_a_model_that_predicts_identically(zero, nproc, formulation, tmp_path, demo_data,
+                                                               tiny_model):
+    """With joint, each process merges its questions' 4 rotations before the predictions are gathered."""
     out = tmp_path / "out"
-    launch(zero, nproc, run_args(tiny_model, demo_data, out))
+    launch(zero, nproc, run_args(tiny_model, demo_data, out, "--formulation", formulation))
     record = json.loads((out / "hf_ft_run.json").read_text())
     assert record["deepspeed"]["used"] and record["deepspeed"]["stage"] == zero
     assert record["hyperparameters"]["world_size"] == nproc
