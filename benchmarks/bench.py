@@ -249,6 +249,7 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
             work: Path, peak_gflops: float, device: str = "cpu", bf16: bool = False) -> dict:
     set_seed(0)
     formulation = arm["formulation"]
+    eval_rotations = arm.get("joint_eval_rotations", 1)
     model_cls = AutoModelForSequenceClassification if formulation == "joint" else AutoModelForMultipleChoice
     kwargs = {"num_labels": 4} if formulation == "joint" else {}
     transformers.logging.set_verbosity_error()
@@ -272,8 +273,7 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
                             data_collator=make_collator(formulation, tokenizer, train=True,
                                                         joint_rotations=arm.get("joint_rotations", 1)),
                             eval_data_collator=make_collator(formulation, tokenizer, train=False,
-                                                             joint_eval_rotations=arm.get("joint_eval_rotations", 1)),
-                            joint_eval_rotations=arm.get("joint_eval_rotations", 1))
+                                                             joint_eval_rotations=eval_rotations))
     timer = StepTimer(device)
     trainer.add_callback(timer)
     trainer.remove_callback(PrinterCallback)
@@ -289,7 +289,7 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
         start = time.perf_counter()
         trainer.evaluate()
         eval_sps = len(eval_set) / (time.perf_counter() - start)
-    eval_tokens = real_tokens(eval_set, formulation) * arm.get("joint_eval_rotations", 1)
+    eval_tokens = real_tokens(eval_set, formulation) * eval_rotations
     return {
         "name": arm["name"],
         "description": arm["description"],

@@ -174,7 +174,6 @@ def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArgu
         eval_data_collator=make_collator(formulation, tokenizer, train=False, seed=training_args.seed,
                                          mlm_probability=data_args.mlm_probability,
                                          joint_eval_rotations=data_args.joint_eval_rotations),
-        joint_eval_rotations=data_args.joint_eval_rotations if formulation == "joint" else 1,
         compute_metrics=build_compute_metrics(eval_set["subject"]) if scores_accuracy and has_eval else None,
         callbacks=[LossCurveCallback(str(output_dir))],
     )

@@ -8,7 +8,7 @@ from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer
 
 from .hub import push_output_dir, write_model_card
-from .preprocessing import merge_rotations, rotation_shifts
+from .preprocessing import merge_rotations
 
 
 class ShuffledLengthGroupedSampler(Sampler):
@@ -46,20 +46,18 @@ class QATrainer(Trainer):
     to subjects by position) and, for a joint model scored in k rotated option orders, the k copies of
     each question merged back into one prediction."""
 
-    def __init__(self, *args, eval_data_collator=None, joint_eval_rotations: int = 1, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
-        self.joint_eval_rotations = joint_eval_rotations
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The loss is the mean over all copies; predictions and labels are one row per question (the first
         copy is the unrotated order, so its label is the question's own)."""
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        if self.joint_eval_rotations > 1 and logits is not None:
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            copies = len(rotation_shifts(logits.shape[-1], self.joint_eval_rotations))
-            logits = merge_rotations(logits, self.joint_eval_rotations)
-            labels = labels[::copies] if labels is not None else None
+        rotations = getattr(self.eval_data_collator, "rotations", 1)  # a JointCollator's; others send one copy
+        if rotations > 1 and logits is not None:
+            logits = merge_rotations(logits[0] if isinstance(logits, tuple) else logits, rotations)
+            labels = labels[:: len(labels) // len(logits)] if labels is not None else None
         return loss, logits, labels
 
     def create_model_card(self, *args, **kwargs):
