@@ -31,9 +31,10 @@ def run_user_errors(fn, *args, **kwargs):
 
 def train_command(argv: list[str]) -> None:
     from .arguments import parse_args
-    from .train import main
+    from .train import leave_process_group, main
 
     run_user_errors(lambda: main(*parse_args(argv)))
+    leave_process_group()
 
 
 def make_demo_data_command(argv: list[str]) -> None:
