@@ -225,12 +225,14 @@ def leave_process_group() -> None:
     """End a multi-process run cleanly: every rank waits for the others, then leaves the group. A process
     that exits while still in a gloo group can abort in the interpreter's teardown ("terminate called
     without an active exception", SIGABRT) after a run that succeeded: 9 of 30 bare 2-process gloo runs
-    here. The Trainer never leaves the group; a script ending a run must."""
-    import torch.distributed as dist
+    here. The Trainer never leaves the group; a script ending a run must. accelerate's state (the one the
+    Trainer used) does it, and leaves a notebook-launcher's group alone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from accelerate import PartialState
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        state = PartialState()
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 def write_test_predictions(output_dir: Path, dataset, logits, item_order: list[str]) -> None:
