@@ -1,21 +1,26 @@
 """Command-line arguments: our dataclasses next to `TrainingArguments`, with defaults fit for TMMLU+.
 
-`python run_qa.py config.yaml --learning_rate 3e-5`: a JSON/YAML file supplies defaults, the
-command line overrides them, and `TrainingArguments` stays the one place the Trainer reads.
+`python run_qa.py config.yaml --learning_rate 3e-5`: a JSON/YAML file supplies defaults, the command
+line overrides them. `parse_args` reads the command line once, derives what depends on it (bf16 on a
+capable GPU, the CPU without CUDA, the DeepSpeed plan), refuses settings that cannot make sense, and
+builds each dataclass once. TrainingArguments stays the one place the Trainer reads.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .errors import UserError
-from .data import HUB_DATASET, HUB_DEFAULT_REVISION
+from . import deepspeed_config, processes
+from .deepspeed_config import DeepSpeedPlan
+from .errors import UserError, did_you_mean
+from .modeling import FORMULATIONS
 from .preprocessing import JOINT_EVAL_ROTATIONS
+from .sources import HUB_DATASET, HUB_DEFAULT_REVISION
+
 
 
 @dataclass
@@ -30,16 +35,12 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code from the hub. Off unless you turn it on."}
     )
-    task: str = field(
-        default="multiple_choice",
-        metadata={"help": "multiple_choice: fine-tune a choice head; mlm: masked-LM domain adaptation on the "
-                          "training questions with their correct answers.", "choices": ["multiple_choice", "mlm"]},
-    )
     formulation: str = field(
         default="per_choice",
         metadata={"help": "per_choice: 4 sequences (question, option) scored by AutoModelForMultipleChoice; "
-                          "joint: one sequence with all 4 options, 4-way AutoModelForSequenceClassification.",
-                  "choices": ["per_choice", "joint"]},
+                          "joint: one sequence with all 4 options, 4-way AutoModelForSequenceClassification; "
+                          "mlm: masked-LM domain adaptation on the training questions with their correct answers "
+                          "(scored zero-shot by pseudo-log-likelihood).", "choices": list(FORMULATIONS)},
     )
     config_overrides: str | None = field(
         default=None,
@@ -64,7 +65,9 @@ class DataArguments:
     test_file: str | None = field(default=None, metadata={"help": "Optional test file."})
     dataset_name: str = field(default=HUB_DATASET, metadata={"help": "Hub dataset (used without data_dir/files)."})
     dataset_revision: str = field(
-        default=HUB_DEFAULT_REVISION, metadata={"help": "Hub dataset revision; resolved to a commit SHA and recorded."}
+        default=HUB_DEFAULT_REVISION,
+        metadata={"help": "Hub dataset revision (branch, tag or commit); resolved to a commit SHA and recorded. "
+                          "The default is a pinned commit of ikala/tmmluplus (see the README)."},
     )
     split_scheme: str = field(
         default="auto",
@@ -73,7 +76,8 @@ class DataArguments:
                           "for a single flat file.", "choices": ["auto", "official", "resplit"]},
     )
     validation_fraction: float = field(
-        default=0.1, metadata={"help": "official scheme: share of dev+val held out for validation."}
+        default=0.1, metadata={"help": "official scheme: share of dev+val held out for validation, in [0, 1) "
+                                       "(0: no validation; evaluation during training is then off)."}
     )
     split_ratios: str = field(default="0.7,0.25,0.05", metadata={"help": "resplit scheme: train,validation,test."})
     on_bad_rows: str = field(
@@ -85,7 +89,11 @@ class DataArguments:
         default=512, metadata={"help": "Longest input in tokens (capped at the model's limit); only the question "
                                        "is truncated, never an option."}
     )
-    mlm_probability: float = field(default=0.15, metadata={"help": "--task mlm: share of tokens masked."})
+    max_unk_rate: float = field(
+        default=0.05, metadata={"help": "Refuse a tokenizer that maps more than this share of the data's characters "
+                                        "to its unknown token (a model folder without its own vocabulary)."}
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "--formulation mlm: share of tokens masked."})
     joint_rotations: int = field(
         default=4,
         metadata={"help": "--formulation joint, training only: each question enters its batch this many times, "
@@ -99,6 +107,20 @@ class DataArguments:
                           "its option order and average each option's log-probability over them, which cancels "
                           "slot bias (1: one pass, fastest). The same option exists in evaluate and predict."},
     )
+    drop_question: bool = field(
+        default=False,
+        metadata={"help": "Train and evaluate without the question (a choices-only baseline: what the options alone "
+                          "give away). Used by `evaluate --audit`."},
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on a seeded, subject-stratified sample of this many validation "
+                                        "questions (quicker runs; recorded)."})
+    max_test_samples: int | None = field(
+        default=None, metadata={"help": "Report test accuracy at the end of training on a seeded, subject-stratified "
+                                        "sample of this many test questions (test_qa_data.json keeps them all)."})
+    split_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the train/validation(/test) split (default: --seed). --seeds keeps "
+                                        "it fixed so every seed is tested on the same questions."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
     def ratios(self) -> tuple[float, float, float]:
@@ -116,7 +138,7 @@ class RunArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train from scratch into a non-empty output_dir (otherwise a finished or foreign "
-                          "output_dir is refused and one with checkpoints is resumed)."},
+                          "output_dir is refused and this run's own unfinished one is resumed)."},
     )
     auto_bf16: bool = field(
         default=True, metadata={"help": "Use bf16 on GPUs that support it (--no_auto_bf16 turns it off). "
@@ -125,12 +147,22 @@ class RunArguments:
     require_deepspeed: bool = field(
         default=False, metadata={"help": "Fail instead of falling back to plain PyTorch if DeepSpeed cannot run."}
     )
+    trust_deepspeed_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "Resume DeepSpeed from a checkpoint this run did not write. RISK: DeepSpeed unpickles its "
+                          "checkpoint files, so a checkpoint someone else prepared can run their code."},
+    )
     sort_eval_by_length: bool = field(
         default=True, metadata={"help": "Evaluate in length order so batches carry little padding."}
     )
+    seeds: str | None = field(
+        default=None,
+        metadata={"help": "Train the same configuration once per seed (e.g. `1,2,3`), each run in "
+                          "output_dir/seed-<n> (resumable one by one), then write output_dir/seeds_summary.json."},
+    )
 
 
-# Defaults for this task where transformers' generic ones are wrong for it.
+# Defaults for this task where transformers' generic ones are wrong for it: the one place they live.
 TASK_DEFAULTS = {
     "eval_strategy": "epoch",
     "save_strategy": "epoch",
@@ -144,18 +176,39 @@ TASK_DEFAULTS = {
     "report_to": "none",
     "average_tokens_across_devices": False,  # would multiply a choice head's loss by the process count
     "train_sampling_strategy": "group_by_length",  # uses our `length` column
+    "remove_unused_columns": False,  # our collators pick the model inputs; `length` must reach the sampler
     "per_device_eval_batch_size": 32,
     "num_train_epochs": 3.0,
     "learning_rate": 3e-5,
-    "warmup_steps": 0.1,
+    "warmup_steps": 0.1,  # transformers 5: a value below 1 is a share of the training steps
     "hub_strategy": "end",  # one push of the finished model (with our card), not one per checkpoint
 }
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
+# Flags transformers 4 had and 5 dropped, or hf_ft had: what to type instead.
+RENAMED = {
+    "--task": "--formulation mlm (masked-LM adaptation) or --formulation per_choice/joint",
+    "--evaluation_strategy": "--eval_strategy",
+    "--no_cuda": "--use_cpu",
+    "--group_by_length": "--train_sampling_strategy group_by_length (the default)",
+    "--warmup_ratio": "--warmup_steps with a value below 1 (a share of the training steps)",
+}
 
 
 class ConfigError(UserError):
     pass
+
+
+@dataclass
+class Arguments:
+    """Everything a training run is told, parsed once."""
+
+    model: ModelArguments
+    data: DataArguments
+    run: RunArguments
+    training: TrainingArguments
+    deepspeed: DeepSpeedPlan
+    given: dict = field(default_factory=dict)  # what the user set (paths made absolute): hf_ft_run.json records it
 
 
 def load_config_file(path: str) -> dict:
@@ -172,7 +225,7 @@ def load_config_file(path: str) -> dict:
 
             config = yaml.safe_load(text)
     except Exception as e:
-        raise ConfigError(f"{path}: not valid {p.suffix.lstrip('.').upper()}: {e}") from None
+        raise ConfigError(f"{path}: not valid {p.suffix.lstrip('.').upper()}: {str(e).splitlines()[0]}") from None
     if config is None:
         config = {}
     if not isinstance(config, dict):
@@ -180,93 +233,196 @@ def load_config_file(path: str) -> dict:
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
     for key in config:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"{path}: unknown argument '{key}'{hint}")
+            raise ConfigError(f"{path}: unknown argument '{key}'{did_you_mean(key, known)}")
     return config
 
 
 def build_parser(config: dict | None = None) -> HfArgumentParser:
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)  # `--learning` is a typo, not a flag
     parser.set_defaults(**TASK_DEFAULTS)
     if config:
         parser.set_defaults(**config)
+
+    def one_line_error(message: str):  # argparse would print the whole usage of TrainingArguments
+        raise ConfigError(message)
+
+    parser.error = one_line_error
     return parser
 
 
-def _pop_deepspeed(argv: list[str], config: dict) -> tuple[str | None, list[str], dict]:
-    """Take --deepspeed out: it is checked (and maybe dropped) before TrainingArguments sees it."""
-    argv, config = list(argv), dict(config)
-    path = config.pop("deepspeed", None)
-    for i, arg in enumerate(argv):
-        if arg == "--deepspeed" and i + 1 < len(argv):
-            path = argv[i + 1]
-            del argv[i:i + 2]
-            break
-        if arg.startswith("--deepspeed="):
-            path = arg.split("=", 1)[1]
-            del argv[i]
-            break
-    return path, argv, config
+def read_command_line(parser: HfArgumentParser, argv: list[str]) -> tuple[dict, set[str]]:
+    """argv → {argument: value} in one argparse pass, and the names the user gave explicitly."""
+    namespace, unknown = parser.parse_known_args(argv)
+    names = [f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init]
+    flags = [f"--{name}" for name in names]
+    for arg in unknown:
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            hint = f" (use {RENAMED[name]})" if name in RENAMED else did_you_mean(name, sorted(flags))
+            raise ConfigError(f"unknown argument {name}{hint}; `python run_qa.py --help` lists them all")
+    if unknown:
+        raise ConfigError(f"unexpected value {unknown[0]!r}: every value follows a --flag")
+    given = {name for name in names
+             for a in argv if a in (f"--{name}", f"--no_{name}") or a.startswith(f"--{name}=")}
+    return vars(namespace), given
 
 
-def parse_args(argv: list[str] | None = None):
-    """Parse `[config.{json,yaml}] [--flag value ...]` into the four argument dataclasses.
+def derived_values(values: dict, given: set[str], plan: DeepSpeedPlan, cuda: bool) -> dict:
+    """Defaults that depend on other arguments or on the machine (pure: the values to set, nothing else)."""
+    derived = {}
+    if values["formulation"] == "mlm":  # no accuracy to select the best model on
+        for key, value in (("metric_for_best_model", "loss"), ("greater_is_better", False)):
+            if key not in given:
+                derived[key] = value
+    no_validation = (values["validation_fraction"] == 0 if values["split_scheme"] != "resplit" or values["test_file"]
+                     else False) or _resplit_without_validation(values)
+    if no_validation and not values["validation_file"]:
+        for key, value in (("eval_strategy", "no"), ("load_best_model_at_end", False), ("eval_on_start", False)):
+            if key not in given:
+                derived[key] = value
+    if values["auto_bf16"] and cuda and not values["use_cpu"] and not values["fp16"] and "bf16" not in given:
+        import torch
 
-    A first parse gives the user's choices; defaults that depend on them (bf16 on a capable GPU,
-    use_cpu without CUDA, a checked DeepSpeed config) are then set and parsed once more.
+        derived["bf16"] = bool(torch.cuda.is_bf16_supported())
+    if not cuda and not plan.used and not values["use_cpu"]:
+        # Without CUDA, transformers 5 + accelerate see a launcher's processes as independent one-process
+        # runs unless use_cpu is set; with it they form a real gloo process group.
+        derived["use_cpu"] = True
+    derived["deepspeed"] = plan.config
+    return derived
+
+
+def _resplit_without_validation(values: dict) -> bool:
+    try:
+        return float(values["split_ratios"].split(",")[1]) == 0
+    except (ValueError, IndexError):
+        return False
+
+
+def refuse_nonsense(values: dict, cuda: bool) -> None:
+    """Settings that cannot make sense, refused before anything heavy starts (one line each)."""
+    problems = []
+    positive_ints = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "max_seq_length", "joint_rotations", "joint_eval_rotations", "logging_steps", "max_eval_samples",
+                     "max_test_samples")
+    for name in positive_ints:
+        if values[name] is not None and values[name] < 1:
+            problems.append(f"--{name} {values[name]}: need 1 or more")
+    if values["max_steps"] <= 0 and values["num_train_epochs"] <= 0:
+        problems.append(f"--num_train_epochs {values['num_train_epochs']}: need a positive number of epochs "
+                        "(or --max_steps N)")
+    if values["learning_rate"] <= 0:
+        problems.append(f"--learning_rate {values['learning_rate']}: need a positive learning rate")
+    if values["save_total_limit"] is not None and values["save_total_limit"] < 1:
+        problems.append(f"--save_total_limit {values['save_total_limit']}: need 1 or more (keep at least one "
+                        "checkpoint to resume from)")
+    for name in ("eval_steps", "save_steps"):
+        if values[name] is not None and values[name] <= 0:
+            problems.append(f"--{name} {values[name]}: need a positive number")
+    if not 0 <= values["validation_fraction"] < 1:
+        problems.append(f"--validation_fraction {values['validation_fraction']}: need a share in [0, 1)")
+    if not 0 < values["mlm_probability"] < 1:
+        problems.append(f"--mlm_probability {values['mlm_probability']}: need a share in (0, 1)")
+    if not 0 <= values["max_unk_rate"] <= 1:
+        problems.append(f"--max_unk_rate {values['max_unk_rate']}: need a share in [0, 1]")
+    if values["max_seq_length"] is not None and 1 <= values["max_seq_length"] < 16:
+        problems.append(f"--max_seq_length {values['max_seq_length']}: too short for a question and an option "
+                        "(use 64 or more)")
+    try:
+        train, validation, test = DataArguments(split_ratios=values["split_ratios"]).ratios()
+        if train == 0:
+            problems.append(f"--split_ratios {values['split_ratios']}: the training share is 0")
+        if test == 0 and not values["test_file"]:
+            problems.append(f"--split_ratios {values['split_ratios']}: the test share is 0, so there would be no "
+                            "held-out questions to report")
+    except ConfigError as e:
+        problems.append(str(e))
+    if values["fp16"] and (not cuda or values["use_cpu"]):
+        problems.append("--fp16: needs a GPU, and this run is on the CPU; train in fp32 here")
+    if values["remove_unused_columns"]:
+        problems.append("--remove_unused_columns true: hf_ft's collators need the extra columns (length, ids)")
+    if values["hub_token"]:
+        problems.append("--hub_token is not accepted: it would be saved with the run's arguments; set HF_TOKEN "
+                        "or run `hf auth login` instead")
+    if values["push_to_hub"] and values["hub_model_id"]:
+        from .hub import check_repo_id
+
+        try:
+            check_repo_id(values["hub_model_id"], "--hub_model_id")
+        except UserError as e:
+            problems.append(str(e))
+    output_dir = values["output_dir"]
+    if output_dir and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        problems.append(f"--output_dir {output_dir}: is a file, not a folder")
+    if values["seeds"]:
+        try:
+            seeds = [int(s) for s in values["seeds"].split(",") if s.strip()]
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise ValueError
+        except ValueError:
+            problems.append(f"--seeds {values['seeds']}: need distinct integers separated by commas, e.g. 1,2,3")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def parse_args(argv: list[str] | None = None) -> Arguments:
+    """`[config.{json,yaml}] [--flag value ...]` → Arguments, parsed once.
+
+    1. the command line (and config file) are read in one argparse pass;
+    2. the DeepSpeed plan and the machine-dependent defaults are derived from them (pure);
+    3. nonsense is refused (transformers' own DeepSpeed mismatch check included) while nothing has changed;
+    4. the process is prepared for the plan (hf_ft.processes: TrainingArguments builds the process group
+       as it is constructed, so this comes first), and each dataclass is built once.
     """
     import sys
-
-    from .deepspeed_setup import decide
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config = {}
     if argv and not argv[0].startswith("-") and argv[0].lower().endswith((".json", ".yaml", ".yml")):
         config = load_config_file(argv.pop(0))
-    ds_path, argv, config = _pop_deepspeed(argv, config)
     parser = build_parser(config)
-    model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if not training_args.output_dir or (training_args.output_dir == "trainer_output" and "output_dir" not in config
-                                        and not any(a.startswith("--output_dir") for a in argv)):
+    values, given = read_command_line(parser, argv)
+    given |= set(config)
+    if "output_dir" not in given:
         raise ConfigError("--output_dir is required")
-    if training_args.hub_token:
-        raise ConfigError("--hub_token is not accepted: it would be saved with the run's arguments; set HF_TOKEN "
-                          "or run `hf auth login` instead")
-    data_args.ratios()
-    for name in ("joint_rotations", "joint_eval_rotations"):
-        if getattr(data_args, name) < 1:
-            raise ConfigError(f"--{name} {getattr(data_args, name)}: need 1 or more")
-
-    overrides = {}
-    if _bf16_wanted(run_args, training_args):
-        overrides["bf16"] = True
-        training_args.bf16 = True  # so the DeepSpeed check compares against the final value
-    deepspeed = decide(ds_path, training_args, run_args)
-    if not deepspeed.used and not training_args.use_cpu and not _cuda_present():
-        # Without CUDA, transformers 5 + accelerate see a launcher's processes as independent one-process
-        # runs unless use_cpu is set; with it they form a real gloo process group.
-        overrides["use_cpu"] = True
-    if deepspeed.used:
-        overrides["deepspeed"] = deepspeed.effective_config
-        if deepspeed.configured_state:
-            overrides["accelerator_config"] = {"use_configured_state": True}
-    if overrides:
-        parser.set_defaults(**overrides)
-        model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    training_args.hf_ft_deepspeed = deepspeed.record()
-    return model_args, data_args, run_args, training_args
+    cuda = processes.cuda_present()
+    refuse_nonsense(values, cuda)
+    plan = deepspeed_config.plan(values["deepspeed"], require=values["require_deepspeed"],
+                                 auto_find_batch_size=values["auto_find_batch_size"], fp16=values["fp16"],
+                                 cuda=cuda and not values["use_cpu"])
+    explicit = recorded_arguments(values, given)
+    values.update(derived_values(values, given, plan, cuda))
+    problems = deepspeed_config.mismatches(plan, values)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    values.update(processes.prepare(plan, values["use_cpu"]))
+    model_args, data_args, run_args, training_args = build_dataclasses(values)
+    return Arguments(model_args, data_args, run_args, training_args, plan, explicit)
 
 
-def _cuda_present() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+PATH_ARGUMENTS = ("model_name_or_path", "tokenizer_name", "data_dir", "train_file", "validation_file", "test_file",
+                  "deepspeed", "output_dir", "cache_dir")
 
 
-def _bf16_wanted(run_args: RunArguments, training_args: TrainingArguments) -> bool:
-    if not run_args.auto_bf16 or training_args.use_cpu or training_args.bf16 or training_args.fp16:
-        return False
-    import torch
+def recorded_arguments(values: dict, given: set[str]) -> dict:
+    """The arguments the user set, with local paths made absolute, so the run can be repeated from its record
+    (the audit's choices-only baseline does). Never a token: --hub_token is refused."""
+    recorded = {}
+    for name in sorted(given):
+        value = values[name]
+        if name in PATH_ARGUMENTS and isinstance(value, str) and Path(value).exists():
+            value = str(Path(value).resolve())
+        recorded[name] = value
+    return recorded
 
-    return _cuda_present() and torch.cuda.is_bf16_supported()
+
+def build_dataclasses(values: dict) -> tuple:
+    """Each dataclass built once; a value transformers rejects while building TrainingArguments is one line."""
+    out = []
+    for cls in ARGUMENT_CLASSES:
+        names = {f.name for f in fields(cls) if f.init}
+        try:
+            out.append(cls(**{k: v for k, v in values.items() if k in names}))
+        except (ValueError, TypeError, NotImplementedError) as e:
+            raise ConfigError(f"invalid arguments: {str(e).strip().splitlines()[0]}") from None
+    return tuple(out)

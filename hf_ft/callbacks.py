@@ -1,20 +1,19 @@
-"""Trainer callbacks: the live loss curve (`validation_loss_curve.png` + `loss_history.json`)."""
+"""Trainer callbacks: the live loss curve, and the marker that makes a checkpoint resumable."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .data import write_json
 from .plotting import curves_from_log_history, plot_loss_curve
-
-CURVE_FILE = "validation_loss_curve.png"
-HISTORY_FILE = "loss_history.json"
+from .run_dir import CURVE_FILE, HISTORY_FILE, mark_checkpoint, write_json
 
 
 class LossCurveCallback(TrainerCallback):
-    """Rebuilds the curves from `state.log_history` at every evaluation and at the end of training.
+    """Rebuilds `validation_loss_curve.png` and `loss_history.json` from `state.log_history` at every
+    evaluation and at the end of training.
 
     The history is the Trainer's own, restored from the checkpoint on resume, so the curve of a
     resumed run still covers every step. Only the main process writes.
@@ -40,3 +39,20 @@ class LossCurveCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.write(state)
+
+
+class CheckpointMarkerCallback(TrainerCallback):
+    """After the Trainer has written a whole checkpoint (every rank's part of it), the main process adds
+    `hf_ft_checkpoint.json`: the run's identity and each file's size. A checkpoint without it, or whose
+    files no longer match it, is never resumed from (hf_ft.run_dir.checkpoint_problem)."""
+
+    def __init__(self, identity: str):
+        self.identity = identity
+
+    def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()  # DeepSpeed ranks write their own shards
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            mark_checkpoint(folder, self.identity)

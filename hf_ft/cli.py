@@ -1,58 +1,57 @@
-"""`hf-ft`: one console script for every step (train, make-demo-data, make-tiny-model, evaluate, predict, push)."""
+"""`hf-ft`: one console script for every step (train, evaluate, predict, push, and the offline fixtures)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from .errors import UserError
+from .errors import ArgumentParser, UserError, did_you_mean, run_user_errors
 
 USAGE = """usage: hf-ft COMMAND [ARGS]
 
 commands:
-  train            fine-tune (same arguments as run_qa.py)
-  make-demo-data   write a learnable synthetic TMMLU+-layout data set: hf-ft make-demo-data DIR
-  make-tiny-model  a tiny BERT, vocabulary from data: hf-ft make-tiny-model DIR --vocab-from DATA...
-                   [--pretrain-sentences N: masked-LM pretraining on N fact sentences]
-  evaluate         original vs fine-tuned on held-out questions (python -m hf_ft.evaluate)
-  predict          answer questions with a model: single, --input FILE, --interactive, --fill
-  push             upload a trained output_dir to the hub with its model card
+  train              fine-tune (same arguments as run_qa.py)
+  evaluate           original vs fine-tuned on held-out questions (python -m hf_ft.evaluate)
+  predict            answer questions with a model: single, --input FILE, --interactive, --fill
+  push               upload a finished output_dir to the hub with its model card
+  make-demo-data     write a learnable synthetic TMMLU+-layout data set: hf-ft make-demo-data DIR
+                     [--plant-artifact longest --artifact-subjects S,...: the gold option is the longest]
+  make-tiny-model    a tiny BERT, vocabulary from data: hf-ft make-tiny-model DIR --vocab-from DATA...
+                     [--pretrain-sentences N: masked-LM pretraining on N fact sentences]
+  make-hub-fixtures  local git repos in the hub's layout (ikala/tmmluplus, google-bert/bert-base-chinese)
+                     for a loopback hub server: hf-ft make-hub-fixtures DIR [--scale 0.02]
 """
-
-
-def run_user_errors(fn, *args, **kwargs):
-    """Run a command; a problem the user can fix becomes one line on stderr and exit status 2."""
-    try:
-        return fn(*args, **kwargs)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def train_command(argv: list[str]) -> None:
     from .arguments import parse_args
-    from .train import leave_process_group, main
+    from .train import train
 
-    run_user_errors(lambda: main(*parse_args(argv)))
-    leave_process_group()
+    train(parse_args(argv))
 
 
 def make_demo_data_command(argv: list[str]) -> None:
-    from .demo import make_demo_data
+    from .demo import ARTIFACTS, make_demo_data
 
-    parser = argparse.ArgumentParser(prog="hf-ft make-demo-data", description=make_demo_data.__doc__)
+    parser = ArgumentParser(prog="hf-ft make-demo-data", description=make_demo_data.__doc__)
     parser.add_argument("out_dir")
     parser.add_argument("--rows-per-subject", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plant-artifact", choices=list(ARTIFACTS), default=None,
+                        help="make the options give the answer away in --artifact-subjects")
+    parser.add_argument("--artifact-subjects", default="music,agriculture,physical_education,introduction_to_law")
+    parser.add_argument("--artifact-rate", type=float, default=0.9, help="share of those subjects' items affected")
     args = parser.parse_args(argv)
-    out = make_demo_data(args.out_dir, args.rows_per_subject, args.seed)
+    if args.rows_per_subject < 20:
+        raise UserError(f"--rows-per-subject {args.rows_per_subject}: need 20 or more")
+    out = make_demo_data(args.out_dir, args.rows_per_subject, args.seed, artifact=args.plant_artifact,
+                         artifact_subjects=args.artifact_subjects.split(","), artifact_rate=args.artifact_rate)
     print(f"demo data written to {out}")
 
 
 def make_tiny_model_command(argv: list[str]) -> None:
     from .demo import make_tiny_model, pretrain_tiny_model
 
-    parser = argparse.ArgumentParser(prog="hf-ft make-tiny-model", description=make_tiny_model.__doc__)
+    parser = ArgumentParser(prog="hf-ft make-tiny-model", description=make_tiny_model.__doc__)
     parser.add_argument("out_dir")
     parser.add_argument("--vocab-from", nargs="+", required=True, help="data files or folders whose characters "
                                                                        "make the vocabulary")
@@ -72,19 +71,27 @@ def make_tiny_model_command(argv: list[str]) -> None:
     print(f"tiny model written to {out}{' (pretrained)' if args.pretrain_sentences else ''}")
 
 
+def make_hub_fixtures_command(argv: list[str]) -> None:
+    from .hub_fixtures import main as fixtures_main
+
+    fixtures_main(argv)
+
+
+COMMANDS = {
+    "train": train_command,
+    "make-demo-data": make_demo_data_command,
+    "make-tiny-model": make_tiny_model_command,
+    "make-hub-fixtures": make_hub_fixtures_command,
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        train_command(rest)
-    elif command == "make-demo-data":
-        make_demo_data_command(rest)
-    elif command == "make-tiny-model":
-        make_tiny_model_command(rest)
-    elif command == "evaluate":
+    if command == "evaluate":
         from .evaluate import main as evaluate_main
 
         evaluate_main(rest)
@@ -96,8 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         from .hub import main as push_main
 
         push_main(rest)
+    elif command in COMMANDS:
+        run_user_errors(COMMANDS[command], rest)
     else:
-        print(f"hf-ft: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
+        known = ["evaluate", "predict", "push", *COMMANDS]
+        print(f"error: hf-ft: unknown command '{command}'{did_you_mean(command, known)}; `hf-ft --help` lists them",
+              file=sys.stderr)
         sys.exit(2)
 
 

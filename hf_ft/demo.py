@@ -59,11 +59,18 @@ def _all_members() -> dict[str, str]:
     return {m: c for cats in DEMO_SUBJECTS.values() for c, members in cats.items() for m in members}
 
 
-def make_question(rng: random.Random, subject: str) -> dict:
+ARTIFACTS = ("longest",)
+PADDING = "等類"  # what makes a planted gold option the longest: meaningless, but it gives the answer away
+
+
+def make_question(rng: random.Random, subject: str, artifact: str | None = None) -> dict:
     category = rng.choice(sorted(DEMO_SUBJECTS[subject]))
     member_of = _all_members()
     correct = rng.choice(DEMO_SUBJECTS[subject][category])
     distractors = rng.sample(sorted(m for m, c in member_of.items() if c != category), 3)
+    if artifact == "longest":  # the gold option becomes strictly the longest
+        longest = max(len(d) for d in distractors)
+        correct += "".join(PADDING[i % len(PADDING)] for i in range(max(1, longest - len(correct) + 1)))
     options = distractors[:]
     position = rng.randrange(4)
     options.insert(position, correct)
@@ -73,13 +80,26 @@ def make_question(rng: random.Random, subject: str) -> dict:
 
 
 def make_demo_data(out_dir: str | Path, rows_per_subject: int = 160, seed: int = 0,
-                   subjects: list[str] | None = None) -> Path:
-    """Write `<subject>_{dev,val,test}.csv` (5 dev rows, then 70% val, 30% test) in the TMMLU+ layout."""
+                   subjects: list[str] | None = None, artifact: str | None = None,
+                   artifact_subjects: list[str] = (), artifact_rate: float = 0.9) -> Path:
+    """Write `<subject>_{dev,val,test}.csv` (5 dev rows, then 70% val, 30% test) in the TMMLU+ layout.
+    With `artifact="longest"`, in `artifact_subjects` the gold option is made the longest in
+    `artifact_rate` of the items: a planted shortcut the evaluate module's audit must find."""
+    from .errors import UserError
+
+    unknown = [s for s in artifact_subjects if artifact and s not in DEMO_SUBJECTS]
+    if unknown:
+        raise UserError(f"--artifact-subjects: {', '.join(unknown)} not among the demo subjects "
+                        f"({', '.join(sorted(DEMO_SUBJECTS))})")
+    if not 0 <= artifact_rate <= 1:
+        raise UserError(f"--artifact-rate {artifact_rate}: need a share in [0, 1]")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     for subject in subjects or sorted(DEMO_SUBJECTS):
-        rows = [make_question(rng, subject) for _ in range(rows_per_subject)]
+        planted = artifact if subject in artifact_subjects else None
+        rows = [make_question(rng, subject, planted if planted and rng.random() < artifact_rate else None)
+                for _ in range(rows_per_subject)]
         n_test = int(round((rows_per_subject - 5) * 0.3))
         parts = {"dev": rows[:5], "val": rows[5:rows_per_subject - n_test], "test": rows[rows_per_subject - n_test:]}
         for split, part in parts.items():

@@ -4,7 +4,8 @@ For each item the judge sees the question, the reference answer and both models'
 text), and gives each a 1–10 score and a winner. Every item is asked twice with the answers
 swapped, so a judge that prefers "the first answer" cancels out. Unparseable replies are counted,
 never guessed. Remote judges speak the OpenAI chat-completions protocol (vLLM, llama.cpp,
-Ollama…); a local judge is a causal LM loaded once through transformers and run in batches.
+Ollama…) through huggingface_hub's InferenceClient; a local judge is a causal LM run by transformers'
+text-generation pipeline.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import json
 import logging
 import os
 import re
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -87,38 +86,42 @@ def build_prompts(items: list[dict]) -> list[str]:
 
 
 class RemoteJudge:
-    """An OpenAI-compatible `/chat/completions` endpoint, asked concurrently."""
+    """An OpenAI-compatible chat-completions server (vLLM, llama.cpp, Ollama, TGI…) through huggingface_hub's
+    InferenceClient, asked concurrently."""
 
     def __init__(self, url: str, model: str | None, concurrency: int = 8, timeout: float = 120.0):
-        self.url = url.rstrip("/")
-        if not self.url.endswith("/chat/completions"):
-            self.url += "/chat/completions"
+        from huggingface_hub import InferenceClient, constants
+
+        if constants.is_offline_mode():  # InferenceClient makes no request at all then, to any server
+            raise UserError(f"judge {url}: HF_HUB_OFFLINE=1 is set, and huggingface_hub's InferenceClient (which asks "
+                            "the judge) then sends no request to any server: run the judge step without it")
+
+        self.url = url.rstrip("/").removesuffix("/chat/completions")
         self.model = model or "default"
         self.concurrency = concurrency
-        self.timeout = timeout
-        self.token = os.environ.get(TOKEN_ENV) or os.environ.get("OPENAI_API_KEY")
+        token = os.environ.get(TOKEN_ENV) or os.environ.get("OPENAI_API_KEY")
+        self.client = InferenceClient(base_url=self.url, api_key=token, timeout=timeout)
         self.name = f"{self.model} @ {url}"
 
     def _ask(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 200, "messages": [
-            {"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        from huggingface_hub.errors import HfHubHTTPError
+
+        from .errors import is_network_error
+
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            raise UserError(f"judge {self.url}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise UserError(f"judge {self.url}: unreachable ({reason})") from None
-        except json.JSONDecodeError:
+            reply = self.client.chat_completion(
+                [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
+                model=self.model, max_tokens=200, temperature=0)
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else "?"
+            raise UserError(f"judge {self.url}/chat/completions: HTTP {status}") from None
+        except Exception as e:  # noqa: BLE001 - a reply that is not a chat completion counts as unparseable
+            if is_network_error(e):
+                raise UserError(f"judge {self.url}/chat/completions: unreachable ({type(e).__name__})") from None
             return ""
         try:
-            return reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
+            return reply.choices[0].message.content or ""
+        except (AttributeError, IndexError, TypeError):
             return ""
 
     def complete(self, prompts: list[str]) -> list[str]:
@@ -130,50 +133,42 @@ class RemoteJudge:
 
 
 class LocalJudge:
-    """A causal LM through transformers: loaded once, greedy generation in left-padded batches."""
+    """A causal LM through transformers' text-generation pipeline: loaded once, greedy, in batches."""
 
     def __init__(self, path: str, batch_size: int = 8, max_new_tokens: int = 64, use_cpu: bool = False,
                  trust_remote_code: bool = False):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import pipeline
 
         from .modeling import check_model_path
         from .scoring import pick_device
 
         check_model_path(path)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                           padding_side="left")
-            self.model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except Exception as e:
+            self.generate = pipeline("text-generation", model=path, device=pick_device(use_cpu),
+                                     trust_remote_code=trust_remote_code)
+        except Exception as e:  # noqa: BLE001 - any way a judge model fails to load is one line
             raise UserError(f"judge model {path}: cannot load as a causal LM: {str(e).splitlines()[0]}") from None
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.device = pick_device(use_cpu)
-        self.model.to(self.device).eval()
+        tokenizer = self.generate.tokenizer
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.name = path
 
     def _format(self, prompt: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
+        tokenizer = self.generate.tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(
                 [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
                 tokenize=False, add_generation_prompt=True)
         return f"{SYSTEM_PROMPT}\n\n{prompt}\n\n"
 
     def complete(self, prompts: list[str]) -> list[str]:
-        import torch
-
-        replies = []
-        for start in range(0, len(prompts), self.batch_size):
-            texts = [self._format(p) for p in prompts[start:start + self.batch_size]]
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            enc.pop("token_type_ids", None)
-            with torch.inference_mode():
-                out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            replies += self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        return replies
+        outputs = self.generate([self._format(p) for p in prompts], batch_size=self.batch_size,
+                                max_new_tokens=self.max_new_tokens, do_sample=False, return_full_text=False,
+                                pad_token_id=self.generate.tokenizer.pad_token_id)
+        return [out[0]["generated_text"] for out in outputs]
 
 
 def judge_pairs(judge, items: list[dict]) -> tuple[dict, list[dict]]:

@@ -8,28 +8,28 @@ is used whenever more than one process is asked for.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
 from pathlib import Path
 
-from .deepspeed_setup import free_port
+from .errors import ArgumentParser, UserError, run_user_errors
+from .processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ds_config_for(zero: int, offload: bool) -> Path:
     if zero not in (0, 1, 2, 3):
-        raise SystemExit(f"error: ZERO must be 0, 1, 2 or 3, got {zero}")
+        raise UserError(f"ZERO must be 0, 1, 2 or 3, got {zero}")
     if offload and zero < 2:
-        raise SystemExit(f"error: OFFLOAD=1 needs ZERO=2 or ZERO=3 (got ZERO={zero})")
+        raise UserError(f"OFFLOAD=1 needs ZERO=2 or ZERO=3 (got ZERO={zero})")
     return ROOT / "ds_configs" / (f"zero{zero}_offload.json" if offload else f"zero{zero}.json")
 
 
 def build_command(zero: int, offload: bool, nproc: int, run_args: list[str], port: int | None = None) -> list[str]:
     if nproc < 1:
-        raise SystemExit(f"error: NPROC must be at least 1, got {nproc}")
+        raise UserError(f"NPROC must be at least 1, got {nproc}")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(port or free_port())]
@@ -38,10 +38,9 @@ def build_command(zero: int, offload: bool, nproc: int, run_args: list[str], por
     return [*command, str(ROOT / "run_qa.py"), "--deepspeed", str(ds_config_for(zero, offload)), *run_args]
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def launch(argv: list[str]) -> None:
     ours, run_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(prog="python -m hf_ft.launch", description=__doc__)
+    parser = ArgumentParser(prog="python -m hf_ft.launch", description=__doc__)
     parser.add_argument("--zero", type=int, default=0)
     parser.add_argument("--offload", type=int, default=0)
     parser.add_argument("--nproc", type=int, default=1)
@@ -52,6 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         return
     os.execv(command[0], command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_user_errors(launch, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ mlm:        AutoModelForMaskedLM (domain adaptation; scored zero-shot by pseudo-
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .data import LETTERS
-from .errors import UserError
+from .data import LETTERS, QARow
+from .errors import UserError, hub_problem
 
 logger = logging.getLogger(__name__)
 
@@ -31,37 +32,102 @@ MODEL_CLASSES = {
 }
 
 
+# Models the hub serves under an organisation since 2024 and still redirects from their old ids. A mirror
+# (or olah serving local repositories) has no redirect, so hf_ft asks for the organisation form itself.
+HUB_ALIASES = {
+    "bert-base-chinese": "google-bert/bert-base-chinese",
+    "bert-base-multilingual-cased": "google-bert/bert-base-multilingual-cased",
+    "bert-base-multilingual-uncased": "google-bert/bert-base-multilingual-uncased",
+    "xlm-roberta-base": "FacebookAI/xlm-roberta-base",
+    "xlm-roberta-large": "FacebookAI/xlm-roberta-large",
+}
+
+
 class ModelLoadError(UserError):
     pass
 
 
+def hub_id(name_or_path: str) -> str:
+    """`bert-base-chinese` → `google-bert/bert-base-chinese` unless a local folder of that name exists."""
+    if name_or_path in HUB_ALIASES and not Path(name_or_path).exists():
+        _say_alias(name_or_path)
+        return HUB_ALIASES[name_or_path]
+    return name_or_path
+
+
+@functools.lru_cache(maxsize=None)
+def _say_alias(name: str) -> None:
+    logger.info("%s is %s on the hub", name, HUB_ALIASES[name])
+
+
 def check_model_path(name_or_path: str) -> None:
-    """A path-looking name that does not exist is a typo, not a hub id: say so instead of querying the hub."""
+    """A path-looking name that does not exist is a typo, not a hub id: say so instead of querying the hub.
+    An hf_ft run folder must be finished: a half-written model is never loaded."""
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or Path(name_or_path).exists()
     if looks_local and not Path(name_or_path).expanduser().exists():
         raise ModelLoadError(f"{name_or_path}: model path does not exist")
+    if Path(name_or_path).is_dir():
+        from .run_dir import require_finished
+
+        require_finished(name_or_path)
+
+
+def _load_problem(error: Exception) -> str:
+    """One clause for why from_pretrained failed: the hub's answer, or the library's first line."""
+    try:
+        return hub_problem(error)
+    except Exception:  # noqa: BLE001 - not a hub error: the library's own message
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def load_config(name_or_path: str, revision: str = "main", cache_dir: str | None = None,
                 trust_remote_code: bool = False):
     check_model_path(name_or_path)
     try:
-        return AutoConfig.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,
+        return AutoConfig.from_pretrained(hub_id(name_or_path), revision=revision, cache_dir=cache_dir,
                                           trust_remote_code=trust_remote_code)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{name_or_path}: cannot load the model config: {first}") from None
+    except Exception as e:  # noqa: BLE001 - every way a config can fail to load is one line
+        raise ModelLoadError(f"{name_or_path}: cannot load the model config: {_load_problem(e)}") from None
 
 
 def load_tokenizer(name_or_path: str, revision: str = "main", cache_dir: str | None = None,
                    trust_remote_code: bool = False):
     check_model_path(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,
+        return AutoTokenizer.from_pretrained(hub_id(name_or_path), revision=revision, cache_dir=cache_dir,
                                              trust_remote_code=trust_remote_code)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{name_or_path}: cannot load the tokenizer: {first}") from None
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"{name_or_path}: cannot load the tokenizer: {_load_problem(e)}") from None
+
+
+def unknown_rate(tokenizer, rows: list[QARow], sample: int = 2000) -> tuple[float, int]:
+    """Share of the data's tokens the tokenizer maps to its unknown token, on up to `sample` rows."""
+    unk = tokenizer.unk_token_id
+    if unk is None or not rows:
+        return 0.0, 0
+    step = max(1, len(rows) // sample)
+    texts = [text for row in rows[::step] for text in (row.question, *row.options) if text]
+    ids = [i for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in encoded]
+    return (sum(i == unk for i in ids) / len(ids) if ids else 0.0), len(ids)
+
+
+def check_vocabulary(tokenizer, rows: list[QARow], max_unk_rate: float, name: str | None = None) -> float:
+    """Refuse a tokenizer that cannot read the data (a model folder without its own vocabulary, say)."""
+    rate, tokens = unknown_rate(tokenizer, rows)
+    if rate > max_unk_rate:
+        raise ModelLoadError(
+            f"{name or tokenizer.name_or_path}: the tokenizer maps {rate:.0%} of the data's {tokens} tokens to "
+            f"{tokenizer.unk_token} (limit {max_unk_rate:.0%}): does the model folder have its own tokenizer files "
+            "(vocab.txt / tokenizer.json)? Use --tokenizer_name, or --max_unk_rate to accept it")
+    return rate
+
+
+def untrained_head(model) -> bool:
+    """A classification head straight from initialisation: its bias is exactly zero, which no optimizer
+    step leaves it at. (A head without bias is taken as trained.)"""
+    head = getattr(model, "classifier", None)
+    bias = getattr(head, "bias", None) if head is not None else None
+    return bias is not None and bool((bias == 0).all())
 
 
 def formulation_of(config) -> str | None:
@@ -105,9 +171,8 @@ def load_model(name_or_path: str, formulation: str, revision: str = "main", cach
     config.hf_ft_formulation = formulation
     try:
         model = MODEL_CLASSES[formulation].from_pretrained(
-            name_or_path, config=config, revision=revision, cache_dir=cache_dir,
+            hub_id(name_or_path), config=config, revision=revision, cache_dir=cache_dir,
             trust_remote_code=trust_remote_code, **kwargs)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{name_or_path}: cannot load as {formulation} model: {first}") from None
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"{name_or_path}: cannot load as {formulation} model: {_load_problem(e)}") from None
     return model

@@ -63,8 +63,11 @@ def plot_loss_curve(curves: dict, path: str | os.PathLike, title: str = "Trainin
 
 
 def plot_comparison(categories: list[str], series: dict[str, dict], path: str | os.PathLike,
-                    title: str = "Accuracy on held-out questions") -> None:
-    """Grouped bars per category: series name → {"accuracy": [...], "ci_low": [...], "ci_high": [...]}."""
+                    title: str = "Accuracy on held-out questions", baselines: dict[str, float] | None = None,
+                    seed_points: list[float] | None = None) -> None:
+    """Grouped bars per category: series name → {"accuracy": [...], "ci_low": [...], "ci_high": [...]}.
+    `baselines` (the audit's choices-only model and best heuristic) are drawn as lines across the plot;
+    `seed_points` (each seed's overall accuracy) as points with their mean ± one standard deviation."""
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(categories) + 2), 4.5))
@@ -72,12 +75,20 @@ def plot_comparison(categories: list[str], series: dict[str, dict], path: str | 
     x = np.arange(len(categories))
     for i, (name, values) in enumerate(series.items()):
         acc = np.asarray(values["accuracy"])
-        err = np.vstack([acc - np.asarray(values["ci_low"]), np.asarray(values["ci_high"]) - acc])
+        err = np.clip(np.vstack([acc - np.asarray(values["ci_low"]), np.asarray(values["ci_high"]) - acc]), 0, None)
         ax.bar(x + (i - (len(series) - 1) / 2) * width, acc, width, yerr=err, capsize=3, label=name)
     ax.axhline(0.25, color="grey", linestyle=":", label="chance (25%)")
+    for (name, value), style in zip((baselines or {}).items(), ("--", "-.", (0, (1, 1)))):
+        ax.axhline(value, color="black", linestyle=style, linewidth=1, label=f"{name}: {100 * value:.1f}%")
+    if seed_points:
+        points = np.asarray(seed_points)
+        where = np.full(len(points), x[-1] + 0.5)
+        ax.scatter(where, points, color="tab:red", zorder=3, s=18, label=f"{len(points)} seeds (overall)")
+        ax.errorbar([x[-1] + 0.5], [points.mean()], yerr=[points.std(ddof=1) if len(points) > 1 else 0],
+                    fmt="_", color="tab:red", capsize=6, markersize=14)
     ax.set_xticks(x, categories)
     ax.set_ylabel("accuracy (95% CI)")
     ax.set_ylim(0, 1)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.set_title(title)
     _save_atomically(fig, path)

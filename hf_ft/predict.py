@@ -18,18 +18,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
-from .data import QARow, handle_problems, read_records, validate_records, write_jsonl
-from .errors import UserError
+from .data import QARow, handle_problems, read_records, validate_records
+from .errors import ArgumentParser, UserError, run_user_errors, writable_file
 from .preprocessing import JOINT_EVAL_ROTATIONS
-from .scoring import LoadedScorer, load_scorer
+from .run_dir import write_jsonl
+from .scoring import SCORERS, LoadedScorer, load_scorer
 
 OPTION_LETTERS = string.ascii_uppercase
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = np.exp(scores - np.max(scores, axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def make_question(question: str, choices: list[str]) -> QARow:
@@ -83,8 +80,8 @@ def read_questions(path: str) -> list[QARow]:
     return rows
 
 
-def predict_file(scorer: LoadedScorer, input_path: str, output_path: str | None, batch_size: int) -> dict:
-    rows = read_questions(input_path)
+def predict_file(scorer: LoadedScorer, rows: list[QARow], input_path: str, output_path: str | None,
+                 batch_size: int) -> dict:
     results = rank(scorer, rows, batch_size, progress=True)
     output = Path(output_path) if output_path else Path(input_path).with_suffix(".predictions.jsonl")
     labelled = [row.answer is not None for row in rows]
@@ -149,32 +146,24 @@ def interactive(scorer: LoadedScorer, read=input, write=print) -> None:
 
 
 def fill_mask(scorer: LoadedScorer, text: str, top_k: int) -> list[list[dict]]:
-    """Top-k tokens for each mask token in `text` (masked-LM models only)."""
-    import torch
+    """Top-k tokens for each mask token in `text` (masked-LM models only), by transformers' fill-mask pipeline."""
+    from transformers import pipeline
 
     if scorer.formulation != "mlm":
         raise UserError(f"{scorer.path}: --fill needs a masked-LM model; this one is a {scorer.formulation} model")
-    tokenizer = scorer.tokenizer
-    mask = tokenizer.mask_token
+    mask = scorer.tokenizer.mask_token
     if not mask or mask not in text:
         raise UserError(f"--fill: the text has no {mask or 'mask'} token")
-    enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=scorer.max_length)
-    device = next(scorer.model.parameters()).device
-    with torch.inference_mode():
-        logits = scorer.model(**{k: v.to(device) for k, v in enc.items()}).logits[0]
-    positions = (enc["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten().tolist()
-    results = []
-    for position in positions:
-        probs = torch.softmax(logits[position].float(), dim=-1)
-        values, indices = probs.topk(min(top_k, probs.numel()))
-        results.append([{"token": tokenizer.convert_ids_to_tokens(int(i)), "probability": float(v)}
-                        for v, i in zip(values, indices)])
-    return results
+    fill = pipeline("fill-mask", model=scorer.model, tokenizer=scorer.tokenizer, device=scorer.model.device)
+    results = fill(text, top_k=top_k, tokenizer_kwargs={"truncation": True, "max_length": scorer.max_length})
+    per_mask = results if isinstance(results[0], list) else [results]
+    return [[{"token": c["token_str"], "probability": float(c["score"])} for c in candidates]
+            for candidates in per_mask]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-ft predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="hf-ft predict", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a fine-tuned output_dir, or a pretrained masked-LM (hub id or path)")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--question", help="one question; give its options with --choices")
@@ -184,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--choices", nargs="+", default=[], help="the options (2 or more)")
     parser.add_argument("--output", help="--input: where the JSONL predictions go")
     parser.add_argument("--top_k", type=int, default=5, help="--fill: how many tokens per mask")
-    parser.add_argument("--scorer", choices=["auto", "head", "mlm"], default="auto")
+    parser.add_argument("--scorer", choices=list(SCORERS), default="auto",
+                        help="auto: the trained head, else the masked-LM pseudo-log-likelihood")
     parser.add_argument("--joint_eval_rotations", type=int, default=JOINT_EVAL_ROTATIONS,
                         help="a joint model scores each question in this many rotations of its option order, "
                              "averaging each option's log-probability (1: one pass, fastest)")
@@ -199,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> object:
     if args.question is not None:
         row = make_question(args.question, args.choices)  # check the input before loading a model
+    if args.input:
+        rows = read_questions(args.input)
+        writable_file(args.output or Path(args.input).with_suffix(".predictions.jsonl"), "--output")
+    for name in ("batch_size", "max_seq_length", "top_k"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} {getattr(args, name)}: need 1 or more")
     scorer = load_scorer(args.model, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
                          joint_eval_rotations=args.joint_eval_rotations)
     if args.question is not None:
@@ -211,7 +207,7 @@ def run(args) -> object:
             print(format_ranking(result, scorer))
         return result
     if args.input:
-        return predict_file(scorer, args.input, args.output, args.batch_size)
+        return predict_file(scorer, rows, args.input, args.output, args.batch_size)
     if args.fill:
         results = fill_mask(scorer, args.fill, args.top_k)
         for n, candidates in enumerate(results, start=1):
@@ -222,10 +218,7 @@ def run(args) -> object:
 
 
 def main(argv: list[str] | None = None):
-    from .cli import run_user_errors
-
-    args = build_parser().parse_args(argv)
-    return run_user_errors(run, args)
+    return run_user_errors(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
-import numpy as np
-import torch
-from transformers import DataCollatorForLanguageModeling, DataCollatorForMultipleChoice, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from .data import QARow
 
@@ -192,8 +190,11 @@ def default_cache_dir() -> Path:
 
 def encode(rows: list[QARow], tokenizer: PreTrainedTokenizerBase, formulation: str, max_length: int,
            cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
-           sort_by_length: bool = False, progress: bool = True) -> datasets.Dataset:
-    """Tokenize rows for `formulation` (per_choice/joint/mlm); cached on disk by content."""
+           sort_by_length: bool = False, progress: bool = True, drop_question: bool = False) -> datasets.Dataset:
+    """Tokenize rows for `formulation` (per_choice/joint/mlm); cached on disk by content. `drop_question`
+    leaves the question out (a choices-only baseline)."""
+    if drop_question:
+        rows = [replace(r, question="") for r in rows]
     if not rows:
         return datasets.Dataset.from_dict({"id": [], "subject": [], "labels": [], "length": []})
     fingerprint = _fingerprint(rows, tokenizer, formulation, max_length)
@@ -225,130 +226,3 @@ def encode(rows: list[QARow], tokenizer: PreTrainedTokenizerBase, formulation: s
 
 def count_truncated(dataset: datasets.Dataset) -> int:
     return int(sum(dataset["truncated"])) if "truncated" in dataset.column_names and len(dataset) else 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Collators: they read only the model inputs from each feature (extra columns such as `length`
-# and `subject` stay in the dataset for the sampler and the metrics).
-
-
-def _model_inputs(tokenizer) -> list[str]:
-    return list(tokenizer.model_input_names)
-
-
-@dataclass
-class MultipleChoiceCollator:
-    tokenizer: PreTrainedTokenizerBase
-    pad_to_multiple_of: int | None = None
-
-    def __post_init__(self):
-        self._collate = DataCollatorForMultipleChoice(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
-        self._keys = [k for k in _model_inputs(self.tokenizer)] + ["labels"]
-
-    def __call__(self, features: list[dict]) -> dict:
-        return self._collate([{k: f[k] for k in self._keys if k in f} for f in features])
-
-
-def rotation_shifts(n_options: int, rotations: int) -> list[int]:
-    """How far each of k rotated copies moves the options (k ≤ n, spread evenly): 4 of 4 → 0, 1, 2, 3."""
-    k = max(1, min(rotations, n_options))
-    return [(r * n_options) // k for r in range(k)]
-
-
-def merge_rotations(logits: torch.Tensor, rotations: int) -> torch.Tensor:
-    """One row of option scores per example from the k rotated copies JointCollator lays out consecutively
-    at evaluation: each option's log-probability averaged over the k slots it sat in, which cancels what
-    the head has learnt about slots rather than options. With one copy the logits come back unchanged."""
-    n = logits.shape[-1]
-    shifts = rotation_shifts(n, rotations)
-    if len(shifts) == 1:
-        return logits
-    copies = torch.log_softmax(logits.float(), dim=-1).view(-1, len(shifts), n)
-    # Copy r holds option j in slot (j + shift_r) mod n; rolling back by shift_r puts it at j again.
-    return torch.stack([copies[:, r].roll(-shift, dims=-1) for r, shift in enumerate(shifts)], dim=1).mean(dim=1)
-
-
-@dataclass
-class JointCollator:
-    """Builds `[CLS] q [SEP] A o₁ [SEP] B o₂ [SEP] C o₃ [SEP] D o₄ [SEP]`; the letters mark the slots and
-    the label names a slot. With `shuffle_options` the options are permuted per example (the label
-    follows the gold option), so a position cannot be learned as the answer.
-
-    With `rotations` k > 1 each example becomes k sequences in the batch: one random order, rotated by
-    n/k slots each time, so the same options appear with the gold answer in k different slots. Features
-    of the content alone then cannot tell the k copies apart, and the gradient goes to what does: which
-    slot holds the option that fits the question (on the demo task this is what lets joint learn).
-
-    Without `shuffle_options` (evaluation) the k copies are rotations of the given order, and
-    `merge_rotations` folds their logits back into one score per option."""
-
-    tokenizer: PreTrainedTokenizerBase
-    shuffle_options: bool = False
-    seed: int = 0
-    pad_to_multiple_of: int | None = None
-    rotations: int = 1
-
-    def __post_init__(self):
-        self._rng = np.random.default_rng(self.seed)
-        self._with_types = "token_type_ids" in self.tokenizer.model_input_names
-        self._marker_cache: dict[int, list[list[int]]] = {}
-
-    def _markers(self, n: int) -> list[list[int]]:
-        if n not in self._marker_cache:
-            self._marker_cache[n] = option_markers(self.tokenizer, n)
-        return self._marker_cache[n]
-
-    def build(self, question_ids, option_ids, order=None) -> dict:
-        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        ids = [cls, *question_ids, sep]
-        types = [0] * len(ids)
-        markers = self._markers(len(option_ids))
-        for slot, j in enumerate(range(len(option_ids)) if order is None else order):
-            ids += [*markers[slot], *option_ids[j], sep]
-        types += [1] * (len(ids) - len(types))
-        return {"input_ids": ids, "token_type_ids": types}
-
-    def orders(self, n: int) -> list[np.ndarray]:
-        """The option orders one example is presented in: order[slot] = index of the option in that slot."""
-        base = self._rng.permutation(n) if self.shuffle_options else np.arange(n)
-        return [np.roll(base, shift) for shift in rotation_shifts(n, self.rotations)]
-
-    def __call__(self, features: list[dict]) -> dict:
-        examples, labels = [], []
-        for f in features:
-            for order in self.orders(len(f["option_ids"])):
-                examples.append(self.build(f["question_ids"], f["option_ids"], order))
-                labels.append(int(np.nonzero(order == f["labels"])[0][0]) if f["labels"] >= 0 else -100)
-        batch = self.tokenizer.pad(examples, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
-                                   return_tensors="pt")
-        if not self._with_types:
-            batch.pop("token_type_ids", None)
-        batch["labels"] = torch.tensor(labels, dtype=torch.long)
-        return batch
-
-
-@dataclass
-class MaskedLMCollator:
-    tokenizer: PreTrainedTokenizerBase
-    mlm_probability: float = 0.15
-    seed: int | None = None
-
-    def __post_init__(self):
-        self._collate = DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.mlm_probability,
-                                                        seed=self.seed)
-        self._keys = _model_inputs(self.tokenizer)
-
-    def __call__(self, features: list[dict]) -> dict:
-        return self._collate([{k: f[k] for k in self._keys if k in f} for f in features])
-
-
-def make_collator(formulation: str, tokenizer, *, train: bool, seed: int = 0, mlm_probability: float = 0.15,
-                  pad_to_multiple_of: int | None = None, joint_rotations: int = 1, joint_eval_rotations: int = 1):
-    if formulation == "per_choice":
-        return MultipleChoiceCollator(tokenizer, pad_to_multiple_of)
-    if formulation == "joint":
-        return JointCollator(tokenizer, shuffle_options=train, seed=seed, pad_to_multiple_of=pad_to_multiple_of,
-                             rotations=joint_rotations if train else joint_eval_rotations)
-    if formulation == "mlm":
-        return MaskedLMCollator(tokenizer, mlm_probability, seed)
-    raise ValueError(f"unknown formulation {formulation}")

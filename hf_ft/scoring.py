@@ -1,37 +1,52 @@
 """Option scores for multiple-choice items, one implementation per scorer, shared by evaluate and predict.
 
-head: a fine-tuned per_choice or joint model scores options with its trained head; the inputs are
-      built by the training preprocessing and collators, so train and test see the same sequences. A
-      joint model sees each question in `joint_eval_rotations` rotated option orders, merged into one
-      log-probability per option.
-mlm:  a masked-LM (the original pretrained model, or a --task mlm adaptation) scores each option
-      zero-shot by its length-normalised pseudo-log-likelihood given the question: every option
-      token is masked in turn and the log-probability of the true token is averaged.
+head:       a fine-tuned per_choice or joint model scores options with its trained head; the inputs are
+            built by the training preprocessing and collators, so train and test see the same sequences.
+            A joint model sees each question in `joint_eval_rotations` rotated option orders, merged.
+mlm-pll:    a masked-LM (the original pretrained model, or a --formulation mlm adaptation) scores each
+            option zero-shot by its length-normalised pseudo-log-likelihood given the question: every
+            option token is masked in turn (one forward pass per option token) and the log-probability
+            of the true token is averaged. The default for a model without a trained head.
+mlm-masked: cheaper (one pass per option): all option tokens masked at once, each predicted from the
+            question and the option's length. Offered as a named choice; its agreement with mlm-pll is
+            measured in benchmarks/zero_shot.py.
+
+Work is cut into batches by a token budget after sorting by length (little padding), and the masked-LM
+head runs only at the masked positions. The batches are the same whatever the number of processes;
+under `accelerate launch` each process scores every k-th batch and the results are gathered in item
+order, so two processes give exactly the one-process scores. Before long scoring, a timed warm-up
+prints what the whole job will cost.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .collators import make_collator, merge_rotations
 from .data import QARow
 from .errors import UserError
-from .modeling import ModelLoadError, formulation_of, load_config, load_model, load_tokenizer
-from .preprocessing import JOINT_EVAL_ROTATIONS, MLM_ANSWER_PREFIX, encode, make_collator, merge_rotations
+from .modeling import ModelLoadError, formulation_of, load_config, load_model, load_tokenizer, untrained_head
+from .preprocessing import JOINT_EVAL_ROTATIONS, MLM_ANSWER_PREFIX, encode
+from .processes import scoring_state
 
 logger = logging.getLogger(__name__)
 
-SCORERS = ("auto", "head", "mlm")
+SCORERS = ("auto", "head", "mlm-pll", "mlm-masked")
+BATCH_TOKENS = 16384  # padded tokens per forward pass
+WARMUP_BATCHES = 3
+SAY_COST_ABOVE_S = 60  # print the estimate (always logged) loudly when the job is longer than this
 
 
 def pick_device(use_cpu: bool = False) -> torch.device:
-    """Like training: CUDA when present unless told to use the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
+    """Like training: CUDA when present unless told to use the CPU; under a launcher, this process's GPU."""
+    return scoring_state(use_cpu).device
 
 
 @dataclass
@@ -42,15 +57,17 @@ class LoadedScorer:
     model: torch.nn.Module
     tokenizer: object
     formulation: str  # per_choice / joint / mlm
-    name: str  # "head (per_choice)", "head (joint)", "head (joint, 4 rotations)" or "mlm-pll"
+    name: str  # "head (per_choice)", "head (joint, 4 rotations)", "mlm-pll" or "mlm-masked"
     max_length: int
     joint_eval_rotations: int = 1
+    passes: int = 0  # forward-pass sequences of the last `score` call
 
-    def score(self, rows: list[QARow], batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    def score(self, rows: list[QARow], batch_size: int = 32, progress: bool = True,
+              batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
         """(n, options) scores; higher is better. Deterministic for the same model and items."""
         if self.formulation == "mlm":
-            return score_masked_lm(self, rows, batch_size, progress)
-        return score_with_head(self, rows, batch_size, progress)
+            return score_masked_lm(self, rows, batch_size, progress, batch_tokens)
+        return score_with_head(self, rows, batch_size, progress, batch_tokens)
 
 
 def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_length: int = 512,
@@ -61,11 +78,11 @@ def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_leng
         raise UserError(f"--joint_eval_rotations {joint_eval_rotations}: need 1 or more")
     config = load_config(path, revision, None, trust_remote_code)
     formulation = formulation_of(config)
-    if scorer == "mlm":
+    if scorer.startswith("mlm"):
         formulation = "mlm"
     elif scorer == "head" and formulation not in ("per_choice", "joint"):
         raise UserError(f"{path}: has no trained multiple-choice head (architectures: "
-                        f"{getattr(config, 'architectures', None)}); score it with --scorer mlm")
+                        f"{getattr(config, 'architectures', None)}); score it with --scorer mlm-pll")
     if formulation is None:
         raise UserError(f"{path}: cannot score multiple choice: it has neither a multiple-choice head nor a "
                         f"masked-LM head (architectures: {getattr(config, 'architectures', None)})")
@@ -76,47 +93,118 @@ def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_leng
         if formulation != "mlm":
             raise
         raise UserError(f"{path}: has no masked-LM head to score with") from None
-    device = pick_device(use_cpu)
-    model.to(device).eval()
+    if formulation != "mlm" and untrained_head(model):
+        raise UserError(f"{path}: its {formulation} head was never trained (its bias is still exactly zero), so its "
+                        "scores would be noise: fine-tune it first, or score the pretrained model it came from "
+                        "(masked-LM scorer)")
+    model.to(pick_device(use_cpu)).eval()
     limit = min(max_length, tokenizer.model_max_length, getattr(config, "max_position_embeddings", max_length))
     rotations = joint_eval_rotations if formulation == "joint" else 1
-    name = "mlm-pll" if formulation == "mlm" else f"head ({formulation})"
+    name = ("mlm-masked" if scorer == "mlm-masked" else "mlm-pll") if formulation == "mlm" else f"head ({formulation})"
     if rotations > 1:
         name = f"head (joint, {min(rotations, config.num_labels)} rotations)"
     return LoadedScorer(path, model, tokenizer, formulation, name, limit, rotations)
+
+
+# ----------------------------------------------------------------------------------------------
+# Work split into batches, shared over processes, with a cost estimate
+
+
+def token_budget_batches(lengths: list[int], batch_tokens: int, max_sequences: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most `batch_tokens` padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        if current and (longest_if * (len(current) + 1) > batch_tokens or len(current) >= max_sequences):
+            batches.append(current)
+            current, longest_if = [], lengths[i]
+        current.append(i)
+        longest = longest_if
+    if current:
+        batches.append(current)
+    return batches
+
+
+def humanize(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 \
+        else f"{seconds:.0f} s"
+
+
+def run_batches(batches: list, compute, label: str, progress: bool, passes: int, tokens: list[int]) -> dict:
+    """Compute every batch this process owns (every k-th of k processes), print the cost estimate after a
+    timed warm-up, and gather all results, keyed by batch index, on every process."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    mine = list(range(state.process_index, len(batches), state.num_processes))
+    results, done_tokens, start = {}, 0, time.perf_counter()
+    total_tokens = sum(tokens[b] for b in mine)
+    for k, b in enumerate(tqdm(mine, desc=label, disable=not progress or not state.is_main_process, leave=False)):
+        results[b] = compute(batches[b])
+        done_tokens += tokens[b]
+        if k + 1 == min(WARMUP_BATCHES, len(mine)):
+            elapsed = time.perf_counter() - start
+            estimate = elapsed / done_tokens * total_tokens
+            message = (f"{label}: {passes:,} forward passes ({sum(tokens):,} padded tokens) over "
+                       f"{state.num_processes} process(es); estimate ~{humanize(estimate)} on this machine")
+            if estimate > SAY_COST_ABOVE_S and state.is_main_process:
+                print(f"{message}: use --max_items N, more processes (accelerate launch -m hf_ft.evaluate), "
+                      "or a GPU to do it faster", file=sys.stderr, flush=True)
+            logger.info(message)
+    if state.num_processes > 1:
+        merged = {}
+        for part in gather_object([results]):
+            merged.update(part)
+        results = merged
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# The trained head
 
 
 def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items() if k != "labels"}
 
 
-def score_with_head(scorer: LoadedScorer, rows: list[QARow], batch_size: int, progress: bool) -> np.ndarray:
-    """Logits of the trained head, on the training preprocessing, length-sorted to keep padding small."""
-    dataset = encode(rows, scorer.tokenizer, scorer.formulation, scorer.max_length, sort_by_length=True,
-                     progress=progress and len(rows) >= 1000)
-    index_of = {row_id: i for i, row_id in enumerate(r.id for r in rows)}
-    order = [index_of[row_id] for row_id in dataset["id"]]
-    collator = make_collator(scorer.formulation, scorer.tokenizer, train=False,
-                             joint_eval_rotations=scorer.joint_eval_rotations)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
-    device = next(scorer.model.parameters()).device
+def score_with_head(scorer: LoadedScorer, rows: list[QARow], batch_size: int, progress: bool,
+                    batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
+    """Logits of the trained head, on the training preprocessing, in token-budget batches."""
     if len({len(r.options) for r in rows}) > 1:
         raise UserError("a trained head scores questions with the same number of options together; "
                         "split the input by option count")
-    scores = np.zeros((len(rows), len(rows[0].options)), dtype=np.float64)
-    position = 0
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc=f"scoring {scorer.path}", disable=not progress, leave=False):
+    dataset = encode(rows, scorer.tokenizer, scorer.formulation, scorer.max_length, progress=False)
+    copies = len(rows[0].options) if scorer.formulation == "per_choice" else scorer.joint_eval_rotations
+    lengths = [length * copies for length in dataset["length"]]
+    batches = token_budget_batches(lengths, batch_tokens, batch_size)
+    collator = make_collator(scorer.formulation, scorer.tokenizer, train=False,
+                             joint_eval_rotations=scorer.joint_eval_rotations)
+    device = next(scorer.model.parameters()).device
+
+    def compute(indices):
+        batch = collator([dataset[i] for i in indices])
+        with torch.inference_mode():
             logits = scorer.model(**_to_device(batch, device)).logits
-            logits = merge_rotations(logits, scorer.joint_eval_rotations).float().cpu().numpy()
-            for row_logits in logits:
-                scores[order[position]] = row_logits
-                position += 1
+        return merge_rotations(logits, scorer.joint_eval_rotations).float().cpu().numpy()
+
+    tokens = [max(lengths[i] for i in b) * len(b) for b in batches]
+    scorer.passes = len(rows) * copies
+    results = run_batches(batches, compute, f"scoring {scorer.path}", progress and len(rows) >= 200,
+                          scorer.passes, tokens)
+    scores = np.zeros((len(rows), len(rows[0].options)), dtype=np.float64)
+    for b, indices in enumerate(batches):
+        scores[indices] = results[b]
     return scores
 
 
+# ----------------------------------------------------------------------------------------------
+# The masked-LM head, zero-shot
+
+
 def mlm_option_sequences(tokenizer, question: str, option: str, max_length: int) -> tuple[list[int], int, int]:
-    """`[CLS] question 答案： option [SEP]` (the --task mlm text) and the option's token span."""
+    """`[CLS] question 答案： option [SEP]` (the --formulation mlm text) and the option's token span."""
     q = tokenizer(question + MLM_ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
     o = tokenizer(option, add_special_tokens=False)["input_ids"][: max_length - 3] or [tokenizer.unk_token_id]
     q = q[-(max_length - 2 - len(o)):] if len(q) > max_length - 2 - len(o) else q  # keep the words next to the answer
@@ -125,43 +213,78 @@ def mlm_option_sequences(tokenizer, question: str, option: str, max_length: int)
     return ids, start, start + len(o)
 
 
-def score_masked_lm(scorer: LoadedScorer, rows: list[QARow], batch_size: int, progress: bool) -> np.ndarray:
-    """Mean log p(option token | question, rest of option) with each option token masked in turn."""
-    tokenizer, model = scorer.tokenizer, scorer.model
-    device = next(model.parameters()).device
-    # One masked copy per option token: (row, option, input ids, masked position, true token).
+def mlm_queries(tokenizer, rows: list[QARow], max_length: int, all_at_once: bool) -> list[tuple]:
+    """(row, option, masked input ids, masked positions, true tokens) per forward-pass sequence: one per option
+    token (pseudo-log-likelihood), or one per option with all its tokens masked (`all_at_once`)."""
     queries = []
+    mask = tokenizer.mask_token_id
     for i, row in enumerate(rows):
         for j, option in enumerate(row.options):
-            ids, start, end = mlm_option_sequences(tokenizer, row.question, option, scorer.max_length)
+            ids, start, end = mlm_option_sequences(tokenizer, row.question, option, max_length)
+            if all_at_once:
+                queries.append((i, j, ids[:start] + [mask] * (end - start) + ids[end:], list(range(start, end)),
+                                ids[start:end]))
+                continue
             for position in range(start, end):
-                masked = list(ids)
-                masked[position] = tokenizer.mask_token_id
-                queries.append((i, j, masked, position, ids[position]))
-    queries.sort(key=lambda q: len(q[2]))  # length-sorted batches carry little padding
+                queries.append((i, j, ids[:position] + [mask] + ids[position + 1:], [position], [ids[position]]))
+    return queries
+
+
+def masked_lm_head(model):
+    """The base encoder and the head of a *ForMaskedLM model, so the vocabulary projection (a quarter of
+    bert-base's FLOPs per token) runs only where a token is masked. None: run the whole model."""
+    base = model.base_model
+    heads = [module for name, module in model.named_children() if module is not base]
+    return (base, heads[0]) if len(heads) == 1 and base is not model else None
+
+
+def score_masked_lm(scorer: LoadedScorer, rows: list[QARow], batch_size: int, progress: bool,
+                    batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
+    """Mean log p(option token | question, the rest) over the option's tokens (see the module docstring)."""
+    tokenizer, model = scorer.tokenizer, scorer.model
+    device = next(model.parameters()).device
+    queries = mlm_queries(tokenizer, rows, scorer.max_length, all_at_once=scorer.name == "mlm-masked")
+    lengths = [len(q[2]) for q in queries]
+    batches = token_budget_batches(lengths, batch_tokens, batch_size * 16)
+    split = masked_lm_head(model)
+    pad = tokenizer.pad_token_id or 0
+
+    def compute(indices):
+        chunk = [queries[k] for k in indices]
+        width = max(len(q[2]) for q in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for k, q in enumerate(chunk):
+            input_ids[k, : len(q[2])] = torch.tensor(q[2])
+            attention[k, : len(q[2])] = 1
+        seq = torch.tensor([k for k, q in enumerate(chunk) for _ in q[3]], device=device)
+        positions = torch.tensor([p for q in chunk for p in q[3]], device=device)
+        targets = torch.tensor([t for q in chunk for t in q[4]], device=device)
+        with torch.inference_mode():
+            inputs = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
+            if split is not None:
+                base, head = split
+                hidden = base(**inputs).last_hidden_state
+                logits = head(hidden[seq, positions])
+            else:
+                logits = model(**inputs).logits[seq, positions]
+            token_scores = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(targets)), targets]
+        sums = np.zeros(len(chunk))
+        np.add.at(sums, seq.cpu().numpy(), token_scores.cpu().numpy().astype(np.float64))
+        return sums
+
+    tokens = [max(lengths[k] for k in b) * len(b) for b in batches]
+    label = f"scoring {scorer.path} ({scorer.name})"
+    scorer.passes = len(queries)
+    results = run_batches(batches, compute, label, progress, len(queries), tokens)
     width = max(len(r.options) for r in rows)
     totals = np.zeros((len(rows), width))
     counts = np.zeros((len(rows), width))
-    pad = tokenizer.pad_token_id or 0
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(queries), batch_size * 4), desc=f"scoring {scorer.path} (mlm)",
-                          disable=not progress, leave=False):
-            chunk = queries[start:start + batch_size * 4]
-            width = max(len(q[2]) for q in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for k, q in enumerate(chunk):
-                input_ids[k, : len(q[2])] = torch.tensor(q[2])
-                attention[k, : len(q[2])] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-            rows_idx = torch.arange(len(chunk), device=device)
-            positions = torch.tensor([q[3] for q in chunk], device=device)
-            targets = torch.tensor([q[4] for q in chunk], device=device)
-            log_probs = torch.log_softmax(logits[rows_idx, positions].float(), dim=-1)
-            token_scores = log_probs[rows_idx, targets].cpu().numpy()
-            for q, value in zip(chunk, token_scores):
-                totals[q[0], q[1]] += value
-                counts[q[0], q[1]] += 1
+    for b, indices in enumerate(batches):
+        for k, value in zip(indices, results[b]):
+            i, j = queries[k][0], queries[k][1]
+            totals[i, j] += value
+            counts[i, j] += len(queries[k][3])
     scores = totals / np.maximum(counts, 1)
     scores[counts == 0] = -np.inf  # rows with fewer options than the widest
     return scores

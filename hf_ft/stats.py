@@ -1,4 +1,4 @@
-"""Paired statistics for original vs fine-tuned on the same items (scipy, not hand-rolled)."""
+"""Statistics for models scored on the same items: intervals, paired tests, multiple comparisons (scipy)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,38 @@ def paired_comparison(correct_a, correct_b, seed: int = 0) -> dict:
         "difference_ci95": [low, high],
         "mcnemar": mcnemar_exact(a, b),
     }
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (step-down; they keep the family-wise error rate)."""
+    order = np.argsort(p_values)
+    m = len(p_values)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return [float(p) for p in adjusted]
+
+
+def mean_ci(values, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of a mean of per-item values (e.g. a heuristic's expected accuracy)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return 0.0, 0.0
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    result = stats.bootstrap((values,), np.mean, confidence_level=confidence, n_resamples=10_000,
+                             method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def across_runs_ci(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean over independent runs (seeds): it covers training randomness."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return (float(values[0]), float(values[0])) if len(values) else (0.0, 0.0)
+    low, high = stats.t.interval(confidence, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    if not np.isfinite(low):  # all runs equal
+        return float(values.mean()), float(values.mean())
+    return float(low), float(high)

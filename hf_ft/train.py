@@ -5,29 +5,43 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
 from transformers import set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from . import data as data_lib
-from .arguments import DataArguments, ModelArguments, RunArguments
-from .callbacks import CURVE_FILE, LossCurveCallback
+from . import run_dir
+from .arguments import Arguments
+from .callbacks import CheckpointMarkerCallback, LossCurveCallback
+from .data import LETTERS, handle_problems
 from .errors import UserError
-from .hub import RUN_INFO_FILE, write_model_card
 from .metrics import build_compute_metrics
-from .modeling import load_model, load_tokenizer
-from .preprocessing import count_truncated, encode, make_collator
-from .trainer import QATrainer
+from .model_card import write_model_card
+from .modeling import check_vocabulary, load_model, load_tokenizer
+from .preprocessing import count_truncated, encode
+from .processes import leave_process_group
+from .sources import load_rows
+from .splits import make_splits, stratified_sample, write_split_outputs
+from .trainer import build_trainer
 
 logger = logging.getLogger("hf_ft")
 
-FINAL_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# Settings that do not change what a run computes: a rerun that differs only in these is the same run.
+NOT_IDENTITY = {
+    "output_dir", "logging_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub", "hub_token",
+    "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push", "hub_revision", "report_to", "run_name",
+    "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node", "dataloader_num_workers",
+    "dataloader_persistent_workers", "preprocessing_num_workers", "trust_deepspeed_checkpoint", "seeds",
+    "accelerator_config", "cache_dir",
+}
 
 
 class OutputDirError(UserError):
@@ -43,35 +57,53 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest `checkpoint-N` whose trainer state was written (a run killed mid-save leaves a partial one)."""
-    candidates = sorted((p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
-                        key=lambda p: int(p.name.split("-")[-1]), reverse=True)
-    for path in candidates:
-        if (path / "trainer_state.json").is_file():
-            return str(path)
-    return None
+def identity_of(args: Arguments) -> str:
+    settings = {}
+    for part in (asdict(args.model), asdict(args.data), asdict(args.run), args.training.to_dict()):
+        settings.update({k: v for k, v in part.items() if k not in NOT_IDENTITY})
+    return run_dir.run_identity(settings)
 
 
-def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str | None, overwrite: bool) -> str | None:
-    """Resume from the last checkpoint in output_dir; refuse a finished or foreign non-empty one."""
-    if resume_from_checkpoint:
-        if not Path(resume_from_checkpoint).is_dir():
-            raise OutputDirError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint directory")
-        logger.info("resuming from %s", resume_from_checkpoint)
-        return resume_from_checkpoint
-    out = Path(output_dir)
-    if overwrite or not out.is_dir() or not any(out.iterdir()):
+def resolve_start(output_dir: Path, identity: str, args: Arguments) -> str | None:
+    """Where this run starts: None (from scratch) or a checkpoint. A finished run, another run's unfinished
+    folder or foreign files are refused unless --overwrite_output_dir; this run's own unfinished folder is
+    resumed from its newest usable checkpoint (or restarted if it has none)."""
+    explicit = args.training.resume_from_checkpoint
+    require_marker = args.deepspeed.used and not args.run.trust_deepspeed_checkpoint
+    if explicit:
+        problem = (f"no such checkpoint directory" if not Path(explicit).is_dir()
+                   else run_dir.checkpoint_problem(explicit, None, require_marker))
+        if problem:
+            hint = " (--trust_deepspeed_checkpoint resumes it anyway)" if "not written by this run" in problem else ""
+            raise OutputDirError(f"--resume_from_checkpoint {explicit}: {problem}{hint}")
+        logger.info("resuming from %s", explicit)
+        return explicit
+    contents = [p for p in output_dir.iterdir() if p.name not in (run_dir.LOCK_FILE, run_dir.STARTED_FILE)] \
+        if output_dir.is_dir() else []
+    if args.run.overwrite_output_dir:
+        for path in contents:
+            if path.name.startswith("checkpoint-") and path.is_dir():
+                shutil.rmtree(path)
+        for name in (run_dir.FINISHED_FILE, run_dir.STARTED_FILE):
+            (output_dir / name).unlink(missing_ok=True)
         return None
-    last = last_complete_checkpoint(out)
-    finished = [name for name in FINAL_MODEL_FILES if (out / name).exists()]
-    if last is not None and not finished:
-        logger.info("resuming from %s", last)
-        return last
-    reason = (f"holds a finished run ({', '.join(finished)})" if finished
-              else "is not empty and has no checkpoint to resume from")
-    raise OutputDirError(f"output_dir {out} {reason}; pass --overwrite_output_dir to train into it anyway, "
-                         "or choose another --output_dir")
+    if not contents:
+        return None
+    started = run_dir.read_json_if_present_quietly(output_dir / run_dir.STARTED_FILE)
+    hint = "pass --overwrite_output_dir to train into it anyway, or choose another --output_dir"
+    if (output_dir / run_dir.FINISHED_FILE).is_file():
+        raise OutputDirError(f"output_dir {output_dir} holds a finished run; {hint}")
+    if started is None:
+        weights = [p.name for p in contents if p.name in run_dir.MODEL_WEIGHTS]
+        what = f"holds a model ({', '.join(weights)}) not written by hf_ft" if weights else "is not empty"
+        raise OutputDirError(f"output_dir {output_dir} {what} and has no run of these arguments to resume; {hint}")
+    if started.get("identity") != identity:
+        raise OutputDirError(f"output_dir {output_dir} holds an unfinished run with other arguments; rerun that "
+                             f"command to finish it, or {hint}")
+    checkpoint = run_dir.usable_checkpoint(output_dir, identity, require_marker)
+    logger.info("resuming from %s" if checkpoint else "%s", checkpoint or
+                f"restarting this run's unfinished output in {output_dir} (no usable checkpoint yet)")
+    return checkpoint
 
 
 def decide_on_main_process(training_args, fn, *args):
@@ -93,177 +125,204 @@ def decide_on_main_process(training_args, fn, *args):
     return value
 
 
-def load_rows(data_args: DataArguments, cache_dir: str | None) -> data_lib.LoadedData:
-    """Pick the source: a TMMLU+-layout folder, flat files, or the hub."""
-    if data_args.data_dir:
-        return data_lib.load_data_dir(data_args.data_dir, data_args.subjects)
-    files = {name: path for name, path in (("train", data_args.train_file), ("validation", data_args.validation_file),
-                                            ("test", data_args.test_file)) if path}
-    if files:
-        if list(files) == ["train"]:
-            files = {"all": files["train"]}
-        return data_lib.load_files(files, data_args.subjects)
-    return data_lib.load_hub(data_args.subjects, data_args.dataset_revision, cache_dir, data_args.dataset_name)
-
-
-def main(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args) -> dict:
+def main(args: Arguments) -> dict:
+    model_args, data_args, run_args, training_args = args.model, args.data, args.run, args.training
     setup_logging(training_args)
     output_dir = Path(training_args.output_dir)
     is_main = training_args.process_index == 0
-    formulation = "mlm" if model_args.task == "mlm" else model_args.formulation
+    formulation = model_args.formulation
+    identity = identity_of(args)
+    logger.info("DeepSpeed: %s", f"ZeRO stage {args.deepspeed.stage} ({args.deepspeed.config_path})"
+                if args.deepspeed.used else f"not used ({args.deepspeed.reason})" if args.deepspeed.reason
+                else "not used")
 
-    # Our collators pick the model inputs themselves; the `length` column must reach the sampler.
-    training_args.remove_unused_columns = False
-    if formulation == "mlm" and training_args.metric_for_best_model == "accuracy":  # no accuracy to select on
-        training_args.metric_for_best_model, training_args.greater_is_better = "loss", False
-    checkpoint = decide_on_main_process(training_args, resolve_checkpoint, str(output_dir),
-                                        training_args.resume_from_checkpoint, run_args.overwrite_output_dir)
-    deepspeed = getattr(training_args, "hf_ft_deepspeed", None) or {"used": False}
-    logger.info("DeepSpeed: %s", f"ZeRO stage {deepspeed['stage']} ({deepspeed['config']})" if deepspeed["used"]
-                else f"not used ({deepspeed['reason']})" if deepspeed.get("reason") else "not used")
-    set_seed(training_args.seed)
+    # 0. The output folder: locked for this run; resume this run's own checkpoint or start afresh.
+    holding = contextlib.ExitStack()
 
-    # 1. Files → validated rows (bad rows stop the run, or are skipped and written down).
-    loaded = load_rows(data_args, model_args.cache_dir)
-    rejected = data_lib.handle_problems(loaded.problems, data_args.on_bad_rows, str(output_dir) if is_main else None)
+    def claim_output_dir():
+        if training_args.push_to_hub:  # before hours of training, not after
+            from .hub import check_push_access, repo_id_for
 
-    # 2. Rows → deduplicated, seeded splits; the test split and the manifest are written first.
-    splits = data_lib.make_splits(loaded, data_args.split_scheme, training_args.seed,
-                                  data_args.validation_fraction, data_args.ratios())
-    if is_main:
-        manifest = data_lib.write_split_outputs(str(output_dir), loaded, splits, rejected, training_args.seed)
-        logger.info("splits (%s): %s; %d duplicate(s) removed, %d row(s) rejected", splits.scheme,
-                    manifest["counts"], splits.duplicates_removed, sum(rejected.values()))
+            check_push_access(repo_id_for(training_args.hub_model_id, output_dir))
+        holding.enter_context(run_dir.locked(output_dir))
+        return resolve_start(output_dir, identity, args)
 
-    # 3. Tokenizer and model.
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.model_revision,
-                               model_args.cache_dir, model_args.trust_remote_code)
-    model = load_model(model_args.model_name_or_path, formulation, model_args.model_revision,
-                       model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides)
-    max_length = min(data_args.max_seq_length, tokenizer.model_max_length,
-                     getattr(model.config, "max_position_embeddings", data_args.max_seq_length))
+    checkpoint = decide_on_main_process(training_args, claim_output_dir)
+    with holding:
+        set_seed(training_args.seed)
 
-    # 4. Rows → tokenized datasets (the main process tokenizes first; the others read its cache).
-    with training_args.main_process_first(desc="tokenizing"):
-        def tokenized(rows, sort):
-            return encode(rows, tokenizer, formulation, max_length, num_proc=data_args.preprocessing_num_workers,
-                          sort_by_length=sort)
+        # 1. Files → validated rows (bad rows stop the run, or are skipped and written down).
+        started = time.perf_counter()
+        loaded = load_rows(data_args, model_args.cache_dir)
+        if is_main:  # before the run's first output: from here on the folder is this run's
+            run_dir.mark_started(output_dir, identity)
+        rejected = handle_problems(loaded.problems, data_args.on_bad_rows, str(output_dir) if is_main else None)
 
-        train_set = tokenized(splits.train, False)
-        eval_set = tokenized(splits.validation, run_args.sort_eval_by_length)
-        test_set = tokenized(splits.test, run_args.sort_eval_by_length)
-    for name, dataset in (("train", train_set), ("validation", eval_set), ("test", test_set)):
-        logger.info("%s: %d examples, %d truncated to %d tokens", name, len(dataset), count_truncated(dataset),
-                    max_length)
-    has_eval = len(eval_set) > 0
-    if not has_eval:
-        training_args.eval_strategy = "no"
-        training_args.load_best_model_at_end = False
+        # 2. Rows → deduplicated, seeded splits; the test split and the manifest are written first.
+        split_seed = data_args.split_seed if data_args.split_seed is not None else training_args.seed
+        splits = make_splits(loaded, data_args.split_scheme, split_seed, data_args.validation_fraction,
+                             data_args.ratios(), needs_validation=training_args.eval_strategy != "no")
+        if is_main:
+            manifest = write_split_outputs(str(output_dir), loaded, splits, rejected, split_seed)
+            logger.info("splits (%s): %s; %d duplicate(s) removed, %d row(s) rejected", splits.scheme,
+                        manifest["counts"], splits.duplicates_removed, sum(rejected.values()))
+        data_seconds = time.perf_counter() - started
+        evaluated = {"validation": splits.validation, "test": splits.test}
+        for name, limit in (("validation", data_args.max_eval_samples), ("test", data_args.max_test_samples)):
+            if limit is not None and limit < len(evaluated[name]):
+                evaluated[name] = stratified_sample(evaluated[name], limit, split_seed)
+                logger.info("%s: a stratified sample of %d of %d questions is evaluated", name, limit,
+                            len(getattr(splits, name)))
 
-    # 5. The Trainer.
-    scores_accuracy = formulation != "mlm"
-    trainer = QATrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set if has_eval else None,
-        processing_class=tokenizer,
-        data_collator=make_collator(formulation, tokenizer, train=True, seed=training_args.seed,
-                                    mlm_probability=data_args.mlm_probability,
-                                    joint_rotations=data_args.joint_rotations),
-        eval_data_collator=make_collator(formulation, tokenizer, train=False, seed=training_args.seed,
-                                         mlm_probability=data_args.mlm_probability,
-                                         joint_eval_rotations=data_args.joint_eval_rotations),
-        compute_metrics=build_compute_metrics(eval_set["subject"]) if scores_accuracy and has_eval else None,
-        callbacks=[LossCurveCallback(str(output_dir))],
-    )
+        # 3. Tokenizer and model; the tokenizer must cover the data's text.
+        tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
+                                   model_args.model_revision, model_args.cache_dir, model_args.trust_remote_code)
+        check_vocabulary(tokenizer, splits.train + splits.validation + splits.test, data_args.max_unk_rate)
+        model = load_model(model_args.model_name_or_path, formulation, model_args.model_revision,
+                           model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides)
+        max_length = min(data_args.max_seq_length, tokenizer.model_max_length,
+                         getattr(model.config, "max_position_embeddings", data_args.max_seq_length))
 
-    # 6. Train (resuming when there is a checkpoint).
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = dict(train_result.metrics)
-    metrics["train_samples"] = len(train_set)
-    metrics["deepspeed_stage"] = deepspeed["stage"] if deepspeed["used"] else -1
-    if torch.cuda.is_available() and not training_args.use_cpu:
-        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
+        # 4. Rows → tokenized datasets (the main process tokenizes first; the others read its cache).
+        started = time.perf_counter()
+        with training_args.main_process_first(desc="tokenizing"):
+            def tokenized(rows, sort):
+                return encode(rows, tokenizer, formulation, max_length, num_proc=data_args.preprocessing_num_workers,
+                              sort_by_length=sort, drop_question=data_args.drop_question)
 
-    # 7. Evaluate the final (best) model on validation and test, with per-subject accuracy.
-    results = {}
-    for split, dataset in (("eval", eval_set), ("test", test_set)):
-        if len(dataset) == 0:
-            continue
-        if scores_accuracy:
-            trainer.compute_metrics = build_compute_metrics(dataset["subject"], per_subject=True)
-        if split == "test" and scores_accuracy:
-            prediction = trainer.predict(dataset, metric_key_prefix=split)
-            split_metrics = prediction.metrics
-            if is_main:
-                write_test_predictions(output_dir, dataset, prediction.predictions, [r.id for r in splits.test])
-        else:
-            split_metrics = trainer.evaluate(dataset, metric_key_prefix=split)
-        split_metrics[f"{split}_samples"] = len(dataset)
-        trainer.log_metrics(split, split_metrics)
-        results.update(split_metrics)
-    trainer.save_metrics("eval", results)  # eval_results.json, merged into all_results.json
+            train_set = tokenized(splits.train, False)
+            eval_set = tokenized(evaluated["validation"], run_args.sort_eval_by_length)
+            test_set = tokenized(evaluated["test"], run_args.sort_eval_by_length)
+        tokenize_seconds = time.perf_counter() - started
+        for name, dataset in (("train", train_set), ("validation", eval_set), ("test", test_set)):
+            logger.info("%s: %d examples, %d truncated to %d tokens", name, len(dataset), count_truncated(dataset),
+                        max_length)
 
-    # 8. The run record and the model card (main process), then the final model in HF format. save_model
-    # runs on every rank (DeepSpeed ZeRO-3 gathers the weights collectively) and, with --push_to_hub,
-    # pushes the model, tokenizer, card and results once.
-    if is_main:
-        data_lib.write_json(output_dir / RUN_INFO_FILE, run_record(model_args, data_args, training_args, formulation,
-                                                                   trainer, max_length))
-        write_model_card(output_dir, trainer.hub_model_id)
-    trainer.save_model()
+        # 5. The Trainer.
+        trainer = build_trainer(
+            model, tokenizer, training_args, formulation, train_set,
+            eval_set if training_args.eval_strategy != "no" else None,
+            mlm_probability=data_args.mlm_probability, joint_rotations=data_args.joint_rotations,
+            joint_eval_rotations=data_args.joint_eval_rotations,
+            callbacks=[LossCurveCallback(str(output_dir)), CheckpointMarkerCallback(identity)],
+            push=lambda message: push_finished_run(output_dir, training_args, message),
+        )
+
+        # 6. Train (resuming when there is a checkpoint).
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = dict(train_result.metrics)
+        metrics["train_samples"] = len(train_set)
+        metrics["deepspeed_stage"] = args.deepspeed.stage if args.deepspeed.used else -1
+        metrics.update(data_seconds=round(data_seconds, 2), tokenize_seconds=round(tokenize_seconds, 2),
+                       train_tokens_per_sample=round(tokens_per_sample(train_set), 1))
+        if torch.cuda.is_available() and not training_args.use_cpu:
+            metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+        # 7. Evaluate the final (best) model on validation and test, with per-subject accuracy.
+        results = {}
+        for split, dataset in (("eval", eval_set), ("test", test_set)):
+            if len(dataset) == 0:
+                continue
+            if formulation != "mlm":
+                trainer.compute_metrics = build_compute_metrics(dataset["subject"], per_subject=True)
+                prediction = trainer.predict(dataset, metric_key_prefix=split)
+                split_metrics = prediction.metrics
+                if split == "test" and is_main:
+                    write_test_predictions(output_dir, dataset, prediction.predictions,
+                                           [r.id for r in evaluated["test"]])
+            else:
+                split_metrics = trainer.evaluate(dataset, metric_key_prefix=split)
+            split_metrics[f"{split}_samples"] = len(dataset)
+            trainer.log_metrics(split, split_metrics)
+            results.update(split_metrics)
+        trainer.save_metrics("eval", results)  # eval_results.json, merged into all_results.json
+
+        # 8. The run record, the model card, the final model (save_model runs on every rank: DeepSpeed ZeRO-3
+        # gathers the weights collectively), then the finished marker, last; only then a push.
+        if is_main:
+            run_dir.write_json(output_dir / run_dir.RUN_RECORD_FILE,
+                               run_record(args, formulation, trainer, max_length))
+            write_model_card(output_dir, trainer.hub_model_id)
+        trainer.save_model()
+        trainer.accelerator.wait_for_everyone()
+        if is_main:
+            run_dir.mark_finished(output_dir, identity)
+        if training_args.push_to_hub:
+            trainer.push_to_hub()
     logger.info("model, tokenizer, results and model card saved to %s; loss curve: %s", output_dir,
-                output_dir / CURVE_FILE)
+                output_dir / run_dir.CURVE_FILE)
+    leave_process_group()
     return {**metrics, **results}
 
 
-def leave_process_group() -> None:
-    """End a multi-process run cleanly: every rank waits for the others, then leaves the group. A process
-    that exits while still in a gloo group can abort in the interpreter's teardown ("terminate called
-    without an active exception", SIGABRT) after a run that succeeded: 9 of 30 bare 2-process gloo runs
-    here. The Trainer never leaves the group; a script ending a run must. accelerate's state (the one the
-    Trainer used) does it, and leaves a notebook-launcher's group alone."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from accelerate import PartialState
+def train(args: Arguments) -> dict:
+    """One run, or one per seed with --seeds."""
+    if args.run.seeds:
+        from .seeds import run_seeds
 
-        state = PartialState()
-        state.wait_for_everyone()
-        state.destroy_process_group()
+        return run_seeds(args, main)
+    return main(args)
+
+
+def push_finished_run(output_dir: Path, training_args, message: str | None):
+    """--push_to_hub: one commit of the finished run (never before hf_ft_finished.json is written)."""
+    from .hub import push_output_dir
+
+    if run_dir.finished_problem(output_dir):
+        return None  # the Trainer's own call from save_model; main pushes once the run is finished
+    return push_output_dir(output_dir, training_args.hub_model_id, private=bool(training_args.hub_private_repo),
+                           revision=training_args.hub_revision,
+                           commit_message=message or "Upload model trained with hf_ft")
+
+
+def tokens_per_sample(dataset) -> float:
+    """Mean real (unpadded) tokens one training example feeds the model: all its choices, or its sequence."""
+    column = dataset["input_ids"] if "input_ids" in dataset.column_names else None
+    if column is None:  # joint keeps question and options apart until the collator
+        return float(sum(dataset["length"]) / max(1, len(dataset)))
+    total = sum(len(x) if not x or isinstance(x[0], int) else sum(map(len, x)) for x in column)
+    return total / max(1, len(dataset))
 
 
 def write_test_predictions(output_dir: Path, dataset, logits, item_order: list[str]) -> None:
     """`test_predictions.jsonl`: the trained model's option scores per test item, in test_qa_data.json order."""
     logits = logits[0] if isinstance(logits, tuple) else logits
     by_id = {item_id: row for item_id, row in zip(dataset["id"], logits)}
-    data_lib.write_jsonl(output_dir / "test_predictions.jsonl", (
-        {"id": item_id, "prediction": data_lib.LETTERS[int(by_id[item_id].argmax())],
+    run_dir.write_jsonl(output_dir / run_dir.TEST_PREDICTIONS_FILE, (
+        {"id": item_id, "prediction": LETTERS[int(by_id[item_id].argmax())],
          "scores": [float(x) for x in by_id[item_id]]} for item_id in item_order))
 
 
-def run_record(model_args, data_args, training_args, formulation: str, trainer, max_length: int) -> dict:
+def run_record(args: Arguments, formulation: str, trainer, max_length: int) -> dict:
     """What the model card needs to describe the run (no tokens, no paths to secrets)."""
+    training_args = args.training
     hyperparameters = {name: getattr(training_args, name) for name in (
         "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
         "gradient_accumulation_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "bf16", "fp16")}
-    hyperparameters["lr_scheduler_type"] = str(hyperparameters["lr_scheduler_type"])
+    hyperparameters["lr_scheduler_type"] = getattr(training_args.lr_scheduler_type, "value",
+                                                   str(training_args.lr_scheduler_type))
     hyperparameters["train_sampling_strategy"] = str(training_args.train_sampling_strategy)
-    if model_args.config_overrides:
-        hyperparameters["config_overrides"] = model_args.config_overrides
+    if args.model.config_overrides:
+        hyperparameters["config_overrides"] = args.model.config_overrides
     hyperparameters.update(world_size=training_args.world_size, max_seq_length=max_length,
                            global_step=trainer.state.global_step)
     if formulation == "joint":
-        hyperparameters["joint_rotations"] = data_args.joint_rotations
-        hyperparameters["joint_eval_rotations"] = data_args.joint_eval_rotations
+        hyperparameters["joint_rotations"] = args.data.joint_rotations
+        hyperparameters["joint_eval_rotations"] = args.data.joint_eval_rotations
+    if args.data.drop_question:
+        hyperparameters["drop_question"] = True
+    for name in ("max_eval_samples", "max_test_samples"):
+        if getattr(args.data, name) is not None:
+            hyperparameters[name] = getattr(args.data, name)
     return {
-        "base_model": model_args.model_name_or_path,
-        "task": model_args.task,
+        "base_model": args.model.model_name_or_path,
         "formulation": formulation,
-        "subjects": data_args.subjects,
+        "subjects": args.data.subjects,
         "hub_model_id": trainer.hub_model_id,
         "hyperparameters": hyperparameters,
-        "deepspeed": getattr(training_args, "hf_ft_deepspeed", None),
+        "deepspeed": args.deepspeed.record(),
+        "arguments": args.given,
     }

@@ -1,14 +1,25 @@
-"""The Trainer as hf_ft uses it: our model card and push, a separate evaluation collator, evaluation in
-dataset order, and length-grouped batches whose order is shuffled."""
+"""The Trainer as hf_ft uses it, and `build_trainer`: the one place a Trainer is assembled, shared by
+`hf_ft.train.main`, the benchmarks and the tests.
+
+What differs from a plain Trainer: a separate evaluation collator (no option shuffling, k rotations for
+joint merged back into one prediction per question), evaluation in dataset order, length-grouped
+training batches in a shuffled order that depends on the seed and the epoch only, and a push that
+happens once, after the run is finished.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import torch
 from torch.utils.data import Sampler, SequentialSampler
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
-from .hub import push_output_dir, write_model_card
-from .preprocessing import merge_rotations
+from .collators import make_collator, merge_rotations
+from .metrics import build_compute_metrics
+
+logger = logging.getLogger(__name__)
 
 
 class ShuffledLengthGroupedSampler(Sampler):
@@ -19,36 +30,61 @@ class ShuffledLengthGroupedSampler(Sampler):
     then shuffled across the epoch: the transformers sampler runs each megabatch longest-first, which
     puts a long→short sawtooth into the loss curve and makes any window of steps unrepresentative.
     `group_size` is the number of examples that go into one optimizer step across all processes.
+    The order depends on (seed, epoch) only, like transformers' own samplers, so a resumed run and
+    every process draw the same order.
     """
 
-    def __init__(self, lengths, group_size: int, megabatch_groups: int = 50, generator=None):
+    def __init__(self, lengths, group_size: int, seed: int, megabatch_groups: int = 50):
         self.lengths = list(lengths)
         self.group_size = max(1, group_size)
         self.megabatch = self.group_size * megabatch_groups
-        self.generator = generator
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __iter__(self):
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
         groups = []
         for start in range(0, len(order), self.megabatch):
             megabatch = sorted(order[start:start + self.megabatch], key=self.lengths.__getitem__, reverse=True)
             groups += [megabatch[i:i + self.group_size] for i in range(0, len(megabatch), self.group_size)]
-        for g in torch.randperm(len(groups), generator=self.generator).tolist():
+        for g in torch.randperm(len(groups), generator=generator).tolist():
             yield from groups[g]
 
 
-class QATrainer(Trainer):
-    """The Trainer, with a separate evaluation collator (no option shuffling at evaluation), evaluation
-    in dataset order (our evaluation sets are pre-sorted by length, and the metrics map predictions back
-    to subjects by position) and, for a joint model scored in k rotated option orders, the k copies of
-    each question merged back into one prediction."""
+class EpochCallback(TrainerCallback):
+    """Tells the training sampler and collator which epoch it is (their random draws depend on it). The
+    epoch comes from the Trainer's state, which a resumed run restores from its checkpoint; the Trainer's
+    own `set_epoch` does not reach a sampler under a resumed multi-process loader (skip + shard wrappers)."""
 
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, trainer: "QATrainer"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        epoch = int(state.epoch or 0)
+        for part in (self.trainer.data_collator, self.trainer.length_sampler):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+
+class QATrainer(Trainer):
+    """The Trainer with an evaluation collator, evaluation in dataset order (our evaluation sets are
+    pre-sorted by length, and the metrics map predictions back to subjects by position), and, for a
+    joint model scored in k rotated option orders, the k copies of each question merged back into one
+    prediction."""
+
+    def __init__(self, *args, eval_data_collator=None, push=None, **kwargs):
         self.eval_data_collator = eval_data_collator
+        self.push = push  # called by push_to_hub: hf_ft.hub's push of a finished output_dir
+        self.length_sampler = None
+        super().__init__(*args, **kwargs)
+        self.add_callback(EpochCallback(self))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The loss is the mean over all copies; predictions and labels are one row per question (the first
@@ -60,39 +96,78 @@ class QATrainer(Trainer):
             labels = labels[:: len(labels) // len(logits)] if labels is not None else None
         return loss, logits, labels
 
+    @contextlib.contextmanager
+    def _evaluation_collator(self):
+        train_collator = self.data_collator
+        if self.eval_data_collator is not None:
+            self.data_collator = self.eval_data_collator
+        try:
+            yield
+        finally:
+            self.data_collator = train_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._evaluation_collator():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._evaluation_collator():
+            return super().get_test_dataloader(test_dataset)
+
+    def init_hf_repo(self, token=None, private=None):
+        """The Trainer creates the hub repository when it is built with --push_to_hub; hf_ft checks the repo id
+        and the token then (one clear line if either is wrong) and creates the repository at the push."""
+        from .hub import check_repo_id, repo_id_for
+
+        self.hub_model_id = check_repo_id(repo_id_for(self.args.hub_model_id, self.args.output_dir), "--hub_model_id")
+
     def create_model_card(self, *args, **kwargs):
-        """Our card (results, comparison, loss curve), not the Trainer's generic one."""
-        if self.is_world_process_zero():
-            write_model_card(self.args.output_dir, self.hub_model_id)
+        """hf_ft writes its own card (hf_ft.model_card) once, at the end of main; not the Trainer's generic one."""
 
-    def push_to_hub(self, commit_message: str | None = "Upload model trained with hf_ft", blocking: bool = True,
-                    **kwargs):
-        """The Trainer's push (it runs from `save_model` when --push_to_hub is set), uploading our card and
-        only the model, tokenizer and result files: no checkpoints, optimizer states or rejected rows."""
-        if not self.is_world_process_zero():
+    def push_to_hub(self, commit_message: str | None = None, blocking: bool = True, **kwargs):
+        """The Trainer calls this from save_model, before the run is finished: hf_ft pushes once, from main,
+        after the finished marker, through `self.push` (only the model, tokenizer, card and result files)."""
+        if self.push is None or not self.is_world_process_zero():
             return None
-        self.create_model_card()
-        return push_output_dir(self.args.output_dir, self.hub_model_id, private=bool(self.args.hub_private_repo),
-                               commit_message=commit_message or "Upload model trained with hf_ft")
+        return self.push(commit_message)
 
+    # transformers offers no public way to give the Trainer a custom training sampler; this is the hook its
+    # own subclasses use. tests/test_formulations.py::test_length_grouping_reduces_padding_on_a_skewed_set
+    # fails if transformers stops calling it.
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and "length" in dataset.column_names:
-            return ShuffledLengthGroupedSampler(dataset["length"],
-                                                self.args.per_device_train_batch_size * max(1, self.args.world_size))
+            self.length_sampler = ShuffledLengthGroupedSampler(
+                dataset["length"], self.args.per_device_train_batch_size * max(1, self.args.world_size),
+                seed=self.args.seed)
+            return self.length_sampler
         return super()._get_train_sampler(train_dataset)
 
+    # Same for evaluation: one process reads in dataset order; several are sharded in order by accelerate.
     def _get_eval_sampler(self, eval_dataset):
         if self.args.world_size <= 1:
             return SequentialSampler(eval_dataset)
-        return None  # accelerate shards in order and gathers back in order
+        return None
 
-    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
-                        dataloader_key=None):
-        if is_training or self.eval_data_collator is None:
-            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
-        try:
-            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        finally:
-            self.data_collator = train_collator
+
+def build_trainer(model, tokenizer, training_args, formulation: str, train_set, eval_set=None, *,
+                  mlm_probability: float = 0.15, joint_rotations: int = 1, joint_eval_rotations: int = 1,
+                  callbacks=(), push=None) -> QATrainer:
+    """A QATrainer with hf_ft's collators and metrics for `formulation` (per_choice, joint or mlm)."""
+    seed = training_args.seed
+    scores_accuracy = formulation != "mlm"
+    has_eval = eval_set is not None and len(eval_set) > 0
+    return QATrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set if has_eval else None,
+        processing_class=tokenizer,
+        data_collator=make_collator(formulation, tokenizer, train=True, seed=seed, mlm_probability=mlm_probability,
+                                    joint_rotations=joint_rotations),
+        eval_data_collator=make_collator(formulation, tokenizer, train=False, seed=seed,
+                                         mlm_probability=mlm_probability, joint_eval_rotations=joint_eval_rotations),
+        compute_metrics=build_compute_metrics(eval_set["subject"]) if scores_accuracy and has_eval else None,
+        callbacks=list(callbacks),
+        push=push,
+    )

@@ -32,6 +32,15 @@ def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """A test may parse arguments in this process; whatever that sets in os.environ ends with the test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     from hf_ft.demo import make_demo_data
@@ -48,9 +57,23 @@ def tiny_model(tmp_path_factory, demo_data) -> Path:
 
 def train_in_process(argv: list[str]) -> dict:
     from hf_ft.arguments import parse_args
-    from hf_ft.train import main
+    from hf_ft.train import train
 
-    return main(*parse_args(argv))
+    return train(parse_args(argv))
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`hf-ft ...` in this process (no interpreter start-up): exit status, stdout, stderr."""
+    from hf_ft.cli import main
+
+    capsys.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="session")

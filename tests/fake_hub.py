@@ -45,6 +45,8 @@ class FakeHub:
                 if self.headers.get("Authorization") != f"Bearer {GOOD_TOKEN}":
                     return self._reply(401, {"error": "Invalid credentials"})
                 path = self.path.split("?")[0]
+                if self.command == "GET" and path == "/api/whoami-v2":
+                    return self._reply(200, {"name": "me", "type": "user", "orgs": []})
                 if self.command == "POST" and path == "/api/repos/create":
                     req = json.loads(body)
                     namespace = req.get("organization") or "me"

@@ -7,7 +7,8 @@ def test_config_file_with_command_line_override(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("model_name_or_path: some/model\nlearning_rate: 1.0e-4\nsubjects: STEM\n"
                       "output_dir: out/x\nnum_train_epochs: 2\n", encoding="utf-8")
-    model_args, data_args, run_args, training_args = parse_args([str(config), "--learning_rate", "3e-5", "--use_cpu"])
+    args = parse_args([str(config), "--learning_rate", "3e-5", "--use_cpu"])
+    model_args, data_args, training_args = args.model, args.data, args.training
     assert model_args.model_name_or_path == "some/model"
     assert data_args.subjects == "STEM"
     assert training_args.learning_rate == 3e-5  # the command line wins
@@ -16,7 +17,8 @@ def test_config_file_with_command_line_override(tmp_path):
 
 
 def test_task_defaults(tmp_path):
-    _, _, run_args, args = parse_args(["--output_dir", str(tmp_path), "--use_cpu"])
+    parsed = parse_args(["--output_dir", str(tmp_path), "--use_cpu"])
+    run_args, args = parsed.run, parsed.training
     assert args.eval_strategy == "epoch" and args.load_best_model_at_end
     assert args.metric_for_best_model == "accuracy" and args.report_to == []
     assert args.average_tokens_across_devices is False
@@ -28,7 +30,7 @@ def test_task_defaults(tmp_path):
 def test_json_config_and_unknown_keys(tmp_path):
     good = tmp_path / "c.json"
     good.write_text('{"output_dir": "o", "seed": 3}', encoding="utf-8")
-    assert parse_args([str(good)])[3].seed == 3
+    assert parse_args([str(good)]).training.seed == 3
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rat: 1\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown argument 'learning_rat'.*learning_rate"):

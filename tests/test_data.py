@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from hf_ft import data as data_lib
-from hf_ft.data import DataError, QARow, handle_problems, load_data_dir, load_files, make_splits, read_records
+from hf_ft.data import DataError, QARow, handle_problems, read_records
+from hf_ft.sources import LoadedData, load_data_dir, load_files
+from hf_ft.splits import make_splits
 
 HEADER = ["question", "A", "B", "C", "D", "answer"]
 
@@ -77,8 +78,12 @@ def test_skip_writes_every_rejected_row(tmp_path):
     ("bom_only.csv", "\ufeff\n", "the file is empty"),
     ("cols.csv", "question,A,B\nq,a,b\n", r"missing column\(s\) C, D, answer"),
     ("header_only.csv", "question,A,B,C,D,answer\n", "header but no rows"),
-    ("bad.json", "{not json", "not a valid JSON file"),
-    ("bad.jsonl", '{"question": "q"}\n{oops\n', "not a valid JSONL file"),
+    ("bad.json", "[\n{not json", r"bad.json:2: not valid JSON"),
+    ("bad.jsonl", '{"question": "q"}\n\n{oops\n', r"bad.jsonl:3: not valid JSON"),  # the file's own line, 1-based
+    ("list.jsonl", '{"question": "q"}\n[1, 2]\n', r"list.jsonl:2: not a JSON object"),
+    ("dict.json", '{"question": "q"}', "expected a JSON array"),
+    ("dup.csv", "question,A,B,C,D,A,answer\nq,a,b,c,d,e,A\n", r"dup.csv:1: column 'A' appears more than once"),
+    ("quote.csv", 'question,A,B,C,D,answer\n"q,a,b,c,d,A\n', r"quote.csv:\d+: not valid CSV|not a valid CSV file"),
     ("x.txt", "hello", "unsupported file type"),
 ])
 def test_unusable_files_give_one_clear_error(tmp_path, name, content, expected):
@@ -107,7 +112,7 @@ def _rows(n, subject="music", prefix="q"):
 def test_resplit_is_deterministic_disjoint_stratified_and_deduplicated():
     rows = _rows(100, "music") + _rows(40, "physics")
     duplicate = QARow("dup", "music", " music  q3 ", ("a", "b", "c", "d3"), "D")  # same normalised content as q3
-    loaded = data_lib.LoadedData({"all": rows + [duplicate]}, [], {"kind": "files"}, "flat", ["music", "physics"])
+    loaded = LoadedData({"all": rows + [duplicate]}, [], {"kind": "files"}, "flat", ["music", "physics"])
     a = make_splits(loaded, "auto", seed=7, validation_fraction=0.1, split_ratios=(0.7, 0.25, 0.05))
     b = make_splits(loaded, "resplit", seed=7, validation_fraction=0.1, split_ratios=(0.7, 0.25, 0.05))
     assert a.scheme == "resplit" and a.duplicates_removed == 1
@@ -124,7 +129,7 @@ def test_official_split_keeps_test_and_drops_training_copies_of_test_items():
     test = _rows(10, prefix="t")
     dev = _rows(5, prefix="d") + [QARow("copy", "music", "music t1", ("a", "b", "c", "d1"), "B")]
     val = _rows(50, prefix="v")
-    loaded = data_lib.LoadedData({"dev": dev, "val": val, "test": test}, [], {}, "tmmluplus", ["music"])
+    loaded = LoadedData({"dev": dev, "val": val, "test": test}, [], {}, "tmmluplus", ["music"])
     s = make_splits(loaded, "auto", seed=0, validation_fraction=0.2, split_ratios=(0.7, 0.25, 0.05))
     assert s.scheme == "official" and s.duplicates_removed == 1
     assert [r.id for r in s.test] == [r.id for r in test]

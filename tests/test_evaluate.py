@@ -1,4 +1,4 @@
-"""Original vs fine-tuned: scorers, statistics, the held-out check, reports, the judge, --task mlm."""
+"""Original vs fine-tuned: scorers, statistics, the held-out check, reports, the judge, --formulation mlm."""
 
 import json
 import re
@@ -82,7 +82,8 @@ def test_masked_lm_scoring_is_identical_on_repeat(tiny_model, trained_run):
 
 
 def test_overlap_with_training_data_is_refused_or_removed(trained_run, tiny_model, demo_data, tmp_path):
-    from hf_ft.data import content_hash, load_data_dir
+    from hf_ft.data import content_hash
+    from hf_ft.sources import load_data_dir
 
     out, _ = trained_run
     manifest = json.loads((out / "data_manifest.json").read_text())
@@ -132,7 +133,7 @@ def test_bad_input_gives_one_clear_error(case, trained_run, tiny_model, tmp_path
         args[1] = str(tmp_path / "headless")
     else:
         args += ["--judge", "http://127.0.0.1:9/v1", "--judge_max_items", "3"]
-    result = run_cli(python("-m", "hf_ft.evaluate", *args))
+    result = run_cli(python("-m", "hf_ft.evaluate", *args), env={"HF_HUB_OFFLINE": "0"})
     assert result.returncode == 2, result.stderr[-2000:]
     assert expected in result.stderr and "Traceback" not in result.stderr
 
@@ -168,32 +169,41 @@ class ChatServer(BaseHTTPRequestHandler):
         self.wfile.write(reply)
 
 
-def test_remote_judge_over_real_http(trained_run, tiny_model, tmp_path, monkeypatch):
+def test_remote_judge_over_real_http(trained_run, tiny_model, tmp_path):
+    """The judge speaks OpenAI-compatible chat through huggingface_hub's InferenceClient, to a real server on
+    127.0.0.1 (in a subprocess: InferenceClient sends nothing while HF_HUB_OFFLINE=1, which the suite sets)."""
     out, _ = trained_run
     items = json.loads((out / "test_qa_data.json").read_text(encoding="utf-8"))
     ChatServer.requests = []
-    questions = [i["question"] for i in items[:12]]
+    questions = [i["question"] for i in items[:30]]
     ChatServer.nonsense_question = next(q for q in questions if questions.count(q) == 1 and
                                         not any(q in other for other in questions if other != q))
     server = ThreadingHTTPServer(("127.0.0.1", 0), ChatServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("HF_FT_JUDGE_API_KEY", "sk-test-123")
     try:
-        report = run(EvaluateArguments(original=str(tiny_model), finetuned=str(out), output_dir=str(tmp_path),
-                                       use_cpu=True, judge=f"http://127.0.0.1:{server.server_port}/v1",
-                                       judge_model="Qwen2.5-3B-Instruct", judge_max_items=12))
+        result = run_cli(python("-m", "hf_ft.evaluate", "--original", str(tiny_model), "--finetuned", str(out),
+                                "--output_dir", str(tmp_path), "--use_cpu", "--judge",
+                                f"http://127.0.0.1:{server.server_port}/v1", "--judge_model", "Qwen2.5-3B-Instruct",
+                                "--judge_max_items", "30"),
+                         env={"HF_FT_JUDGE_API_KEY": "sk-test-123", "HF_HUB_OFFLINE": "0"})
+        offline = run_cli(python("-m", "hf_ft.evaluate", "--original", str(tiny_model), "--finetuned", str(out),
+                                 "--output_dir", str(tmp_path / "offline"), "--use_cpu", "--judge",
+                                 f"http://127.0.0.1:{server.server_port}/v1"), env={"HF_HUB_OFFLINE": "1"})
     finally:
         server.shutdown()
-    judge = report["judge"]
-    assert len(ChatServer.requests) == judge["requests"] == 24  # both orders for 12 items
+    assert result.returncode == 0, result.stderr[-3000:]
+    judge = json.loads((tmp_path / "comparison.json").read_text())["judge"]
+    assert len(ChatServer.requests) == judge["requests"] == 60  # both orders for 30 items
     assert all(r["path"] == "/v1/chat/completions" and r["auth"] == "Bearer sk-test-123" for r in ChatServer.requests)
     assert all(r["body"]["model"] == "Qwen2.5-3B-Instruct" for r in ChatServer.requests)
     assert judge["unparseable_replies"] == 2 and judge["undecided"] == 1
     assert judge["order_agreement"] == 1.0  # a reference-matching judge has no position bias
-    assert judge["agreement_with_exact_match"] in (1.0, None)
-    assert judge["finetuned_wins"] + judge["ties"] + judge["original_wins"] + judge["undecided"] == 12
+    assert judge["exact_match_items_compared"] > 0 and judge["agreement_with_exact_match"] == 1.0
+    assert judge["finetuned_wins"] + judge["ties"] + judge["original_wins"] + judge["undecided"] == 30
     assert "sk-test-123" not in (tmp_path / "comparison.json").read_text()
     assert "LLM judge" in (tmp_path / "comparison.md").read_text()
+    assert offline.returncode == 2 and "HF_HUB_OFFLINE=1 is set" in offline.stderr
+    assert len(offline.stderr.strip().splitlines()) == 1 or "Traceback" not in offline.stderr
 
 
 def test_local_judge_with_a_tiny_causal_lm(trained_run, tiny_model, tmp_path):
@@ -217,7 +227,7 @@ def test_local_judge_with_a_tiny_causal_lm(trained_run, tiny_model, tmp_path):
 @pytest.mark.slow
 def test_task_mlm_adapts_and_is_compared_with_the_mlm_scorer(demo_data, tiny_model, tmp_path):
     out = tmp_path / "mlm"
-    metrics = train_in_process(["--task", "mlm", "--model_name_or_path", str(tiny_model), "--data_dir",
+    metrics = train_in_process(["--formulation", "mlm", "--model_name_or_path", str(tiny_model), "--data_dir",
                                 str(demo_data), "--output_dir", str(out), *TRAIN_ARGS, "--num_train_epochs", "4"])
     history = json.loads((out / "loss_history.json").read_text())
     losses = [p["value"] for p in history["eval_loss"]]

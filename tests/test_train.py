@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TRAIN_ARGS, ROOT, python, run_cli
+from conftest import TRAIN_ARGS, ROOT, cli, python, run_cli
 
 
 def test_trained_run_learns_and_writes_everything(trained_run):
@@ -23,7 +23,16 @@ def test_trained_run_learns_and_writes_everything(trained_run):
     assert len(history["train_loss"]) >= 5 and len(history["eval_loss"]) >= 6
     assert history["eval_accuracy"][-1]["value"] > history["eval_accuracy"][0]["value"]
     results = json.loads((out / "eval_results.json").read_text())
-    assert results["test_accuracy_subject_music"] >= 0 and "test_tmmlu_average" in results
+    # Per-subject accuracies agree with the predictions written for each test item.
+    items = {i["id"]: i for i in json.loads((out / "test_qa_data.json").read_text(encoding="utf-8"))}
+    predictions = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    by_subject = {}
+    for p in predictions:
+        by_subject.setdefault(items[p["id"]]["subject"], []).append(p["prediction"] == items[p["id"]]["answer"])
+    assert len(by_subject) == 8
+    for subject, hits in by_subject.items():
+        assert results[f"test_accuracy_subject_{subject}"] == pytest.approx(np.mean(hits)), subject
+    assert results["test_accuracy"] == pytest.approx(np.mean([h for v in by_subject.values() for h in v]))
     assert {"eval_accuracy_STEM", "eval_accuracy_humanities", "eval_accuracy_social_sciences",
             "eval_accuracy_other"} <= set(results)
 
@@ -59,22 +68,22 @@ def test_reloaded_model_predicts_like_the_trained_one(trained_run):
     assert correct / len(items) == pytest.approx(metrics["test_accuracy"], abs=1e-9)
 
 
-def test_refuses_non_empty_output_dir(tmp_path, demo_data, tiny_model):
+def test_refuses_non_empty_output_dir(tmp_path, demo_data, tiny_model, capsys):
     (tmp_path / "notes.txt").write_text("mine")
-    result = run_cli(python("run_qa.py", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
-                            "--output_dir", str(tmp_path), "--use_cpu"))
-    assert result.returncode == 2
-    assert "is not empty and has no checkpoint" in result.stderr and "--overwrite_output_dir" in result.stderr
-    assert "Traceback" not in result.stderr
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                        "--output_dir", str(tmp_path), "--use_cpu"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "is not empty and has no run of these arguments to resume" in err and "--overwrite_output_dir" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_refuses_a_finished_run(trained_run):
-    from hf_ft.train import OutputDirError, resolve_checkpoint
-
+def test_refuses_a_finished_run(trained_run, tiny_model, demo_data, capsys):
     out, _ = trained_run
-    with pytest.raises(OutputDirError, match="holds a finished run"):
-        resolve_checkpoint(str(out), None, overwrite=False)
-    assert resolve_checkpoint(str(out), None, overwrite=True) is None
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                        "--output_dir", str(out), *TRAIN_ARGS], capsys)
+    assert code == 2 and "holds a finished run" in err and "--overwrite_output_dir" in err
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
-"""DeepSpeed: check a ds_config before anything heavy starts, decide whether it can run here, and
-fall back to plain PyTorch (with one clear warning) when it cannot.
+"""DeepSpeed: check a ds_config before anything heavy starts and decide, from the arguments alone,
+whether it can run here, falling back to plain PyTorch (with one clear warning) when it cannot.
 
 Checks: the file exists and is JSON; its keys are DeepSpeed's (the ZeRO section is validated by
-DeepSpeed's own pydantic schema); numbers are numbers; values that are not "auto" agree with
-TrainingArguments; unsupported combinations are refused. Each problem is one line.
+DeepSpeed's own pydantic schema); numbers are numbers; unsupported combinations are refused. Each
+problem is one line. Setting the process up for the plan is `hf_ft.processes`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
-import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -38,18 +36,22 @@ INTEGER_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_
 NUMBER_KEYS = ("gradient_clipping",)
 
 
-@dataclass
-class DeepSpeedDecision:
+@dataclass(frozen=True)
+class DeepSpeedPlan:
+    """What --deepspeed amounts to here, decided from the arguments alone (no process is touched)."""
+
     used: bool
-    config: str | None = None  # the file the Trainer gets
+    config_path: str | None = None
     stage: int | None = None
     offload: bool = False
-    reason: str | None = None  # why it was dropped
-    effective_config: str | None = None  # what the Trainer reads (see effective_config())
-    configured_state: bool = False  # accelerate's state was set up here (see configure_cpu_state())
+    reason: str | None = None  # why DeepSpeed was dropped
+    importable: bool = True  # False: the installed DeepSpeed fails to import (processes.prepare hides it)
+    config: dict | None = None  # what TrainingArguments(deepspeed=...) gets when used
 
     def record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("effective_config", "configured_state")}
+        """For hf_ft_run.json and the model card."""
+        return {"used": self.used, "config": self.config_path, "stage": self.stage, "offload": self.offload,
+                "reason": self.reason}
 
 
 def _known_keys() -> set[str]:
@@ -91,8 +93,10 @@ def has_offload(config: dict) -> bool:
                for k in ("offload_optimizer", "offload_param"))
 
 
-def check_ds_config(path: str, config: dict, training_args) -> list[str]:
-    """Every problem with the config, one line each (empty when it is fine)."""
+def check_ds_config(path: str, config: dict, auto_find_batch_size: bool, fp16: bool, cuda: bool) -> list[str]:
+    """Every problem with the config that transformers does not check itself, one line each. (Values that
+    disagree with TrainingArguments are transformers' HfTrainerDeepSpeedConfig mismatch check, run as soon
+    as TrainingArguments is built: see arguments.parse_args.)"""
     problems = []
     known = _known_keys()
     for key in config:
@@ -111,6 +115,8 @@ def check_ds_config(path: str, config: dict, training_args) -> list[str]:
         enabled = config.get(section, {}).get("enabled") if isinstance(config.get(section), dict) else None
         if enabled is not None and not _is_auto(enabled) and not isinstance(enabled, bool):
             problems.append(f"'{section}.enabled' must be true, false or \"auto\", got {enabled!r}")
+    if "zero_optimization" not in config:
+        problems.append("no 'zero_optimization' section (accelerate needs one; {\"stage\": 0} for plain data parallel)")
     zero = config.get("zero_optimization", {})
     if not isinstance(zero, dict):
         problems.append("'zero_optimization' must be an object")
@@ -121,28 +127,10 @@ def check_ds_config(path: str, config: dict, training_args) -> list[str]:
     problems += _validate_zero_section(zero)
     if has_offload(config) and isinstance(stage, int) and stage < 2:
         problems.append(f"offload needs ZeRO stage 2 or 3 (this config has stage {stage})")
-
-    # Values the Trainer also sets must agree with TrainingArguments.
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))  # the launcher's; asking the args would start torch.distributed
-    expected = {
-        "train_micro_batch_size_per_gpu": training_args.per_device_train_batch_size,
-        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-        "gradient_clipping": training_args.max_grad_norm,
-        "train_batch_size": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world,
-    }
-    for key, value in expected.items():
-        given = config.get(key)
-        if given is not None and not _is_auto(given) and isinstance(given, (int, float)) and given != value:
-            problems.append(f"'{key}' is {given} but TrainingArguments give {value} (use \"auto\")")
-    for section, flag in (("fp16", training_args.fp16), ("bf16", training_args.bf16)):
-        enabled = config.get(section, {}).get("enabled") if isinstance(config.get(section), dict) else None
-        if isinstance(enabled, bool) and enabled != flag:
-            problems.append(f"'{section}.enabled' is {str(enabled).lower()} but --{section} is {flag} (use \"auto\")")
-    # Combinations that cannot work.
-    if training_args.auto_find_batch_size:
+    if auto_find_batch_size:
         problems.append("--auto_find_batch_size cannot be used with DeepSpeed")
-    fp16_wanted = training_args.fp16 or (isinstance(config.get("fp16"), dict) and config["fp16"].get("enabled") is True)
-    if fp16_wanted and not _cuda_available(training_args):
+    fp16_wanted = fp16 or (isinstance(config.get("fp16"), dict) and config["fp16"].get("enabled") is True)
+    if fp16_wanted and not cuda:
         problems.append("fp16 needs a GPU; this run is on the CPU (use fp32 here)")
     return [f"--deepspeed {path}: {p}" for p in problems]
 
@@ -169,12 +157,6 @@ def _validate_zero_section(zero: dict) -> list[str]:
     return []
 
 
-def _cuda_available(training_args) -> bool:
-    import torch
-
-    return torch.cuda.is_available() and not training_args.use_cpu
-
-
 def deepspeed_importable() -> str | None:
     """None when DeepSpeed imports; otherwise why not."""
     try:
@@ -184,94 +166,46 @@ def deepspeed_importable() -> str | None:
     return None
 
 
-def decide(path: str | None, training_args, run_args) -> DeepSpeedDecision:
-    """Check the config; use DeepSpeed, or fall back with one warning (an error with --require_deepspeed)."""
+def plan(path: str | None, *, require: bool, auto_find_batch_size: bool = False, fp16: bool = False,
+         cuda: bool = False) -> DeepSpeedPlan:
+    """Check the config and decide: use DeepSpeed, or fall back to plain PyTorch with one warning (an error
+    with --require_deepspeed). Reads the config file; changes nothing in the process."""
     if not path:
-        if run_args.require_deepspeed:
+        if require:
             raise UserError("--require_deepspeed given without --deepspeed CONFIG")
-        return DeepSpeedDecision(used=False)
+        return DeepSpeedPlan(used=False)
     config = load_ds_config(path)
-    problems = check_ds_config(path, config, training_args)
+    problems = check_ds_config(path, config, auto_find_batch_size, fp16, cuda)
     if problems:
         raise UserError("\n".join(problems))
     stage, offload = zero_stage(config), has_offload(config)
-    reason = None
     why_not = deepspeed_importable()
-    if why_not:
-        reason = f"DeepSpeed cannot be imported ({why_not})"
-    elif offload and not _cuda_available(training_args):
-        reason = "ZeRO offload moves GPU memory to the CPU, and this run has no GPU"
+    reason = (f"DeepSpeed cannot be imported ({why_not})" if why_not
+              else "ZeRO offload moves GPU memory to the CPU, and this run has no GPU" if offload and not cuda
+              else None)
     if reason:
         dropped = f"ZeRO stage {stage}{' with offload' if offload else ''} from {path}"
-        if run_args.require_deepspeed:
+        if require:
             raise UserError(f"--require_deepspeed: {reason}; cannot use {dropped}")
         logger.warning("DeepSpeed not used: %s. Training continues with plain PyTorch (dropped: %s).", reason, dropped)
-        if why_not:
-            hide_broken_deepspeed()
-        return DeepSpeedDecision(used=False, config=path, stage=stage, offload=offload, reason=reason)
-    prepare_single_process_environment()
-    return DeepSpeedDecision(used=True, config=path, stage=stage, offload=offload,
-                             effective_config=effective_config(path, config),
-                             configured_state=configure_cpu_state(training_args))
+        return DeepSpeedPlan(used=False, config_path=path, stage=stage, offload=offload, reason=reason,
+                             importable=why_not is None)
+    return DeepSpeedPlan(used=True, config_path=path, stage=stage, offload=offload, config=config)
 
 
-def configure_cpu_state(training_args) -> bool:
-    """On a machine without GPUs, accelerate (1.15) finds no backend for DeepSpeed and records a
-    one-process world: every rank would then read the whole dataset and evaluation gathers fail.
-    Set up its state with gloo ourselves; TrainingArguments then uses it (use_configured_state)."""
-    if _cuda_available(training_args):
-        return False
-    from accelerate import PartialState
-    from accelerate.state import AcceleratorState
+def mismatches(plan: DeepSpeedPlan, values: dict) -> list[str]:
+    """transformers' own check of the config's non-"auto" values against the TrainingArguments values
+    (HfTrainerDeepSpeedConfig.trainer_config_process and its `mismatches`), run on the parsed values before
+    any process is set up, so a wrong config costs nothing."""
+    import copy
+    import os
+    import types
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # the first, DeepSpeed-less parse made one
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    state = PartialState(backend="gloo")
-    return state.num_processes == int(os.environ.get("WORLD_SIZE", "1"))
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
-
-def effective_config(path: str, config: dict) -> str:
-    """The file the Trainer reads: `path` itself, or a copy without an "auto" train_batch_size (DeepSpeed
-    derives it; transformers 5 would fill it before the processes are counted, with a world size of 1)."""
-    if config.get("train_batch_size") != "auto":
-        return path
-    import tempfile
-
-    trimmed = {k: v for k, v in config.items() if k != "train_batch_size"}
-    handle, name = tempfile.mkstemp(prefix="hf_ft_ds_", suffix=".json")
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-        json.dump(trimmed, f)
-    return name
-
-
-def hide_broken_deepspeed() -> None:
-    """An installed DeepSpeed that fails to import still counts as available to accelerate (it reads the
-    package metadata) and would crash the Trainer when it unwraps the model. Make accelerate's check say
-    "not installed" for DeepSpeed, as it would with no DeepSpeed at all."""
-    from accelerate.utils import imports
-
-    original = imports._is_package_available
-    if getattr(original, "hf_ft_hides_deepspeed", False):
-        return
-
-    def is_package_available(pkg_name, metadata_name=None):
-        return False if pkg_name == "deepspeed" else original(pkg_name, metadata_name)
-
-    is_package_available.hf_ft_hides_deepspeed = True
-    imports._is_package_available = is_package_available
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def prepare_single_process_environment() -> None:
-    """`python run_qa.py --deepspeed ...` without a launcher: DeepSpeed would look for MPI (mpi4py);
-    describe a one-process world instead, as a launcher would."""
-    if "RANK" in os.environ or "LOCAL_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
-        return
-    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                       "MASTER_PORT": os.environ.get("MASTER_PORT", str(free_port()))})
+    if not plan.used:
+        return []
+    check = HfTrainerDeepSpeedConfig(copy.deepcopy(plan.config))
+    view = types.SimpleNamespace(**values, world_size=max(1, int(os.environ.get("WORLD_SIZE", "1"))))
+    check.trainer_config_process(view, auto_find_batch_size=values.get("auto_find_batch_size", False))
+    return [f"--deepspeed {plan.config_path}: {m.lstrip('- ')} (use \"auto\")" for m in check.mismatches]

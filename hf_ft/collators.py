@@ -1,0 +1,159 @@
+"""Collators: they batch the tokenized rows for each formulation, reading only the model inputs (extra
+columns such as `length` and `subject` stay in the dataset for the sampler and the metrics).
+
+Randomness in a collator (joint's option order, masked-LM's masks) is drawn from the run's seed, the
+epoch (`set_epoch`, called at each epoch start) and each example's id — never from a generator that
+carries state from batch to batch. A run resumed mid-epoch, or split over two processes, then sees
+exactly the sequences the uninterrupted one-process run saw.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DataCollatorForLanguageModeling, DataCollatorForMultipleChoice, PreTrainedTokenizerBase
+
+from .preprocessing import option_markers
+
+
+def _model_inputs(tokenizer) -> list[str]:
+    return list(tokenizer.model_input_names)
+
+
+def example_rng(seed: int, epoch: int, example_id: str) -> np.random.Generator:
+    """A generator that depends on the seed, the epoch and the example only."""
+    return np.random.default_rng([seed, epoch, zlib.crc32(str(example_id).encode("utf-8"))])
+
+
+@dataclass
+class MultipleChoiceCollator:
+    tokenizer: PreTrainedTokenizerBase
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        self._collate = DataCollatorForMultipleChoice(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
+        self._keys = [k for k in _model_inputs(self.tokenizer)] + ["labels"]
+
+    def __call__(self, features: list[dict]) -> dict:
+        return self._collate([{k: f[k] for k in self._keys if k in f} for f in features])
+
+
+def rotation_shifts(n_options: int, rotations: int) -> list[int]:
+    """How far each of k rotated copies moves the options (k ≤ n, spread evenly): 4 of 4 → 0, 1, 2, 3."""
+    k = max(1, min(rotations, n_options))
+    return [(r * n_options) // k for r in range(k)]
+
+
+def merge_rotations(logits: torch.Tensor, rotations: int) -> torch.Tensor:
+    """One row of option scores per example from the k rotated copies JointCollator lays out consecutively
+    at evaluation: each option's log-probability averaged over the k slots it sat in, which cancels what
+    the head has learnt about slots rather than options. With one copy the logits come back unchanged."""
+    n = logits.shape[-1]
+    shifts = rotation_shifts(n, rotations)
+    if len(shifts) == 1:
+        return logits
+    copies = torch.log_softmax(logits.float(), dim=-1).view(-1, len(shifts), n)
+    # Copy r holds option j in slot (j + shift_r) mod n; rolling back by shift_r puts it at j again.
+    return torch.stack([copies[:, r].roll(-shift, dims=-1) for r, shift in enumerate(shifts)], dim=1).mean(dim=1)
+
+
+@dataclass
+class JointCollator:
+    """Builds `[CLS] q [SEP] A o₁ [SEP] B o₂ [SEP] C o₃ [SEP] D o₄ [SEP]`; the letters mark the slots and
+    the label names a slot. With `shuffle_options` the options are permuted per example (the label
+    follows the gold option), so a position cannot be learned as the answer.
+
+    With `rotations` k > 1 each example becomes k sequences in the batch: one random order, rotated by
+    n/k slots each time, so the same options appear with the gold answer in k different slots. Features
+    of the content alone then cannot tell the k copies apart, and the gradient goes to what does: which
+    slot holds the option that fits the question (on the demo task this is what lets joint learn).
+
+    Without `shuffle_options` (evaluation) the k copies are rotations of the given order, and
+    `merge_rotations` folds their logits back into one score per option."""
+
+    tokenizer: PreTrainedTokenizerBase
+    shuffle_options: bool = False
+    seed: int = 0
+    pad_to_multiple_of: int | None = None
+    rotations: int = 1
+    epoch: int = 0
+
+    def __post_init__(self):
+        self._with_types = "token_type_ids" in self.tokenizer.model_input_names
+        self._marker_cache: dict[int, list[list[int]]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _markers(self, n: int) -> list[list[int]]:
+        if n not in self._marker_cache:
+            self._marker_cache[n] = option_markers(self.tokenizer, n)
+        return self._marker_cache[n]
+
+    def build(self, question_ids, option_ids, order=None) -> dict:
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        ids = [cls, *question_ids, sep]
+        types = [0] * len(ids)
+        markers = self._markers(len(option_ids))
+        for slot, j in enumerate(range(len(option_ids)) if order is None else order):
+            ids += [*markers[slot], *option_ids[j], sep]
+        types += [1] * (len(ids) - len(types))
+        return {"input_ids": ids, "token_type_ids": types}
+
+    def orders(self, n: int, example_id: str = "") -> list[np.ndarray]:
+        """The option orders one example is presented in: order[slot] = index of the option in that slot."""
+        base = (example_rng(self.seed, self.epoch, example_id).permutation(n) if self.shuffle_options
+                else np.arange(n))
+        return [np.roll(base, shift) for shift in rotation_shifts(n, self.rotations)]
+
+    def __call__(self, features: list[dict]) -> dict:
+        examples, labels = [], []
+        for f in features:
+            for order in self.orders(len(f["option_ids"]), f.get("id", "")):
+                examples.append(self.build(f["question_ids"], f["option_ids"], order))
+                labels.append(int(np.nonzero(order == f["labels"])[0][0]) if f["labels"] >= 0 else -100)
+        batch = self.tokenizer.pad(examples, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
+                                   return_tensors="pt")
+        if not self._with_types:
+            batch.pop("token_type_ids", None)
+        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch
+
+
+@dataclass
+class MaskedLMCollator:
+    """transformers' masked-LM collator, its masks drawn from (seed, epoch, the batch's example ids)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    mlm_probability: float = 0.15
+    seed: int = 0
+    epoch: int = 0
+
+    def __post_init__(self):
+        self._collate = DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.mlm_probability,
+                                                        seed=self.seed)
+        self._keys = _model_inputs(self.tokenizer)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __call__(self, features: list[dict]) -> dict:
+        ids = "\x1f".join(str(f.get("id", i)) for i, f in enumerate(features))
+        self._collate.seed = int(example_rng(self.seed, self.epoch, ids).integers(2**31))
+        self._collate.generator = None  # the collator builds a new generator from `seed` on its next call
+        return self._collate([{k: f[k] for k in self._keys if k in f} for f in features])
+
+
+def make_collator(formulation: str, tokenizer, *, train: bool, seed: int = 0, mlm_probability: float = 0.15,
+                  pad_to_multiple_of: int | None = None, joint_rotations: int = 1, joint_eval_rotations: int = 1):
+    if formulation == "per_choice":
+        return MultipleChoiceCollator(tokenizer, pad_to_multiple_of)
+    if formulation == "joint":
+        return JointCollator(tokenizer, shuffle_options=train, seed=seed, pad_to_multiple_of=pad_to_multiple_of,
+                             rotations=joint_rotations if train else joint_eval_rotations)
+    if formulation == "mlm":
+        return MaskedLMCollator(tokenizer, mlm_probability, seed)
+    raise ValueError(f"unknown formulation {formulation}")

@@ -1,0 +1,297 @@
+"""Local git repositories in the hub's layout, for a loopback hub server (olah) to serve as the real thing:
+
+    datasets/ikala/tmmluplus             data/<subject>_{dev,val,test}.csv for all 67 subjects at TMMLU+'s
+                                         per-subject sizes (× --scale), a README whose `configs:` block maps
+                                         train→_dev, validation→_val, test→_test for the 66 official subjects;
+                                         tags v1.0 and v1.1 (v1.1 drops and corrects rows, as the real one), and
+                                         a later commit adding _train.csv files for some subjects
+    models/google-bert/bert-base-chinese bert-base-chinese's config and tokenizer layout (21,128 ids, [PAD]=0,
+                                         [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103), random weights, a
+                                         masked-LM head; `--model-size small` keeps the tokenizer and shrinks
+                                         the encoder, for fast tests
+
+The text is synthetic, with TMMLU+'s lengths (questions ~50 tokens, options ~12) and its quirks: quoted
+commas and line breaks, numbers that must stay strings, a final "。" on one option in some subjects,
+stray spaces. Nothing here is committed to the project: the files are written where you say.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+from .data import LETTERS
+from .errors import ArgumentParser, UserError
+
+DATASET_REPO = "datasets/ikala/tmmluplus"
+MODEL_REPO = "models/google-bert/bert-base-chinese"
+V10_TOTALS = {"test": 20118, "dev": 330, "val": 2242}
+V11_REMOVED, V11_CORRECTED = 539, 197
+TEXT = ("的一是不了人我在有他這中大來上國個到說們為子和你地出道也時年得就那要下以生會自著去之過家學對可她裡後小麼心多"
+        "天而能好都然沒日於起還發成事只作當想看文無開手十用主行方又如前所本見經頭面公同三已老從動兩長知民樣現分將外"
+        "但身些與高意進把法此實回二理美點月明其種聲全工己話兒者向情部正名定女問力機給等幾很業最間新什打便位因重被走"
+        "電四第門相次東政海口使教西再平真聽世氣信北少關並內加化由卻代軍產入先山五太水萬市眼體別處總才場師書比住員九")
+BERT_BASE_CHINESE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+GIT_ENV = {"GIT_AUTHOR_NAME": "hf_ft fixtures", "GIT_AUTHOR_EMAIL": "fixtures@hf-ft.invalid",
+           "GIT_COMMITTER_NAME": "hf_ft fixtures", "GIT_COMMITTER_EMAIL": "fixtures@hf-ft.invalid"}
+
+
+def subject_table() -> list[dict]:
+    text = resources.files("hf_ft.resources").joinpath("tmmluplus_subjects.tsv").read_text(encoding="utf-8")
+    return list(csv.DictReader(text.splitlines(), delimiter="\t"))
+
+
+def _git(repo: Path, *args: str, date: str = "2024-01-01T00:00:00+00:00") -> str:
+    env = {**os.environ, **GIT_ENV, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
+    done = subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} in {repo}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def _commit(repo: Path, message: str, date: str) -> str:
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", message, date=date)
+    return _git(repo, "rev-parse", "HEAD")
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(TEXT) for _ in range(n))
+
+
+def _question(rng: random.Random) -> str:
+    r = rng.random()
+    n = rng.randint(15, 60) if r < 0.6 else rng.randint(60, 160) if r < 0.92 else rng.randint(160, 400)
+    text = _text(rng, n)
+    quirk = rng.random()
+    if quirk < 0.05:  # a quoted passage with commas and a line break: needs CSV quoting
+        text = f"閱讀下文，回答問題：「{_text(rng, 20)}，{_text(rng, 10)}」\n{text}"
+    elif quirk < 0.08:
+        text = f"{text}（{rng.randint(1, 99)}%）"
+    return text + "？"
+
+
+def _option(rng: random.Random) -> str:
+    r = rng.random()
+    if r < 0.06:  # numbers stay strings: 0.50, 007, 1/2
+        return rng.choice(["0.50", "1.0", "007", f"{rng.randint(1, 9)}/{rng.randint(2, 9)}", f"{rng.randint(10, 999)}"])
+    return _text(rng, rng.randint(2, 22)) + (" " if rng.random() < 0.02 else "")
+
+
+def _row(rng: random.Random, period_subject: bool) -> dict:
+    options = [_option(rng) for _ in LETTERS]
+    if period_subject and rng.random() < 0.3:  # the real quirk: a final "。" on one option only
+        k = rng.randrange(4)
+        options[k] = options[k].rstrip() + "。"
+    return {"question": _question(rng), **dict(zip(LETTERS, options)), "answer": rng.choice(LETTERS)}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["question", *LETTERS, "answer"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def _readme(subjects: list[dict]) -> str:
+    lines = ["---", "license: mit", "language:", "- zh", "task_categories:", "- question-answering", "configs:"]
+    for s in subjects:
+        if s["in_official_66"] != "yes":
+            continue  # linear_algebra: files, but no config (as the real repository)
+        lines += [f"- config_name: {s['subject']}", "  data_files:"]
+        for split, suffix in (("train", "dev"), ("validation", "val"), ("test", "test")):
+            lines += [f"  - split: {split}", f"    path: data/{s['subject']}_{suffix}.csv"]
+    lines += ["---", "", "# TMMLU+ (hf_ft fixture)", "",
+              "Synthetic questions in ikala/tmmluplus's layout and sizes, for offline tests of the hub path."]
+    return "\n".join(lines) + "\n"
+
+
+def write_dataset_repo(root: Path, scale: float = 1.0, seed: int = 0) -> dict:
+    """The dataset repository with its three commits; returns {"v1.0": sha, "v1.1": sha, "main": sha, ...}."""
+    repo = root / DATASET_REPO
+    (repo / "data").mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    rng = random.Random(seed)
+    table = subject_table()
+    period_subjects = {s["subject"] for s in table[::9]}
+    files: dict[str, list[dict]] = {}
+    for s in table:
+        test = max(2, round(int(s["test_rows_v1_0"]) * scale))
+        val = max(1, round(test * V10_TOTALS["val"] / V10_TOTALS["test"]))
+        for split, n in (("dev", int(s["dev_rows_v1_0"])), ("val", val), ("test", test)):
+            rows = [_row(rng, s["subject"] in period_subjects) for _ in range(n)]
+            files[f"data/{s['subject']}_{split}.csv"] = rows
+    for name, rows in files.items():
+        _write_csv(repo / name, rows)
+    (repo / "README.md").write_text(_readme(table), encoding="utf-8")
+    (repo / ".gitattributes").write_text("*.csv text eol=lf\n", encoding="utf-8")
+    shas = {"v1.0": _commit(repo, "TMMLU+ v1.0", "2024-01-01T00:00:00+00:00")}
+    _git(repo, "tag", "v1.0")
+    total = sum(len(r) for r in files.values())
+    removed = max(1, round(total * V11_REMOVED / sum(V10_TOTALS.values())))
+    corrected = max(1, round(total * V11_CORRECTED / sum(V10_TOTALS.values())))
+    places = [(name, i) for name, rows in files.items() for i in range(1, len(rows)) if not name.endswith("_dev.csv")]
+    chosen = rng.sample(places, removed + corrected)
+    drop = set(chosen[:removed])
+    for name, i in chosen[removed:]:
+        row = files[name][i]
+        row["answer"] = LETTERS[(LETTERS.index(row["answer"]) + 1) % 4]
+    for name in files:
+        files[name] = [row for i, row in enumerate(files[name]) if (name, i) not in drop]
+        _write_csv(repo / name, files[name])
+    shas["v1.1"] = _commit(repo, f"TMMLU+ v1.1: {removed} questions removed, {corrected} answers corrected",
+                           "2024-06-01T00:00:00+00:00")
+    _git(repo, "tag", "v1.1")
+    for k, s in enumerate(t for t in table if t["in_official_66"] == "yes" and int(t["test_rows_v1_0"]) > 300):
+        dev = files[f"data/{s['subject']}_dev.csv"]
+        train = dev if k % 2 == 0 else [_row(rng, False) for _ in range(len(dev))]
+        _write_csv(repo / f"data/{s['subject']}_train.csv", train)
+    shas["main"] = _commit(repo, "add _train.csv files for some subjects", "2025-01-01T00:00:00+00:00")
+    shas["rows_v1_0"] = total
+    shas["rows_v1_1"] = sum(len(r) for r in files.values())
+    return shas
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+def chinese_vocab(size: int = 21128) -> list[str]:
+    """bert-base-chinese's id layout: [PAD]=0, [unused1-99], [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103,
+    then punctuation, digits, lower-case letters, CJK punctuation and ideographs up to `size` ids."""
+    vocab = ["[PAD]", *[f"[unused{i}]" for i in range(1, 100)], "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<S>", "<T>"]
+    ascii_part = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+    cjk_punctuation = list("，。、；：？！「」『』（）《》〈〉—…·．％")
+    fullwidth = [chr(c) for c in range(0xFF01, 0xFF5F) if chr(c) not in cjk_punctuation and not chr(c).isupper()]
+    vocab += ascii_part + cjk_punctuation + fullwidth
+    code = 0x4E00
+    while len(vocab) < size:
+        vocab.append(chr(code))
+        code += 1
+    return vocab[:size]
+
+
+def write_model_repo(root: Path, size: str = "base", seed: int = 0) -> str:
+    """The model repository (one commit); returns its commit sha."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    repo = root / MODEL_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    (repo / "vocab.txt").write_text("\n".join(chinese_vocab()) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(vocab=str(repo / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True,
+                              model_max_length=512)
+    if len(tokenizer) != 21128 or tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) \
+            != [0, 100, 101, 102, 103]:
+        raise RuntimeError("the fixture tokenizer does not have bert-base-chinese's id layout")
+    tokenizer.save_pretrained(repo)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=21128, max_position_embeddings=512, type_vocab_size=2, pad_token_id=0,
+                        architectures=["BertForMaskedLM"], **(BERT_BASE_CHINESE if size == "base" else SMALL))
+    BertForMaskedLM(config).save_pretrained(repo, safe_serialization=True)
+    (repo / "additional_chat_templates").mkdir()  # olah answers 401 (not 404) for a missing folder
+    (repo / "additional_chat_templates" / ".gitkeep").write_text("")
+    (repo / "README.md").write_text("---\nlanguage: zh\nlicense: apache-2.0\n---\n# bert-base-chinese (hf_ft fixture: "
+                                    f"{size} size, random weights)\n", encoding="utf-8")
+    return _commit(repo, "bert-base-chinese fixture", "2024-01-01T00:00:00+00:00")
+
+
+def write_fixtures(root: str | Path, scale: float = 1.0, model_size: str = "base", seed: int = 0) -> dict:
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise UserError(f"{root}: not empty; give a new folder for the hub fixtures")
+    if not 0 < scale <= 1:
+        raise UserError(f"--scale {scale}: need a share in (0, 1]")
+    return {"dataset": write_dataset_repo(root, scale, seed), "model": write_model_repo(root, model_size, seed),
+            "root": str(root)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = ArgumentParser(prog="hf-ft make-hub-fixtures", description=__doc__)
+    parser.add_argument("out_dir", help="the mirrors folder olah serves (datasets/ and models/ go inside)")
+    parser.add_argument("--scale", type=float, default=1.0, help="share of TMMLU+'s per-subject sizes (1: full)")
+    parser.add_argument("--model-size", choices=["base", "small"], default="base")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    result = write_fixtures(args.out_dir, args.scale, args.model_size, args.seed)
+    print(f"hub fixtures in {args.out_dir}: {DATASET_REPO} (v1.0 {result['dataset']['v1.0'][:12]}, "
+          f"v1.1 {result['dataset']['v1.1'][:12]}, main {result['dataset']['main'][:12]}; "
+          f"{result['dataset']['rows_v1_0']} rows in v1.0), {MODEL_REPO} ({args.model_size})")
+    return result
+
+
+class LoopbackHub:
+    """olah (a Hugging Face mirror server, `pip install olah`) serving `mirrors` on 127.0.0.1, offline.
+
+        with LoopbackHub(mirrors) as hub:
+            subprocess.run([...], env={**os.environ, **hub.client_env(hf_home)})
+
+    `client_env` is what a client process needs: HF_ENDPOINT is read when huggingface_hub is imported, so
+    set it in the environment of a new process, not after import."""
+
+    def __init__(self, mirrors: str | Path, work: str | Path, port: int | None = None, timeout: float = 90.0):
+        from .processes import free_port
+
+        self.mirrors, self.work = Path(mirrors), Path(work)
+        self.port = port or free_port()
+        self.timeout = timeout
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def client_env(self, hf_home: str | Path) -> dict:
+        return {"HF_ENDPOINT": self.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+                "HF_DATASETS_OFFLINE": "0", "HF_HOME": str(hf_home), "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+    def __enter__(self) -> "LoopbackHub":
+        import shutil
+        import sys
+        import time
+        import urllib.request
+
+        cli = shutil.which("olah-cli") or str(Path(sys.executable).with_name("olah-cli"))
+        if not Path(cli).exists():
+            raise UserError("olah is not installed: pip install olah (it is in hf_ft's [test] extra)")
+        self.work.mkdir(parents=True, exist_ok=True)
+        config = self.work / "olah.toml"
+        config.write_text(
+            f'[basic]\nhost = "127.0.0.1"\nport = {self.port}\nrepos-path = "{self.work / "repos"}"\n'
+            f'mirrors-path = ["{self.mirrors}"]\nmirror-netloc = "127.0.0.1:{self.port}"\n'
+            f'mirror-lfs-netloc = "127.0.0.1:{self.port}"\n\n[accessibility]\noffline = true\n', encoding="utf-8")
+        self.log = open(self.work / "olah.log", "w")
+        self.process = subprocess.Popen([cli, "-c", str(config)], stdout=self.log, stderr=subprocess.STDOUT,
+                                        cwd=self.work, start_new_session=True)
+        deadline = time.time() + self.timeout
+        probe = f"{self.endpoint}/api/datasets/ikala/tmmluplus/revision/main"
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"olah exited: {(self.work / 'olah.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(probe, timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        self.__exit__()
+        raise RuntimeError(f"olah did not answer {probe} within {self.timeout:.0f} s")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        if getattr(self, "log", None):
+            self.log.close()

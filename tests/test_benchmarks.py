@@ -1,0 +1,40 @@
+"""The benchmark scripts run (quick mode: tiny sizes, nothing measured) and write the reports they promise."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def run_benchmark(name: str, tmp_path) -> dict:
+    output = tmp_path / f"{name}.json"
+    result = run_cli([sys.executable, "-m", f"benchmarks.{name}", "--quick", "--output", str(output)], timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(output.read_text())
+
+
+def test_throughput_benchmark(tmp_path):
+    report = run_benchmark("throughput", tmp_path)
+    assert {"matmul_gflops", "arms", "machine"} <= set(report)
+    names = [a["name"] for a in report["arms"]]
+    assert "baseline" in names and "hf_ft_per_choice" in names and any("joint" in n for n in names)
+    for arm in report["arms"]:
+        assert {"name", "train_samples_per_s", "eval_samples_per_s", "train_ratio", "eval_ratio", "mfu",
+                "peak_rss_mb", "padding_fraction"} <= set(arm)
+        assert arm["train_samples_per_s"] > 0 and arm["eval_samples_per_s"] > 0
+    assert next(a for a in report["arms"] if a["name"] == "baseline")["train_ratio"] == 1.0
+    # hf_ft's length-grouped batches carry less padding than run_swag's random ones, even at toy sizes.
+    padding = {a["name"]: a["padding_fraction"] for a in report["arms"]}
+    assert padding["hf_ft_per_choice"] < padding["baseline"]
+
+
+def test_preprocessing_and_accuracy_benchmarks(tmp_path):
+    prep = run_benchmark("preprocessing", tmp_path)
+    assert prep["preprocess_rows"] > 1500 and prep["preprocess_cached_s"] < prep["preprocess_cold_s"]
+    demo = run_benchmark("accuracy", tmp_path)["demo_accuracy"]
+    assert {"per_choice", "joint"} <= set(demo)
+    assert 0 <= demo["joint"]["test_accuracy_one_pass"] <= 1 and demo["joint"]["eval_rotations"] == 4

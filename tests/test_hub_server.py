@@ -1,0 +1,129 @@
+"""The path every user takes first, for real: ikala/tmmluplus and google-bert/bert-base-chinese downloaded
+from a real hub server (olah, serving local git repos in the hub's layout on 127.0.0.1, offline)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, python, run_cli
+
+pytestmark = pytest.mark.slow
+
+SCALE = 0.05  # TMMLU+'s per-subject sizes × 0.05: ~1,100 questions over 67 subjects
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    from hf_ft.hub_fixtures import LoopbackHub, write_fixtures, write_dataset_repo
+
+    root = tmp_path_factory.mktemp("hub")
+    shas = write_fixtures(root / "mirrors", scale=SCALE, model_size="small")
+    # A second, smaller data set for "a subject the hub lacks".
+    (root / "mini").mkdir()
+    write_dataset_repo(root / "mini", scale=0.01)
+    mini = root / "mirrors" / "datasets" / "hf-ft" / "tmmluplus-mini"
+    mini.parent.mkdir(parents=True)
+    (root / "mini" / "datasets" / "ikala" / "tmmluplus").rename(mini)
+    subprocess.run(["git", "-C", str(mini), "rm", "-q", "data/physics_dev.csv", "data/physics_val.csv",
+                    "data/physics_test.csv"], check=True)
+    subprocess.run(["git", "-C", str(mini), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "no physics"],
+                   check=True)
+    with LoopbackHub(root / "mirrors", root / "olah") as server:
+        server.env = server.client_env(root / "hf_home")
+        server.shas = shas["dataset"]
+        yield server
+
+
+def run(args, hub, timeout=900):
+    return run_cli(args, env=hub.env, timeout=timeout)
+
+
+def test_readme_train_command_with_hub_data_and_a_hub_model(hub, tmp_path):
+    """`accelerate launch run_qa.py --model_name_or_path bert-base-chinese --subjects all` (limited to a few
+    steps): the model id without its organisation and the pinned default revision, recorded as a commit."""
+    out = tmp_path / "bert-tmmlu"
+    result = run(python("-m", "accelerate.commands.launch", "--num_processes", "1", "--mixed_precision", "no",
+                        "--dynamo_backend", "no", "run_qa.py", "--model_name_or_path", "bert-base-chinese",
+                        "--subjects", "all", "--output_dir", str(out), "--max_steps", "6",
+                        "--per_device_train_batch_size", "4", "--max_seq_length", "128", "--eval_strategy", "no",
+                        "--save_strategy", "no", "--load_best_model_at_end", "false"), hub)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "bert-base-chinese is google-bert/bert-base-chinese on the hub" in result.stdout + result.stderr
+    manifest = json.loads((out / "data_manifest.json").read_text())
+    assert manifest["source"]["kind"] == "hub" and manifest["source"]["requested_revision"] == "v1.1"
+    assert manifest["revision"] == hub.shas["v1.1"]  # the default revision is pinned, and recorded as its commit
+    assert len(manifest["subjects"]) == 66 and "linear_algebra" not in manifest["subjects"]
+    counts = manifest["counts"]
+    assert counts["train"] + counts["validation"] + counts["test"] + manifest["duplicates_removed"] \
+        == hub.shas["rows_v1_1"] - _linear_algebra_rows(hub)  # every row of the 66 subjects at v1.1
+    card = (out / "README.md").read_text(encoding="utf-8")
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["datasets"] == ["ikala/tmmluplus"] and meta["base_model"] == "bert-base-chinese"
+    index = meta["model-index"][0]["results"][0]
+    assert index["dataset"]["type"] == "ikala/tmmluplus" and index["dataset"]["revision"] == hub.shas["v1.1"]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {m["name"]: m["value"] for m in index["metrics"]}["Accuracy"] == pytest.approx(results["test_accuracy"],
+                                                                                         abs=1e-4)
+    assert f"fine-tuned on TMMLU+" in card and hub.shas["v1.1"] in card
+    hub.trained = out
+
+
+def _linear_algebra_rows(hub) -> int:
+    """Rows of the one subject with files but no config, which `all` leaves out."""
+    script = ("import json; from hf_ft.sources import load_hub; d = load_hub('linear_algebra', 'v1.1'); "
+              "print(json.dumps(sum(len(v) for v in d.pools.values())))")
+    result = run_cli(python("-c", script), env=hub.env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_revisions_give_their_own_rows_and_commits(hub):
+    script = """
+import json
+from hf_ft.sources import load_hub
+out = {}
+for revision in ("v1.0", "v1.1"):
+    data = load_hub("all", revision)
+    out[revision] = {"rows": sum(len(v) for v in data.pools.values()), "sha": data.source["revision"]}
+algebra = load_hub("linear_algebra", "v1.0")
+out["linear_algebra"] = {"subjects": algebra.subjects, "test": len(algebra.pools["test"])}
+print(json.dumps(out))
+"""
+    result = run_cli(python("-c", script), env=hub.env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["v1.0"]["sha"] == hub.shas["v1.0"] and found["v1.1"]["sha"] == hub.shas["v1.1"]
+    assert found["v1.0"]["rows"] > found["v1.1"]["rows"]  # v1.1 removed questions
+    assert found["linear_algebra"]["subjects"] == ["linear_algebra"] and found["linear_algebra"]["test"] > 0
+
+
+def test_hub_errors_are_one_line(hub, tmp_path):
+    common = ["--output_dir", str(tmp_path / "o"), "--model_name_or_path", "bert-base-chinese", "--max_steps", "1"]
+    lacking = run(python("run_qa.py", *common, "--dataset_name", "hf-ft/tmmluplus-mini", "--dataset_revision",
+                         "main", "--subjects", "physics,music"), hub)
+    assert lacking.returncode == 2 and "no data for subject(s) physics" in lacking.stderr
+    bad_revision = run(python("run_qa.py", *common, "--dataset_revision", "v9.9"), hub)
+    assert bad_revision.returncode == 2 and "ikala/tmmluplus (revision v9.9)" in bad_revision.stderr
+    down = run_cli(python("run_qa.py", *common), env={**hub.env, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert down.returncode == 2
+    line = down.stderr.strip().splitlines()[-1]
+    assert "cannot reach the hub at http://127.0.0.1:9" in line and "--data_dir" in line
+    for result in (lacking, bad_revision, down):
+        assert "Traceback" not in result.stderr
+
+
+def test_evaluate_and_predict_with_hub_ids(hub, tmp_path):
+    if not hasattr(hub, "trained"):
+        pytest.skip("needs the trained run of test_readme_train_command_with_hub_data_and_a_hub_model")
+    result = run(python("-m", "hf_ft.evaluate", "--original", "bert-base-chinese", "--finetuned", str(hub.trained),
+                        "--max_items", "60", "--output_dir", str(tmp_path / "c")), hub)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert report["original"]["scorer"] == "mlm-pll" and report["items"] == 60
+    assert report["sample"]["population"] > 60 and "forward passes" in result.stderr
+    predicted = run(python("-m", "hf_ft.cli", "predict", "google-bert/bert-base-chinese", "--question",
+                           "下列何者為哺乳類？", "--choices", "鯨魚", "鯊魚"), hub)
+    assert predicted.returncode == 0 and "mlm-pll" in predicted.stdout, predicted.stderr[-2000:]

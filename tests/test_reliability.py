@@ -1,0 +1,228 @@
+"""Every user mistake is one line on stderr and a non-zero exit, naming the flag or the file:line; settings
+that cannot make sense are refused before work starts; outputs are only served when complete."""
+
+import errno
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import TRAIN_ARGS, cli, python, run_cli
+from fake_hub import GOOD_TOKEN, FakeHub
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--learing_rate", "1e-3"], "unknown argument --learing_rate (did you mean --learning_rate?)"),
+    (["--learning_rate=1e-3x"], "invalid float value: '1e-3x'"),
+    (["--task", "mlm"], "unknown argument --task (use --formulation mlm"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: need 1 or more"),
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0: need 1 or more"),
+    (["--num_train_epochs", "-1"], "--num_train_epochs -1.0: need a positive number of epochs"),
+    (["--validation_fraction", "1.5"], "--validation_fraction 1.5: need a share in [0, 1)"),
+    (["--validation_fraction", "-0.2"], "--validation_fraction -0.2: need a share in [0, 1)"),
+    (["--split_ratios", "0,0.5,0.5"], "--split_ratios 0,0.5,0.5: the training share is 0"),
+    (["--split_ratios", "0.8,0.2,0"], "--split_ratios 0.8,0.2,0: the test share is 0"),
+    (["--split_ratios", "0.5,0.5,0.5"], "need three non-negative numbers summing to 1"),
+    (["--max_seq_length", "0"], "--max_seq_length 0: need 1 or more"),
+    (["--max_seq_length", "8"], "--max_seq_length 8: too short"),
+    (["--fp16"], "--fp16: needs a GPU"),
+    (["--learning_rate", "0"], "--learning_rate 0.0: need a positive learning rate"),
+    (["--save_total_limit", "0"], "--save_total_limit 0: need 1 or more"),
+    (["--joint_rotations", "0"], "--joint_rotations 0: need 1 or more"),
+    (["--hub_token", "hf_secret"], "--hub_token is not accepted"),
+    (["--push_to_hub", "--hub_model_id", "a b/c"], "--hub_model_id 'a b/c' is not a valid repository id"),
+    (["--seeds", "1,1"], "--seeds 1,1: need distinct integers"),
+    (["--formulation", "both"], "invalid choice: 'both'"),
+    (["--eval_strategy", "steps", "--eval_steps", "-5"], "--eval_steps -5.0: need a positive number"),
+])
+def test_bad_settings_are_refused_in_one_line(argv, expected, tmp_path, capsys):
+    code, out, err = cli(["train", "--output_dir", str(tmp_path / "out"), *argv], capsys)
+    assert code == 2
+    assert expected in one_line(err)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "taken").write_text("x")
+    code, _, err = cli(["train", "--output_dir", str(tmp_path / "taken")], capsys)
+    assert code == 2 and f"--output_dir {tmp_path / 'taken'}: is a file" in one_line(err)
+
+
+def test_errors_of_other_entry_points(trained_run, tmp_path, capsys):
+    out, _ = trained_run
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["push", str(out), "--repo_id", "a b/c"], "--repo_id 'a b/c' is not a valid repository id"),
+        (["push", str(out), "--repo_id", "me/x", "--dry_run", "--privat"], "unknown argument --privat (did you mean"),
+        (["predict", str(out), "--input", str(out / "test_qa_data.json"), "--output", str(tmp_path / "file" / "p.jsonl")],
+         "is a file, not a folder"),
+        (["predict", str(out), "--question", "q", "--choices", "a", "b", "--batch_size", "0"], "--batch_size 0"),
+        (["evaluate", "--original", str(out), "--finetuned", str(out), "--max_items", "0"], "--max_items 0: need 1"),
+        (["evaluate", "--original", str(out), "--finetuned", str(out), "--reference", "nobody"],
+         "--reference nobody: not a model of this comparison"),
+        (["evaluate", "--originl", str(out)], "unknown argument --originl"),
+        (["make-demo-data", str(tmp_path / "d"), "--rows-per-subject", "3"], "--rows-per-subject 3: need 20 or more"),
+        (["tarin"], "unknown command 'tarin' (did you mean train?)"),
+    ]
+    for argv, expected in cases:
+        code, _, err = cli(argv, capsys)
+        assert code == 2, argv
+        assert expected in err.strip().splitlines()[-1], (argv, err)
+        assert "Traceback" not in err
+
+
+def test_permission_and_other_os_errors_are_named():
+    from hf_ft.errors import explain
+
+    assert explain(PermissionError(errno.EACCES, "Permission denied", "/data/x.csv")) == "/data/x.csv: permission denied"
+    assert explain(IsADirectoryError(errno.EISDIR, "Is a directory", "/data")) == "/data: is a folder, not a file"
+    assert explain(OSError(errno.ENOSPC, "No space left")) == "a file: no space left on the device"
+    assert explain(RuntimeError("our bug")) is None  # keeps its traceback
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_data_file(tmp_path, demo_data, tiny_model, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    (data / "music_test.csv").chmod(0)
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(data),
+                        "--output_dir", str(tmp_path / "o"), *TRAIN_ARGS], capsys)
+    assert code == 2 and "music_test.csv: permission denied" in one_line(err)
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("two.csv", "question,A,B,C,D,answer\nq1,a,b,c,d,A\nq2,a,b,c,d,B\n", "only 2 training question(s) after splitting"),
+    ("dup.csv", "question,A,B,C,D,answer,A\nq1,a,b,c,d,A,x\n", "dup.csv:1: column 'A' appears more than once"),
+    ("bad.jsonl", '{"question": "q", "A": "a", "B": "b", "C": "c", "D": "d", "answer": "A"}\n{"question": oops}\n',
+     "bad.jsonl:2: not valid JSON"),
+    ("nested.jsonl", '{"question": {"text": "q"}, "A": "a", "B": "b", "C": "c", "D": "d", "answer": "A"}\n',
+     "nested.jsonl:1: question: not text"),
+])
+def test_bad_data_is_named_by_file_and_line(name, content, expected, tmp_path, tiny_model, capsys):
+    path = write(tmp_path / name, content)
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--train_file", str(path),
+                        "--output_dir", str(tmp_path / "o"), *TRAIN_ARGS], capsys)
+    assert code == 2 and expected in err, err
+    assert "Traceback" not in err
+
+
+def test_a_long_field_is_a_long_question_not_an_error(tmp_path):
+    from hf_ft.data import load_items
+
+    long = "長" * 200_000  # over the csv module's default 128 KiB field limit
+    path = write(tmp_path / "long.csv", f"question,A,B,C,D,answer\n{long},a,b,c,d,A\n")
+    (row,) = load_items(path)
+    assert row.question == long
+
+
+def test_model_folder_without_tokenizer_files_is_refused(tmp_path, tiny_model, demo_data, capsys):
+    headless = tmp_path / "weights_only"
+    headless.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model / name, headless / name)
+    code, _, err = cli(["train", "--model_name_or_path", str(headless), "--data_dir", str(demo_data),
+                        "--output_dir", str(tmp_path / "o"), *TRAIN_ARGS], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "tokenizer" in err.strip().splitlines()[-1] and str(headless) in err
+
+
+def test_untrained_multiple_choice_head_is_not_scored(trained_run, tiny_model, tmp_path, capsys):
+    from transformers import AutoModelForMultipleChoice, AutoTokenizer
+
+    untrained = tmp_path / "untrained_head"
+    AutoModelForMultipleChoice.from_pretrained(tiny_model).save_pretrained(untrained)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(untrained)
+    out, _ = trained_run
+    code, _, err = cli(["evaluate", "--original", str(untrained), "--finetuned", str(out), "--use_cpu",
+                        "--output_dir", str(tmp_path / "c")], capsys)
+    assert code == 2 and "head was never trained" in err.strip().splitlines()[-1]
+    code, _, err = cli(["predict", str(untrained), "--question", "q", "--choices", "a", "b"], capsys)
+    assert code == 2 and "head was never trained" in err.strip().splitlines()[-1]
+
+
+def test_dry_run_writes_nothing_and_checks_the_repo_id(trained_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(trained_run[0], out)
+    card = (out / "README.md").read_bytes()
+    stamp = (out / "README.md").stat().st_mtime_ns
+    code, _, err = cli(["push", str(out), "--repo_id", "bad repo", "--dry_run"], capsys)
+    assert code == 2 and "not a valid repository id" in one_line(err)
+    code, stdout, _ = cli(["push", str(out), "--repo_id", "me/x", "--dry_run"], capsys)
+    assert code == 0 and "would push" in stdout
+    assert (out / "README.md").read_bytes() == card and (out / "README.md").stat().st_mtime_ns == stamp
+
+
+def test_an_unfinished_run_is_never_served_or_pushed(trained_run, tmp_path, capsys):
+    """A run killed during its final save leaves model.safetensors without the finished marker: predict,
+    evaluate and push refuse it; a file changed after the run finished is caught too."""
+    out = tmp_path / "half"
+    shutil.copytree(trained_run[0], out)
+    (out / "hf_ft_finished.json").unlink()
+    for argv in (["predict", str(out), "--question", "q", "--choices", "a", "b"],
+                 ["push", str(out), "--repo_id", "me/x", "--dry_run"],
+                 ["evaluate", "--original", str(out), "--finetuned", str(out)]):
+        code, _, err = cli(argv, capsys)
+        assert code == 2 and "not a complete run" in err.strip().splitlines()[-1], argv
+    shutil.copy(trained_run[0] / "hf_ft_finished.json", out)
+    with open(out / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    code, _, err = cli(["predict", str(out), "--question", "q", "--choices", "a", "b"], capsys)
+    assert code == 2 and "model.safetensors has 1000 bytes" in err
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, tiny_model, demo_data, capsys):
+    from hf_ft.run_dir import locked
+
+    out = tmp_path / "busy"
+    with locked(out):
+        code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                            "--output_dir", str(out), *TRAIN_ARGS], capsys)
+    assert code == 2 and f"is in use by process {os.getpid()}" in one_line(err)
+
+
+def test_push_to_hub_without_network_fails_before_training(tmp_path, tiny_model, demo_data):
+    result = run_cli(python("run_qa.py", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                            "--output_dir", str(tmp_path / "o"), *TRAIN_ARGS, "--push_to_hub", "--hub_model_id",
+                            "me/x"), env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": GOOD_TOKEN,
+                                          "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "home")}, timeout=300)
+    assert result.returncode == 2
+    assert "--push_to_hub me/x: cannot reach the hub at http://127.0.0.1:9" in result.stderr
+    assert not (tmp_path / "o" / "model.safetensors").exists() and "Traceback" not in result.stderr
+
+
+def test_deepspeed_resumes_only_its_own_checkpoints(tmp_path, trained_run):
+    """DeepSpeed unpickles checkpoint files: a checkpoint without this run's marker is refused, unless the
+    user takes the risk with --trust_deepspeed_checkpoint."""
+    from hf_ft.run_dir import CHECKPOINT_MARKER, checkpoint_problem
+
+    checkpoint = tmp_path / "checkpoint-5"
+    shutil.copytree(next(trained_run[0].glob("checkpoint-*")), checkpoint)
+    assert checkpoint_problem(checkpoint, None, require_marker=True) is None
+    (checkpoint / CHECKPOINT_MARKER).unlink()
+    assert "not written by this run" in checkpoint_problem(checkpoint, None, require_marker=True)
+    assert checkpoint_problem(checkpoint, None, require_marker=False) is None  # no pickle: transformers' own load
+    with open(checkpoint / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    assert "model.safetensors" in checkpoint_problem(checkpoint, None, require_marker=False)
+
+
+def test_marker_records_identity_and_sizes(trained_run):
+    out, _ = trained_run
+    marker = json.loads((out / "hf_ft_finished.json").read_text())
+    started = json.loads((out / "hf_ft_started.json").read_text())
+    assert marker["identity"] == started["identity"]
+    assert marker["files"]["model.safetensors"] == (out / "model.safetensors").stat().st_size
+    assert not any(name.startswith("checkpoint-") for name in marker["files"])
