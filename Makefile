@@ -17,7 +17,7 @@ DATA_DIR ?=
 OUTPUT_DIR ?= out/train-zero$(ZERO)
 ARGS ?=
 
-.PHONY: install demo test test-fast train bench gpu-check clean
+.PHONY: install demo test test-fast train bench rehearsal gpu-check clean
 
 $(BIN)/hf-ft: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,11 +49,19 @@ train: install
 		--model_name_or_path $(MODEL) --subjects $(SUBJECTS) $(if $(DATA_DIR),--data_dir $(DATA_DIR)) \
 		--output_dir $(OUTPUT_DIR) $(ARGS)
 
+# Each benchmark measures one thing and writes its own report (see docs/benchmarks.md).
 bench: install
-	$(OFFLINE) $(BIN)/python benchmarks/bench.py --output bench.json $(BENCH_ARGS)
+	$(OFFLINE) $(BIN)/python -m benchmarks.throughput --output bench_throughput.json $(BENCH_ARGS)
+	$(OFFLINE) $(BIN)/python -m benchmarks.preprocessing --output bench_preprocessing.json
+	$(OFFLINE) $(BIN)/python -m benchmarks.zero_shot --output bench_zero_shot.json
+	$(OFFLINE) $(BIN)/python -m benchmarks.accuracy --output bench_accuracy.json
+
+# The main job at full scale through a real hub server on 127.0.0.1 (~30 minutes here; not in CI).
+rehearsal: install
+	$(BIN)/python -m benchmarks.rehearsal --output rehearsal.json $(REHEARSAL_ARGS)
 
 gpu-check: install
-	$(OFFLINE) $(BIN)/python benchmarks/gpu_check.py
+	$(OFFLINE) $(BIN)/python -m benchmarks.gpu_check
 
 clean:
 	rm -rf demo out .pytest_cache

@@ -2,8 +2,8 @@
 ZeRO-2 and ZeRO-3, through the same `make train` launcher users run. Prints samples/s and peak GPU
 memory per stage and writes them to --output. Offline: data and model are built locally.
 
-    python benchmarks/gpu_check.py [--steps 300] [--output gpu_check.json]
-    python benchmarks/gpu_check.py --smoke      # a few steps of a tiny model, to check the script on a CPU
+    python -m benchmarks.gpu_check [--steps 300] [--output gpu_check.json]
+    python -m benchmarks.gpu_check --smoke      # a few steps of a tiny model, to check the script on a CPU
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hf_ft.demo import make_demo_data, make_tiny_model  # noqa: E402
+from benchmarks.common import ROOT
+from hf_ft.demo import make_demo_data, make_tiny_model
 
 
 def main() -> None:
