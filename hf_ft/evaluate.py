@@ -20,7 +20,6 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 
 from .compare import Scored, build_report
 from .data import QARow, load_items
@@ -293,7 +292,7 @@ def parse(argv: list[str] | None) -> EvaluateArguments:
     names = [f.name for f in fields(EvaluateArguments)]
     flags = {f"--{name}" for name in names} | {f"--no_{name}" for name in names} | {"--help", "-h"}
     for arg in argv if argv is not None else sys.argv[1:]:  # before "required" errors, which would hide a typo
-        if arg.startswith("-") and arg.split("=")[0] not in flags:
+        if arg.startswith("--") and arg.split("=")[0] not in flags:
             name = arg.split("=")[0]
             raise UserError(f"hf_ft.evaluate: unknown argument {name}{did_you_mean(name, sorted(flags))}")
     namespace = parser.parse_args(argv)

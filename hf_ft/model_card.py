@@ -144,7 +144,7 @@ def comparison_text(comparison: dict | None) -> str | None:
 def seeds_text(summary: dict | None) -> str | None:
     if not summary:
         return None
-    lines = [f"| seed | test accuracy | TMMLU+-style average |", "|---|---|---|"]
+    lines = ["| seed | test accuracy | TMMLU+-style average |", "|---|---|---|"]
     lines += [f"| {s['seed']} | {percent(s['test_accuracy'])} | {percent(s.get('test_tmmlu_average'))} |"
               for s in summary["runs"]]
     failed = summary.get("failed_restarts") or []

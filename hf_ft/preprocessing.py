@@ -226,3 +226,24 @@ def encode(rows: list[QARow], tokenizer: PreTrainedTokenizerBase, formulation: s
 
 def count_truncated(dataset: datasets.Dataset) -> int:
     return int(sum(dataset["truncated"])) if "truncated" in dataset.column_names and len(dataset) else 0
+
+
+MIN_QUESTION_TOKENS = 8
+
+
+def required_length(rows: list[QARow], tokenizer, formulation: str) -> tuple[int, QARow | None]:
+    """The shortest max_seq_length that fits every row's options (never truncated) with a question of at least
+    MIN_QUESTION_TOKENS tokens and the special tokens, and the row that needs it."""
+    if formulation == "mlm" or not rows:
+        return 0, None
+    flat = tokenizer([o for row in rows for o in row.options], add_special_tokens=False)["input_ids"]
+    per_row = _regroup([len(ids) for ids in flat], [len(row.options) for row in rows])
+    need, worst = 0, None
+    for row, lengths in zip(rows, per_row):
+        if formulation == "joint":
+            total = sum(lengths) + joint_overhead(tokenizer, len(lengths))
+        else:
+            total = max(lengths) + tokenizer.num_special_tokens_to_add(pair=True)
+        if total + MIN_QUESTION_TOKENS > need:
+            need, worst = total + MIN_QUESTION_TOKENS, row
+    return need, worst

@@ -26,7 +26,7 @@ from .errors import UserError
 from .metrics import build_compute_metrics
 from .model_card import write_model_card
 from .modeling import check_vocabulary, load_model, load_tokenizer
-from .preprocessing import count_truncated, encode
+from .preprocessing import MIN_QUESTION_TOKENS, count_truncated, encode, required_length
 from .processes import leave_process_group
 from .sources import load_rows
 from .splits import make_splits, stratified_sample, write_split_outputs
@@ -71,7 +71,7 @@ def resolve_start(output_dir: Path, identity: str, args: Arguments) -> str | Non
     explicit = args.training.resume_from_checkpoint
     require_marker = args.deepspeed.used and not args.run.trust_deepspeed_checkpoint
     if explicit:
-        problem = (f"no such checkpoint directory" if not Path(explicit).is_dir()
+        problem = ("no such checkpoint directory" if not Path(explicit).is_dir()
                    else run_dir.checkpoint_problem(explicit, None, require_marker))
         if problem:
             hint = " (--trust_deepspeed_checkpoint resumes it anyway)" if "not written by this run" in problem else ""
@@ -178,6 +178,12 @@ def main(args: Arguments) -> dict:
         tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                    model_args.model_revision, model_args.cache_dir, model_args.trust_remote_code)
         check_vocabulary(tokenizer, splits.train + splits.validation + splits.test, data_args.max_unk_rate)
+        need, row = required_length(splits.train + splits.validation + splits.test, tokenizer, formulation)
+        if need > min(data_args.max_seq_length, tokenizer.model_max_length):
+            raise UserError(f"--max_seq_length {data_args.max_seq_length}: too short for the options of {row.source}:"
+                            f"{row.line} ({need} tokens with a question of {MIN_QUESTION_TOKENS} and the special "
+                            f"tokens; options are never truncated); use {need} or more (the tokenizer allows "
+                            f"{tokenizer.model_max_length})")
         model = load_model(model_args.model_name_or_path, formulation, model_args.model_revision,
                            model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides)
         max_length = min(data_args.max_seq_length, tokenizer.model_max_length,

@@ -8,13 +8,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from conftest import TRAIN_ARGS, python, run_cli, train_in_process
+from conftest import TRAIN_ARGS, cli, python, run_cli, train_in_process
 from hf_ft.evaluate import EvaluateArguments, run
 from hf_ft.stats import mcnemar_exact, paired_bootstrap_ci, paired_comparison
 
 
 @pytest.fixture(scope="module")
 def comparison(trained_run, tiny_model, tmp_path_factory):
+    """The command line users run, in a subprocess once (the other tests call the module in-process)."""
     out, _ = trained_run
     report_dir = tmp_path_factory.mktemp("compare")
     result = run_cli(python("-m", "hf_ft.cli", "evaluate", "--original", str(tiny_model), "--finetuned", str(out),
@@ -81,7 +82,7 @@ def test_masked_lm_scoring_is_identical_on_repeat(tiny_model, trained_run):
     assert first.shape == (40, 4) and np.all(first < 0)
 
 
-def test_overlap_with_training_data_is_refused_or_removed(trained_run, tiny_model, demo_data, tmp_path):
+def test_overlap_with_training_data_is_refused_or_removed(trained_run, tiny_model, demo_data, tmp_path, capsys):
     from hf_ft.data import content_hash
     from hf_ft.sources import load_data_dir
 
@@ -96,18 +97,18 @@ def test_overlap_with_training_data_is_refused_or_removed(trained_run, tiny_mode
     test_file.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
     args = dict(original=str(tiny_model), finetuned=str(out), test_file=str(test_file),
                 output_dir=str(tmp_path / "cmp"), use_cpu=True)
-    result = run_cli(python("-m", "hf_ft.evaluate", *[x for k, v in args.items() for x in
-                                                      ((f"--{k}",) if v is True else (f"--{k}", v))]))
-    assert result.returncode == 2
-    assert "1 of 21 items were in the fine-tuning data (leaked-1)" in result.stderr
-    assert "Traceback" not in result.stderr
+    code, _, err = cli(["evaluate", *[x for k, v in args.items() for x in
+                                      ((f"--{k}",) if v is True else (f"--{k}", v))]], capsys)
+    assert code == 2
+    assert "1 of 21 items were in the fine-tuning data (leaked-1)" in err
+    assert "Traceback" not in err
     report = run(EvaluateArguments(**args, allow_overlap=True))
     assert report["items"] == 20 and report["held_out"]["overlap_ids"] == ["leaked-1"]
 
 
 @pytest.mark.parametrize("case", ["missing_file", "malformed_file", "missing_model", "headless_model",
                                   "unreachable_judge"])
-def test_bad_input_gives_one_clear_error(case, trained_run, tiny_model, tmp_path):
+def test_bad_input_gives_one_clear_error(case, trained_run, tiny_model, tmp_path, capsys):
     out, _ = trained_run
     args = ["--original", str(tiny_model), "--finetuned", str(out), "--output_dir", str(tmp_path / "c"), "--use_cpu"]
     expected = {
@@ -133,9 +134,13 @@ def test_bad_input_gives_one_clear_error(case, trained_run, tiny_model, tmp_path
         args[1] = str(tmp_path / "headless")
     else:
         args += ["--judge", "http://127.0.0.1:9/v1", "--judge_max_items", "3"]
-    result = run_cli(python("-m", "hf_ft.evaluate", *args), env={"HF_HUB_OFFLINE": "0"})
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert expected in result.stderr and "Traceback" not in result.stderr
+    if case == "unreachable_judge":  # InferenceClient is silent while HF_HUB_OFFLINE=1, so a fresh process
+        result = run_cli(python("-m", "hf_ft.evaluate", *args), env={"HF_HUB_OFFLINE": "0"})
+        code, err = result.returncode, result.stderr
+    else:
+        code, _, err = cli(["evaluate", *args], capsys)
+    assert code == 2, err[-2000:]
+    assert expected in err and "Traceback" not in err
 
 
 class ChatServer(BaseHTTPRequestHandler):

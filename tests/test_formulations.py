@@ -1,12 +1,11 @@
 """The joint formulation, option shuffling, length-grouped batching, and the benchmark script."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, TRAIN_ARGS, python, run_card_usage, run_cli, train_in_process
+from conftest import TRAIN_ARGS, cli, run_card_usage, train_in_process
 from hf_ft.data import QARow, load_items
 
 
@@ -53,19 +52,19 @@ def test_joint_trains_saves_reloads_and_predicts_the_same(joint_run):
     assert not np.allclose(one_pass.score(rows, progress=False), merged)  # raw logits of the given order
 
 
-def test_joint_model_in_predict_and_evaluate(joint_run, tiny_model, tmp_path):
+def test_joint_model_in_predict_and_evaluate(joint_run, tiny_model, tmp_path, capsys):
     out, _ = joint_run
-    single = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--question", "下列何者屬於「樂器」？",
-                            "--choices", "二胡", "老虎", "芒果", "氫", "--use_cpu"))
-    assert single.returncode == 0 and "head (joint, 4 rotations)" in single.stdout, single.stderr[-2000:]
-    fast = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--question", "下列何者屬於「樂器」？",
-                          "--choices", "二胡", "老虎", "芒果", "氫", "--use_cpu", "--joint_eval_rotations", "1"))
-    assert fast.returncode == 0 and "(scorer: head (joint))" in fast.stdout, fast.stderr[-2000:]
-    bad = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--question", "問題", "--choices", "a", "b", "c",
-                         "d", "--joint_eval_rotations", "0"))
-    assert bad.returncode == 2 and "--joint_eval_rotations 0: need 1 or more" in bad.stderr
-    three = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--question", "問題", "--choices", "a", "b", "c"))
-    assert three.returncode == 2 and "answers exactly 4 options" in three.stderr
+    question = ["predict", str(out), "--question", "下列何者屬於「樂器」？", "--choices", "二胡", "老虎", "芒果", "氫",
+                "--use_cpu"]
+    code, stdout, err = cli(question, capsys)
+    assert code == 0 and "head (joint, 4 rotations)" in stdout, err[-2000:]
+    code, stdout, err = cli([*question, "--joint_eval_rotations", "1"], capsys)
+    assert code == 0 and "(scorer: head (joint))" in stdout, err[-2000:]
+    code, _, err = cli(["predict", str(out), "--question", "問題", "--choices", "a", "b", "c", "d",
+                        "--joint_eval_rotations", "0"], capsys)
+    assert code == 2 and "--joint_eval_rotations 0: need 1 or more" in err
+    code, _, err = cli(["predict", str(out), "--question", "問題", "--choices", "a", "b", "c"], capsys)
+    assert code == 2 and "answers exactly 4 options" in err
     from hf_ft.evaluate import EvaluateArguments, run
 
     report = run(EvaluateArguments(original=str(tiny_model), finetuned=str(out), output_dir=str(tmp_path),

@@ -56,6 +56,7 @@ def test_push_uploads_the_model_card_and_results_only(run_dir, tmp_path):
     assert meta["pipeline_tag"] == "multiple-choice"
     assert meta["license"] == "apache-2.0" and "zh" in meta["language"]
     body = uploaded["README.md"].decode()
+    assert f"| test | {100 * results['test_accuracy']:.1f}% |" in body
     assert "![Training and validation loss](validation_loss_curve.png)" in body
     assert "hf-ft predict me/tiny-tmmlu" in body and "AutoModelForMultipleChoice" in body
 

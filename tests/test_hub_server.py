@@ -3,12 +3,11 @@ from a real hub server (olah, serving local git repos in the hub's layout on 127
 
 import json
 import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import ROOT, python, run_cli
+from conftest import python, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +66,7 @@ def test_readme_train_command_with_hub_data_and_a_hub_model(hub, tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     assert {m["name"]: m["value"] for m in index["metrics"]}["Accuracy"] == pytest.approx(results["test_accuracy"],
                                                                                          abs=1e-4)
-    assert f"fine-tuned on TMMLU+" in card and hub.shas["v1.1"] in card
+    assert "fine-tuned on TMMLU+" in card and hub.shas["v1.1"] in card
     hub.trained = out
 
 

@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from conftest import python, run_cli
+import io
+
+from conftest import cli, python, run_cli
 from hf_ft.predict import interactive, make_question, parse_options_line, rank
 from hf_ft.scoring import load_scorer
 
@@ -34,7 +36,7 @@ def test_ranking_matches_the_models_own_argmax(scorer, trained_run):
         assert sum(r["probability"] for r in result["ranking"]) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_single_and_batch_modes_agree(trained_run, tmp_path):
+def test_single_and_batch_modes_agree(trained_run, tmp_path, capsys):
     out = trained_run[0]
     items = json.loads((out / "test_qa_data.json").read_text(encoding="utf-8"))[:6]
     path = tmp_path / "questions.csv"
@@ -43,10 +45,10 @@ def test_single_and_batch_modes_agree(trained_run, tmp_path):
         w.writerow(["question", "A", "B", "C", "D", "answer"])
         for item in items:
             w.writerow([item["question"], *item["options"].values(), item["answer"]])
-    result = run_cli(python("-m", "hf_ft.cli", "predict", str(out), "--input", str(path), "--output",
-                            str(tmp_path / "p.jsonl"), "--use_cpu"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "accuracy" in result.stdout and "6 questions" in result.stdout
+    code, stdout, err = cli(["predict", str(out), "--input", str(path), "--output", str(tmp_path / "p.jsonl"),
+                             "--use_cpu"], capsys)
+    assert code == 0, err[-2000:]
+    assert "accuracy" in stdout and "6 questions" in stdout
     batch = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(batch) == 6 and all("correct" in b for b in batch)
     for item, predicted in zip(items, batch):
@@ -61,28 +63,27 @@ def test_single_and_batch_modes_agree(trained_run, tmp_path):
             == predicted["prediction"]
 
 
-def test_batch_without_answers(trained_run, tmp_path):
+def test_batch_without_answers(trained_run, tmp_path, capsys):
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps({"question": "下列何者屬於「樂器」？", "A": "二胡", "B": "老虎", "C": "芒果", "D": "氫"},
                                ensure_ascii=False) + "\n", encoding="utf-8")
-    result = run_cli(python("-m", "hf_ft.cli", "predict", str(trained_run[0]), "--input", str(path), "--use_cpu"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "accuracy" not in result.stdout
+    code, stdout, err = cli(["predict", str(trained_run[0]), "--input", str(path), "--use_cpu"], capsys)
+    assert code == 0, err[-2000:]
+    assert "accuracy" not in stdout
     line = json.loads((tmp_path / "q.predictions.jsonl").read_text(encoding="utf-8"))
     assert line["prediction"] in "ABCD" and "correct" not in line
 
 
-def test_interactive_through_stdin_with_spaces_and_ctrl_d(trained_run):
+def test_interactive_through_stdin_with_spaces_and_ctrl_d(trained_run, capsys, monkeypatch):
     session = ("下列何者屬於「樂器」？\n"
                "A: 大 提琴 B: 老虎 C: 芒果 D: 氫\n"          # one line, an option with a space
                "下列何者屬於「水果」？\n"
                "芒果\n臺北\n\n")                            # one per line, then Ctrl-D (end of input)
-    result = run_cli(python("-m", "hf_ft.cli", "predict", str(trained_run[0]), "--interactive", "--use_cpu"),
-                     stdin=session)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("answer: ") == 2
-    assert "大 提琴" in result.stdout and "臺北" in result.stdout and "bye" in result.stdout
-    assert "Traceback" not in result.stderr
+    monkeypatch.setattr("sys.stdin", io.StringIO(session))
+    code, stdout, err = cli(["predict", str(trained_run[0]), "--interactive", "--use_cpu"], capsys)
+    assert code == 0, err[-2000:]
+    assert stdout.count("answer: ") == 2
+    assert "大 提琴" in stdout and "臺北" in stdout and "bye" in stdout
 
 
 def test_interactive_quit_and_bad_options(scorer):
@@ -97,14 +98,14 @@ def test_parse_options_line():
     assert parse_options_line("鯨魚") is None and parse_options_line("B: x C: y") is None
 
 
-def test_fill_mask_and_masked_lm_choices(tiny_model):
-    fill = run_cli(python("-m", "hf_ft.cli", "predict", str(tiny_model), "--fill", "今天天氣很[MASK]。",
-                          "--top_k", "3", "--use_cpu"))
-    assert fill.returncode == 0, fill.stderr[-2000:]
-    assert fill.stdout.startswith("[MASK] 1:") and fill.stdout.count("%") == 3
-    choices = run_cli(python("-m", "hf_ft.cli", "predict", str(tiny_model), "--question", "下列何者為樂器？",
-                             "--choices", "二胡", "老虎", "--use_cpu"))
-    assert choices.returncode == 0 and "mlm-pll" in choices.stdout
+def test_fill_mask_and_masked_lm_choices(tiny_model, capsys):
+    code, stdout, err = cli(["predict", str(tiny_model), "--fill", "今天天氣很[MASK]。", "--top_k", "3", "--use_cpu"],
+                            capsys)
+    assert code == 0, err[-2000:]
+    assert stdout.startswith("[MASK] 1:") and stdout.count("%") == 3
+    code, stdout, _ = cli(["predict", str(tiny_model), "--question", "下列何者為樂器？", "--choices", "二胡", "老虎",
+                           "--use_cpu"], capsys)
+    assert code == 0 and "mlm-pll" in stdout
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -112,16 +113,15 @@ def test_fill_mask_and_masked_lm_choices(tiny_model):
     (["--question", " ", "--choices", "a", "b"], "the question is empty"),
     (["--fill", "沒有遮罩"], "needs a masked-LM model"),
 ])
-def test_bad_input(trained_run, args, expected):
-    result = run_cli(python("-m", "hf_ft.cli", "predict", str(trained_run[0]), *args, "--use_cpu"))
-    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
+def test_bad_input(trained_run, args, expected, capsys):
+    code, _, err = cli(["predict", str(trained_run[0]), *args, "--use_cpu"], capsys)
+    assert code == 2 and expected in err and "Traceback" not in err
 
 
-def test_model_that_can_do_neither(tmp_path):
+def test_model_that_can_do_neither(tmp_path, capsys):
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=1,
                          intermediate_size=16)).save_pretrained(tmp_path / "m")
-    result = run_cli(python("-m", "hf_ft.cli", "predict", str(tmp_path / "m"), "--question", "q", "--choices",
-                            "a", "b"))
-    assert result.returncode == 2 and "cannot score multiple choice" in result.stderr
+    code, _, err = cli(["predict", str(tmp_path / "m"), "--question", "q", "--choices", "a", "b"], capsys)
+    assert code == 2 and "cannot score multiple choice" in err

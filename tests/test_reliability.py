@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from conftest import TRAIN_ARGS, cli, python, run_cli
-from fake_hub import GOOD_TOKEN, FakeHub
+from fake_hub import GOOD_TOKEN
 
 
 def one_line(err: str) -> str:
@@ -226,3 +226,14 @@ def test_marker_records_identity_and_sizes(trained_run):
     assert marker["identity"] == started["identity"]
     assert marker["files"]["model.safetensors"] == (out / "model.safetensors").stat().st_size
     assert not any(name.startswith("checkpoint-") for name in marker["files"])
+
+
+def test_max_seq_length_too_short_for_the_longest_option(tmp_path, tiny_model, capsys):
+    rows = "".join(f"本題{i}？,鋼琴,二胡,老虎,{'考' * 40 if i == 7 else '芒果'},A\n" for i in range(40))
+    path = write(tmp_path / "long_option.csv", "question,A,B,C,D,answer\n" + rows)
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--train_file", str(path),
+                        "--output_dir", str(tmp_path / "o"), *TRAIN_ARGS, "--max_seq_length", "32",
+                        "--max_unk_rate", "0.2"], capsys)
+    assert code == 2
+    line = one_line(err)
+    assert f"--max_seq_length 32: too short for the options of {path}:9" in line and "use 51 or more" in line
