@@ -274,9 +274,10 @@ def derived_values(values: dict, given: set[str], plan: DeepSpeedPlan, cuda: boo
         for key, value in (("metric_for_best_model", "loss"), ("greater_is_better", False)):
             if key not in given:
                 derived[key] = value
-    no_validation = (values["validation_fraction"] == 0 if values["split_scheme"] != "resplit" or values["test_file"]
-                     else False) or _resplit_without_validation(values)
-    if no_validation and not values["validation_file"]:
+    # No validation split asked for (--validation_fraction 0, or a zero validation share in --split_ratios):
+    # no evaluation during training, and no best model to load at its end.
+    validation_share = DataArguments(split_ratios=values["split_ratios"]).ratios()[1]  # checked already
+    if 0 in (values["validation_fraction"], validation_share) and not values["validation_file"]:
         for key, value in (("eval_strategy", "no"), ("load_best_model_at_end", False), ("eval_on_start", False)):
             if key not in given:
                 derived[key] = value
@@ -290,13 +291,6 @@ def derived_values(values: dict, given: set[str], plan: DeepSpeedPlan, cuda: boo
         derived["use_cpu"] = True
     derived["deepspeed"] = plan.config
     return derived
-
-
-def _resplit_without_validation(values: dict) -> bool:
-    try:
-        return float(values["split_ratios"].split(",")[1]) == 0
-    except (ValueError, IndexError):
-        return False
 
 
 def refuse_nonsense(values: dict, cuda: bool) -> None:
