@@ -36,7 +36,7 @@ demo: install
 	@echo
 	@echo "loss curve:  demo/out/validation_loss_curve.png"
 	@echo "model:       demo/out (model.safetensors, tokenizer, README.md model card)"
-	@echo "comparison:  demo/out/comparison/comparison.md, comparison.png (hf-ft push adds it to the card)"
+	@echo "comparison:  demo/out/comparison/comparison.md, comparison.png (also in the model card)"
 
 test: install
 	$(OFFLINE) $(BIN)/python -m pytest -q -ra
