@@ -32,23 +32,68 @@ from hf_ft.arguments import TASK_DEFAULTS, DataArguments
 from hf_ft.preprocessing import encode
 from hf_ft.sources import load_data_dir
 from hf_ft.splits import make_splits
-from hf_ft.trainer import build_trainer
+from hf_ft.trainer import ShuffledLengthGroupedSampler, build_trainer
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of the training steps after the first (warm-up) step."""
+    """Wall time of the whole timed epoch: from the start of training (optimizer and loader built) to the end
+    of the last step. The model has taken one untimed warm-up step before (`warm_up`)."""
 
     def __init__(self, device: str):
         self.device = device
-        self.start = None
+        self.start = self.end = None
         self.steps = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        sync(self.device)
+        self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         sync(self.device)
-        if state.global_step == 1:
-            self.start = time.perf_counter()
         self.end = time.perf_counter()
-        self.steps = state.global_step - 1
+        self.steps = state.global_step
+
+
+def warm_up(trainer) -> None:
+    """One untimed forward and backward pass on the longest training batch, so the timed epoch starts with
+    warm kernels and an allocator that has seen the largest shapes; the gradients are thrown away."""
+    model = trainer.model
+    batch = max(trainer.get_train_dataloader(), key=lambda b: b["input_ids"].numel())
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    model.train()
+    model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def row_lengths(dataset, formulation: str) -> list[int]:
+    """Each row's padded length in a batch of its own: the longest choice sequence (per-choice) or the one
+    joint sequence."""
+    if "length" in dataset.column_names:
+        return list(dataset["length"])
+    return [max(len(ids) for ids in choices) for choices in dataset["input_ids"]]
+
+
+def sampled_epoch(lengths: list[int], order: list[int], batch: int, steps: int) -> list[int]:
+    """The rows of `steps` batches that stand for the whole epoch `order` (the arm's own sampler order, cut into
+    batches as its loader would): the epoch's batches sorted by padded length and taken at evenly spaced
+    quantiles, kept in epoch order. Their mean step time estimates the whole epoch's.
+
+    Timing the first few steps instead does not: which batches come first is fixed by the sampler's seed, and
+    at seed 0 hf_ft's first 16 length-grouped batches held several near-512-token ones, which read as a 3×
+    slowdown (seed 4 read 3× faster) that was not in the code (docs/benchmarks.md, "The 3× that was not")."""
+    batches = [order[i:i + batch] for i in range(0, len(order) - batch + 1, batch)]
+    if len(batches) < steps:
+        raise SystemExit(f"bench: {steps} timed steps need {steps * batch} training rows, the data has {len(order)}")
+    by_cost = sorted(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+    chosen = sorted(by_cost[int((k + 0.5) * len(batches) / steps)] for k in range(steps))
+    return [i for b in chosen for i in batches[b]]
+
+
+def epoch_order(lengths: list[int], batch: int, strategy: str, seed: int = 0) -> list[int]:
+    """One epoch of the arm's training sampler: hf_ft's length-grouped one, or random (run_swag.py)."""
+    if strategy == "group_by_length":
+        return list(ShuffledLengthGroupedSampler(lengths, batch, seed=seed))
+    return torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def run_swag_encode(rows, tokenizer, max_length: int, pad_to_max: bool):
@@ -101,7 +146,7 @@ def training_args(out: Path, steps: int, batch: int, device: str, bf16: bool, de
 
 
 def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, steps: int, batch: int,
-            work: Path, peak_gflops: float, device: str = "cpu", bf16: bool = False) -> dict:
+            work: Path, peak_gflops: float, device: str = "cpu", bf16: bool = False, evaluate: bool = True) -> dict:
     set_seed(0)
     formulation = arm["formulation"]
     eval_rotations = arm.get("joint_eval_rotations", 1)
@@ -113,33 +158,43 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
     if arm["kind"] == "run_swag":
         train_set = run_swag_encode(splits.train, tokenizer, max_length, arm["pad_to_max"])
         eval_set = run_swag_encode(splits.validation, tokenizer, max_length, arm["pad_to_max"])
-        args = training_args(work / arm["name"], steps, batch, device, bf16, {}, train_sampling_strategy="random")
+        strategy = "random"
+        args = training_args(work / arm["name"], steps, batch, device, bf16, {}, train_sampling_strategy="sequential")
         trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                           processing_class=tokenizer, data_collator=DataCollatorForMultipleChoice(tokenizer))
     else:
         train_set = encode(splits.train, tokenizer, formulation, max_length, cache_dir=work / "cache", progress=False)
         eval_set = encode(splits.validation, tokenizer, formulation, max_length, cache_dir=work / "cache",
                           sort_by_length=True, progress=False)
+        strategy = {**TASK_DEFAULTS, **arm.get("training_args", {})}["train_sampling_strategy"]
         args = training_args(work / arm["name"], steps, batch, device, bf16, TASK_DEFAULTS,
-                             **arm.get("training_args", {}))
+                             **{**arm.get("training_args", {}), "train_sampling_strategy": "sequential"})
         trainer = build_trainer(model, tokenizer, args, formulation, train_set, eval_set,
                                 joint_rotations=arm.get("joint_rotations", 1), joint_eval_rotations=eval_rotations)
         trainer.compute_metrics = None  # throughput only
+    # The timed epoch: the batches that stand for the arm's own epoch, fed in that order.
+    lengths = row_lengths(train_set, formulation)
+    train_set = train_set.select(sampled_epoch(lengths, epoch_order(lengths, batch, strategy), batch, steps))
+    trainer.train_dataset = train_set
     timer = StepTimer(device)
     trainer.add_callback(timer)
     trainer.remove_callback(PrinterCallback)
     n_params = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
     tokens_per_example = real_tokens(train_set, formulation) * arm.get("joint_rotations", 1)
-    padding = padding_fraction(trainer, n_batches=40)
+    padding = padding_fraction(trainer, n_batches=steps)
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as rss:
+        warm_up(trainer)
         trainer.train()
+        if timer.steps != steps:
+            raise RuntimeError(f"bench: arm {arm['name']} ran {timer.steps} steps, expected one epoch of {steps}")
         train_sps = timer.steps * batch / (timer.end - timer.start)
         start = time.perf_counter()
-        trainer.evaluate(eval_set)
-        eval_sps = len(eval_set) / (time.perf_counter() - start)
+        if evaluate:
+            trainer.evaluate(eval_set)
+        eval_sps = len(eval_set) / (time.perf_counter() - start) if evaluate else float("nan")
     eval_tokens = real_tokens(eval_set, formulation) * eval_rotations
     return {
         "name": arm["name"],
@@ -193,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where the arms train (auto: the GPU when there is one)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU); the matmul peak is then bf16")
+    parser.add_argument("--skip_eval", action="store_true", help="time training only (eval/s is then nan)")
     parser.add_argument("--arms", default=None,
                         help="comma-separated arm names to run (baseline always runs); default: all")
     args = parser.parse_args(argv)
@@ -224,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
             if (chosen and arm["name"] not in chosen) or (quick and arm.get("full_only") and not chosen):
                 continue
             result = run_arm(arm, model_dir, tokenizer, splits, max_length, steps, batch, work, peak, device,
-                             args.bf16)
+                             args.bf16, evaluate=not args.skip_eval)
             arms.append(result)
             print(f"  {result['name']:<40} train {result['train_samples_per_s']:7.2f}/s  "
                   f"eval {result['eval_samples_per_s']:7.2f}/s  padding {result['padding_fraction']:.0%}", flush=True)
@@ -235,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
         report = {"machine": machine(), "device": device, "precision": "bf16" if args.bf16 else "fp32",
                   "quick": quick, "model": args.model, "steps_per_arm": steps, "batch_size": batch,
                   "train_rows": len(splits.train), "eval_rows": len(splits.validation), "max_seq_length": max_length,
+                  "train_rows_note": "one epoch of the timed rows: a seeded sample, the same for every arm",
                   "matmul_gflops": round(peak, 2), "arms": arms}
         write_report(args.output, report)
         print_table(report)

@@ -38,3 +38,15 @@ def test_preprocessing_and_accuracy_benchmarks(tmp_path):
     demo = run_benchmark("accuracy", tmp_path)["demo_accuracy"]
     assert {"per_choice", "joint"} <= set(demo)
     assert 0 <= demo["joint"]["test_accuracy_one_pass"] <= 1 and demo["joint"]["eval_rotations"] == 4
+
+
+def test_training_speed_guard(tmp_path):
+    """A regression guard: hf_ft's per-choice training against run_swag.py's, mid model, 512 tokens, one process,
+    the same stratified sample of each arm's epoch (benchmarks.throughput.sampled_epoch). Measured here at
+    2.3-2.5x (docs/benchmarks.md); a change that halves hf_ft's speed lands below 1.7x and fails."""
+    from benchmarks import throughput
+
+    report = throughput.main(["--arms", "hf_ft_per_choice", "--steps", "8", "--skip_eval", "--output", str(tmp_path / "guard.json")])
+    per_choice = next(a for a in report["arms"] if a["name"] == "hf_ft_per_choice")
+    assert per_choice["steps_timed"] == 8
+    assert per_choice["train_ratio"] >= 1.7, per_choice
