@@ -83,9 +83,15 @@ def explain(error: BaseException) -> str | None:
 
 def run_user_errors(fn, *args, **kwargs):
     """Run an entry point: a problem the user can fix becomes `error: ...` on stderr and exit status 2;
-    Ctrl-C exits with 130 and one line; our own bugs keep their traceback."""
+    Ctrl-C exits with 130 and one line; our own bugs keep their traceback. An entry point that succeeded
+    leaves the process group here, after all its work: a library function (train.main, which evaluate's
+    audit calls in-process) must leave it standing for what its caller does next."""
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        from .processes import leave_process_group
+
+        leave_process_group()
+        return result
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)

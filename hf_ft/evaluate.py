@@ -300,12 +300,8 @@ def parse(argv: list[str] | None) -> EvaluateArguments:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from .processes import leave_process_group
-
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
-    report = run_user_errors(lambda: run(parse(argv)))
-    leave_process_group()
-    return report
+    return run_user_errors(lambda: run(parse(argv)))
 
 
 if __name__ == "__main__":

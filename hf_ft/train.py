@@ -27,7 +27,6 @@ from .metrics import build_compute_metrics
 from .model_card import write_model_card
 from .modeling import check_vocabulary, load_model, load_tokenizer
 from .preprocessing import MIN_QUESTION_TOKENS, count_truncated, encode, required_length
-from .processes import leave_process_group
 from .sources import load_rows
 from .splits import make_splits, stratified_sample, write_split_outputs
 from .trainer import build_trainer
@@ -256,11 +255,11 @@ def main(args: Arguments) -> dict:
         trainer.accelerator.wait_for_everyone()
         if is_main:
             run_dir.mark_finished(output_dir, identity)
+        trainer.accelerator.wait_for_everyone()  # no rank returns before the run is finished for all of them
         if training_args.push_to_hub:
             trainer.push_to_hub()
     logger.info("model, tokenizer, results and model card saved to %s; loss curve: %s", output_dir,
                 output_dir / run_dir.CURVE_FILE)
-    leave_process_group()
     return {**metrics, **results}
 
 

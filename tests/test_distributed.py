@@ -168,8 +168,8 @@ def test_every_rank_leaves_the_process_group_when_a_run_ends(tmp_path, demo_data
     script = tmp_path / "entry.py"
     report = tmp_path / "ranks"
     report.mkdir()
-    script.write_text("import os, sys\nimport torch.distributed as dist\nfrom hf_ft.cli import train_command\n"
-                      "train_command(sys.argv[1:])\n"
+    script.write_text("import os, sys\nimport torch.distributed as dist\nfrom hf_ft.cli import main\n"
+                      "main(['train', *sys.argv[1:]])\n"
                       f"open(os.path.join({str(report)!r}, 'rank-' + os.environ['RANK']), 'w')"
                       ".write(str(dist.is_initialized()))\n")  # a file per rank: their stdout lines interleave
     args = run_args(tiny_model, demo_data, tmp_path / "out", "--max_steps", "2", "--eval_strategy", "no",
@@ -246,3 +246,43 @@ def test_two_nodes_on_loopback_train_together(tmp_path, demo_data, tiny_model):
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     assert train_losses(nodes) == pytest.approx(train_losses(single), rel=1e-5)
     assert json.loads((nodes / "hf_ft_run.json").read_text())["hyperparameters"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_two_process_seeds_each_equal_a_run_of_that_seed_alone(tmp_path, demo_data, still_model):
+    """--seeds under 2 processes: the process group outlives each seed's run (the entry point leaves it), every
+    seed finishes, and seed 2 of the set trains exactly as a 2-process run of --seed 2 alone (same split)."""
+    common = ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+              "--max_steps", "4", "--logging_steps", "1"]
+    both = tmp_path / "seeds"
+    launch(None, 2, run_args(still_model, demo_data, both, "--seeds", "1,2", *common))
+    alone = tmp_path / "alone"
+    launch(None, 2, run_args(still_model, demo_data, alone, "--split_seed", "0", *common) + ["--seed", "2"])
+    for seed in (1, 2):
+        assert (both / f"seed-{seed}" / "hf_ft_finished.json").is_file()
+    assert json.loads((both / "seeds_summary.json").read_text())["runs"][1]["seed"] == 2
+    assert train_losses(both / "seed-2") == train_losses(alone)
+    assert train_losses(both / "seed-1") != train_losses(alone)
+    def accuracies(folder):
+        return {k: v for k, v in json.loads((folder / "eval_results.json").read_text()).items() if "accuracy" in k}
+
+    assert accuracies(both / "seed-2") == accuracies(alone) and accuracies(alone)
+
+
+@pytest.mark.slow
+def test_two_process_evaluate_with_audit(tmp_path, demo_data, still_model):
+    """evaluate --audit trains the choices-only model in-process and then scores and gathers over both
+    processes: the training must leave the process group standing."""
+    out = tmp_path / "run"
+    launch(None, 1, run_args(still_model, demo_data, out, "--eval_strategy", "no", "--save_strategy", "no",
+                             "--load_best_model_at_end", "false", "--max_steps", "4"))
+    result = run_cli(python("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                            "--main_process_port", str(_port()), "-m", "hf_ft.evaluate", "--original",
+                            str(still_model), "--finetuned", str(out), "--use_cpu", "--audit", "--max_items", "24",
+                            "--output_dir", str(tmp_path / "comparison")), timeout=900)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 0 and not errors, "\n".join(errors) + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    audit = json.loads((tmp_path / "comparison" / "comparison.json").read_text())["audit"]
+    assert audit["choices_only"]["accuracy"] is not None and audit["verdict"]
