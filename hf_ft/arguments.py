@@ -9,6 +9,7 @@ builds each dataclass once. TrainingArguments stays the one place the Trainer re
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -155,6 +156,18 @@ class RunArguments:
     sort_eval_by_length: bool = field(
         default=True, metadata={"help": "Evaluate in length order so batches carry little padding."}
     )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop when the best-model metric (--metric_for_best_model, validation "
+                                        "accuracy by default) has not improved for this many evaluations "
+                                        "(transformers' EarlyStoppingCallback); the best checkpoint is kept."}
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "With --early_stopping_patience: an improvement must exceed this much."}
+    )
+    push_test_items: bool = field(
+        default=False, metadata={"help": "With --push_to_hub: also push the test questions' text and the model's "
+                                         "answers (by default only item ids, content hashes and correctness)."}
+    )
     seeds: str | None = field(
         default=None,
         metadata={"help": "Train the same configuration once per seed (e.g. `1,2,3`), each run in "
@@ -182,6 +195,9 @@ TASK_DEFAULTS = {
     "learning_rate": 3e-5,
     "warmup_steps": 0.1,  # transformers 5: a value below 1 is a share of the training steps
     "hub_strategy": "end",  # one push of the finished model (with our card), not one per checkpoint
+    # A resumed run restores stateful callbacks (early stopping's patience counter, the stop flag), so it
+    # stops where the uninterrupted run stops.
+    "restore_callback_states_from_checkpoint": True,
 }
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
@@ -293,6 +309,19 @@ def derived_values(values: dict, given: set[str], plan: DeepSpeedPlan, cuda: boo
     return derived
 
 
+def refuse_early_stopping_without_evaluation(values: dict) -> None:
+    """Early stopping watches the evaluations of the best-model metric: with none (--eval_strategy no, or no
+    validation split) or without loading the best model at the end, it cannot do what it says."""
+    if values["early_stopping_patience"] is None:
+        return
+    if str(values["eval_strategy"]).split(".")[-1].lower() == "no":
+        raise ConfigError("--early_stopping_patience: needs evaluations to watch (a validation split and "
+                          "--eval_strategy epoch or steps)")
+    if not values["load_best_model_at_end"]:
+        raise ConfigError("--early_stopping_patience with --load_best_model_at_end false: the run would end on "
+                          "the model that stopped improving; keep --load_best_model_at_end true")
+
+
 def refuse_nonsense(values: dict, cuda: bool) -> None:
     """Settings that cannot make sense, refused before anything heavy starts (one line each)."""
     problems = []
@@ -333,6 +362,12 @@ def refuse_nonsense(values: dict, cuda: bool) -> None:
         problems.append(str(e))
     if values["fp16"] and (not cuda or values["use_cpu"]):
         problems.append("--fp16: needs a GPU, and this run is on the CPU; train in fp32 here")
+    patience = values["early_stopping_patience"]
+    if not math.isfinite(values["early_stopping_threshold"]) or values["early_stopping_threshold"] < 0:
+        problems.append(f"--early_stopping_threshold {values['early_stopping_threshold']}: need a finite number "
+                        "of 0 or more")
+    if patience is not None and patience < 1:
+        problems.append(f"--early_stopping_patience {patience}: need 1 or more evaluations")
     if values["remove_unused_columns"]:
         problems.append("--remove_unused_columns true: hf_ft's collators need the extra columns (length, ids)")
     if values["hub_token"]:
@@ -386,6 +421,7 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
                                  cuda=cuda and not values["use_cpu"])
     explicit = recorded_arguments(values, given)
     values.update(derived_values(values, given, plan, cuda))
+    refuse_early_stopping_without_evaluation(values)
     problems = deepspeed_config.mismatches(plan, values)
     if problems:
         raise ConfigError("\n".join(problems))

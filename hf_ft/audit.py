@@ -37,7 +37,7 @@ THRESHOLDS = (f"a baseline counts as above chance when the lower end of its 95% 
 FINAL_PUNCTUATION = tuple("。．.！!？?；;")
 # Arguments a choices-only rerun must not inherit: where it writes, pushing, resuming, the seed loop.
 NOT_INHERITED = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub", "hub_model_id",
-                 "hub_private_repo", "hub_strategy", "hub_revision", "seeds", "drop_question"}
+                 "hub_private_repo", "hub_strategy", "hub_revision", "seeds", "drop_question", "push_test_items"}
 
 
 def _norm(text: str) -> str:
@@ -120,6 +120,9 @@ def rerun_arguments(finetuned_dir: Path, output_dir: Path) -> list[str]:
 
         raise UserError(f"{finetuned_dir}: {RUN_RECORD_FILE} has no recorded arguments (a run from an older hf_ft): "
                         "the choices-only baseline cannot repeat its training")
+    from .provenance import resolve_recorded
+
+    given = resolve_recorded(given, record.get("arguments_relative_paths", []), finetuned_dir)
     argv = []
     for key, value in given.items():
         if key in NOT_INHERITED or value is None:

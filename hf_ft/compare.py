@@ -11,6 +11,7 @@ import numpy as np
 
 from .data import LETTERS, QARow
 from .metrics import accuracy_report
+from .provenance import public_name
 from .stats import accuracy_ci, across_runs_ci, holm, paired_comparison
 from .subjects import CATEGORIES, category_of
 
@@ -43,7 +44,8 @@ def model_summary(model: Scored, rows: list[QARow]) -> dict:
     categories = np.array([category_of(s) for s in subjects])
     report = accuracy_report(predictions, golds, subjects)
     letters = Counter(LETTERS[p] for p in predictions)
-    return {"label": model.label, "path": model.path, "scorer": model.scorer, "role": model.role, "seed": model.seed,
+    return {"label": model.label, "path": public_name(model.path), "scorer": model.scorer, "role": model.role,
+            "seed": model.seed,
             **report, "accuracy_ci95": list(accuracy_ci(correct)),
             "ci95_per_category": {c: list(accuracy_ci(correct[categories == c])) for c in CATEGORIES
                                   if (categories == c).any()},
@@ -100,7 +102,7 @@ def seeds_report(rows: list[QARow], original: Scored, runs: list[Scored], seed: 
     for run in runs:
         paired = paired_comparison(original.predictions() == golds, run.predictions() == golds, seed)
         summary = accuracy_report(run.predictions(), golds, [r.subject for r in rows], per_subject=False)
-        per_seed.append({"seed": run.seed, "path": run.path, "accuracy": summary["accuracy"],
+        per_seed.append({"seed": run.seed, "path": public_name(run.path), "accuracy": summary["accuracy"],
                          "tmmlu_average": summary["tmmlu_average"], "difference": paired["difference"],
                          "difference_ci95": paired["difference_ci95"], "mcnemar_p": paired["mcnemar"]["p_value"],
                          "failed_restart": summary["accuracy"] < CHANCE + FAILED_RESTART_MARGIN})

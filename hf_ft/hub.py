@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .errors import ArgumentParser, UserError, hub_problem, run_user_errors
 from .model_card import build_model_card, write_model_card
-from .run_dir import CARD_FILE, COMPARISON_DIR, MODEL_WEIGHTS, REJECTED_FILE, RUN_RECORD_FILE, require_finished
+from .run_dir import (CARD_FILE, COMPARISON_DIR, MODEL_WEIGHTS, REJECTED_FILE, RUN_RECORD_FILE, TEST_ITEM_RESULTS_FILE,
+                      TEST_ITEMS_FILE, TEST_PREDICTIONS_FILE, require_finished)
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +24,14 @@ PUSHED_PATTERNS = [
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
     "vocab.json", "merges.txt", "*.model", "chat_template.jinja",
     CARD_FILE, "validation_loss_curve.png", "loss_history.json", "all_results.json", "eval_results.json",
-    "train_results.json", "test_qa_data.json", "test_predictions.jsonl", "data_manifest.json", RUN_RECORD_FILE,
+    "train_results.json", TEST_ITEM_RESULTS_FILE, "data_manifest.json", RUN_RECORD_FILE,
     "seeds_summary.json", f"{COMPARISON_DIR}/comparison.json", f"{COMPARISON_DIR}/comparison.md",
     f"{COMPARISON_DIR}/comparison.png",
 ]
 CHECKPOINT_PATTERNS = ["checkpoint-*/*"]
+# The benchmark's test questions as text, and the model's answers to them: pushed only when asked
+# (--include_test_items). Test sets re-hosted where crawlers read them end up in the next models' training data.
+TEST_TEXT_FILES = [TEST_ITEMS_FILE, TEST_PREDICTIONS_FILE]
 
 
 def check_repo_id(repo_id: str, flag: str = "--repo_id") -> str:
@@ -63,14 +67,15 @@ def repo_id_for(hub_model_id: str | None, output_dir: str | Path) -> str:
     return hub_model_id or Path(output_dir).name
 
 
-def files_to_push(output_dir: str | Path, include_checkpoints: bool = False, include_rejected: bool = False) -> list[str]:
+def files_to_push(output_dir: str | Path, include_checkpoints: bool = False, include_rejected: bool = False,
+                  include_test_items: bool = False) -> list[str]:
     """The run's files to upload, chosen by huggingface_hub's own pattern filter."""
     from huggingface_hub.utils import filter_repo_objects
 
     out = Path(output_dir)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     allow = PUSHED_PATTERNS + (CHECKPOINT_PATTERNS if include_checkpoints else []) + (
-        [REJECTED_FILE] if include_rejected else [])
+        [REJECTED_FILE] if include_rejected else []) + (TEST_TEXT_FILES if include_test_items else [])
     ignore = [".*", "*/.*"] + ([] if include_checkpoints else ["checkpoint-*"])
     # A pattern without "/" names top-level files only (fnmatch's "*" would also match "a/b").
     return [f for f in filter_repo_objects(files, allow_patterns=allow, ignore_patterns=ignore)
@@ -79,7 +84,8 @@ def files_to_push(output_dir: str | Path, include_checkpoints: bool = False, inc
 
 def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False, dry_run: bool = False,
                     include_checkpoints: bool = False, include_rejected: bool = False,
-                    commit_message: str = "Upload model trained with hf_ft", revision: str | None = None) -> dict:
+                    commit_message: str = "Upload model trained with hf_ft", revision: str | None = None,
+                    include_test_items: bool = False) -> dict:
     """Refresh the card, then upload the chosen files of a finished output_dir in one commit."""
     from huggingface_hub import HfApi, get_token
 
@@ -90,10 +96,10 @@ def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False,
     require_finished(out)
     if not any((out / name).is_file() for name in MODEL_WEIGHTS):
         raise UserError(f"{out}: no model weights (model.safetensors) here; is this a finished hf_ft run?")
-    files = files_to_push(out, include_checkpoints, include_rejected)
+    files = files_to_push(out, include_checkpoints, include_rejected, include_test_items)
     if dry_run:
         if (out / RUN_RECORD_FILE).is_file():
-            build_model_card(out, repo_id)  # the card a real push would send must build; nothing is written
+            build_model_card(out, repo_id, include_test_items)  # the card a push would send must build; not written
         target = f"{repo_id}{f'@{revision}' if revision else ''}{' (private)' if private else ''}"
         print(f"would push {len(files)} files from {out} to {target}:")
         for f in files:
@@ -104,7 +110,7 @@ def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False,
         raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (tokens are never read from "
                         "arguments or files)")
     if (out / RUN_RECORD_FILE).is_file():
-        write_model_card(out, repo_id)
+        write_model_card(out, repo_id, include_test_items)
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
@@ -129,6 +135,9 @@ def build_parser() -> ArgumentParser:
                                                                "nothing")
     parser.add_argument("--include_checkpoints", action="store_true")
     parser.add_argument("--include_rejected_rows", action="store_true")
+    parser.add_argument("--include_test_items", action="store_true",
+                        help="also push the test questions' text and the model's answers (test_qa_data.json, "
+                             "test_predictions.jsonl); by default only ids, content hashes and per-item correctness")
     parser.add_argument("--commit_message", default="Upload model trained with hf_ft")
     return parser
 
@@ -137,7 +146,7 @@ def push_command(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     return push_output_dir(args.output_dir, args.repo_id, args.private, args.dry_run, args.include_checkpoints,
-                           args.include_rejected_rows, args.commit_message, args.revision)
+                           args.include_rejected_rows, args.commit_message, args.revision, args.include_test_items)
 
 
 def main(argv: list[str] | None = None):

@@ -182,12 +182,14 @@ def chinese_vocab(size: int = 21128) -> list[str]:
     return vocab[:size]
 
 
-def write_model_repo(root: Path, size: str = "base", seed: int = 0) -> str:
-    """The model repository (one commit); returns its commit sha."""
+def write_model_repo(root: Path, size: str = "base", seed: int = 0, repo_path: str = MODEL_REPO,
+                     license: str = "apache-2.0") -> str:
+    """The model repository (one commit); returns its commit sha. `repo_path` and `license` give another
+    bert-base-chinese-shaped repo (e.g. models/ckiplab/bert-base-chinese, whose real card says gpl-3.0)."""
     import torch
     from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
-    repo = root / MODEL_REPO
+    repo = root / repo_path
     repo.mkdir(parents=True)
     _git(repo, "init", "-q", "-b", "main")
     (repo / "vocab.txt").write_text("\n".join(chinese_vocab()) + "\n", encoding="utf-8")
@@ -203,9 +205,9 @@ def write_model_repo(root: Path, size: str = "base", seed: int = 0) -> str:
     BertForMaskedLM(config).save_pretrained(repo, safe_serialization=True)
     (repo / "additional_chat_templates").mkdir()  # olah answers 401 (not 404) for a missing folder
     (repo / "additional_chat_templates" / ".gitkeep").write_text("")
-    (repo / "README.md").write_text("---\nlanguage: zh\nlicense: apache-2.0\n---\n# bert-base-chinese (hf_ft fixture: "
-                                    f"{size} size, random weights)\n", encoding="utf-8")
-    return _commit(repo, "bert-base-chinese fixture", "2024-01-01T00:00:00+00:00")
+    (repo / "README.md").write_text(f"---\nlanguage: zh\nlicense: {license}\n---\n# {repo_path.split('/', 1)[1]} "
+                                    f"(hf_ft fixture: {size} size, random weights)\n", encoding="utf-8")
+    return _commit(repo, f"{repo_path.split('/', 1)[1]} fixture", "2024-01-01T00:00:00+00:00")
 
 
 def write_fixtures(root: str | Path, scale: float = 1.0, model_size: str = "base", seed: int = 0) -> dict:

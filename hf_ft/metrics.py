@@ -1,7 +1,10 @@
-"""Accuracy the TMMLU+ way: overall, per subject, per category, and the TMMLU+ average.
+"""Accuracy the TMMLU+ way: overall, per subject, per category, and the TMMLU+ average, each kind named.
 
-The TMMLU+ average is per-subject accuracy → mean within each category → mean of the categories,
-so a large subject cannot drown out a small category.
+- micro (`accuracy`, `accuracy_<category>`): every item counts once, so large subjects weigh more;
+- macro over subjects (`accuracy_macro`, `accuracy_macro_<category>`): the mean of per-subject accuracies;
+- the TMMLU+ average (`tmmlu_average`): per-subject accuracy → mean within each category → mean of the
+  categories, so a large subject cannot drown out a small category.
+`AVERAGES` says what each is and which published protocol it is comparable to.
 """
 
 from __future__ import annotations
@@ -30,11 +33,26 @@ def accuracy_report(predictions, labels, subjects, per_subject: bool = True) -> 
     for category in CATEGORIES:
         if category in category_correct:
             report[f"accuracy_{category}"] = float(np.mean(category_correct[category]))
+    for category in CATEGORIES:
+        if category in by_category:
+            report[f"accuracy_macro_{category}"] = float(np.mean(by_category[category]))
+    report["accuracy_macro"] = float(np.mean(list(subject_acc.values()))) if subject_acc else 0.0
     category_means = [float(np.mean(by_category[c])) for c in CATEGORIES if c in by_category]
     report["tmmlu_average"] = float(np.mean(category_means)) if category_means else 0.0
     if per_subject:
         report["per_subject"] = subject_acc
     return report
+
+
+# Each average: (label, definition, what it is comparable to). Comparable only over the same subjects.
+AVERAGES = {
+    "accuracy": ("micro", "all items pooled: every item counts once",
+                 "lm-evaluation-harness's `tmmluplus` group score (size-weighted, over its 67 subjects)"),
+    "accuracy_macro": ("macro over subjects", "the mean of the per-subject accuracies",
+                       "iKala's published TMMLU+ average (over the 66 official subjects)"),
+    "tmmlu_average": ("TMMLU+ average (hf_ft)", "per-subject accuracy averaged within each category, then the "
+                      "mean of the categories", "hf_ft's own earlier reports"),
+}
 
 
 def percent(x) -> str:

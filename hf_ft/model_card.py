@@ -11,11 +11,12 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from .metrics import percent
+from .metrics import AVERAGES, percent
+from .provenance import card_licence
 from .run_dir import (CARD_FILE, COMPARISON_DIR, EVAL_RESULTS_FILE, MANIFEST_FILE, RUN_RECORD_FILE,
-                      read_json_if_present, write_text)
+                      TEST_ITEM_RESULTS_FILE, read_json_if_present, write_text)
 from .sources import HUB_DATASET
-from .subjects import CATEGORIES
+from .subjects import CATEGORIES, registry
 
 SEEDS_SUMMARY_FILE = "seeds_summary.json"
 PIPELINE_TAGS = {"per_choice": "multiple-choice", "joint": "text-classification", "mlm": "fill-mask"}
@@ -80,36 +81,60 @@ def data_facts(manifest: dict) -> dict:
         f"{counts.get('test', 0)} test questions; {manifest.get('duplicates_removed', 0)} duplicates removed, "
         f"{manifest.get('rows_rejected', 0)} rows rejected.")
     is_tmmluplus = from_hub and source.get("dataset") == HUB_DATASET
+    subjects = manifest.get("subjects", [])
+    official = {name for name, subject in registry().items() if subject.official}
+    resplit = manifest.get("split_scheme") == "resplit"
+    requested = source.get("requested_revision")
+    version = requested if requested and requested != source.get("revision") else str(source.get("revision"))[:12]
+    index_name = f"TMMLU+ {version}" if is_tmmluplus else str(source.get("dataset"))
+    if is_tmmluplus and not official <= set(subjects):
+        index_name += f", {len(official & set(subjects))} of {len(official)} subjects"
+    if resplit:
+        index_name += " (re-split: its test items are drawn from every split, not the official test split)"
     return {"from_hub": from_hub, "is_tmmluplus": is_tmmluplus, "description": description,
             "short": "TMMLU+" if is_tmmluplus else (f"`{source.get('dataset')}`" if from_hub else "local data"),
-            "revision": source.get("revision") if from_hub else None, "dataset": source.get("dataset")}
+            "revision": source.get("revision") if from_hub else None, "dataset": source.get("dataset"),
+            "license": source.get("license"), "subjects": subjects, "index_name": index_name, "resplit": resplit,
+            "all_official": official <= set(subjects)}
 
 
 def eval_results_for_card(results: dict, facts: dict):
-    """model-index entries (test accuracy, TMMLU+ average, categories) — only for data from the hub, which
-    the index can name; a local data set has no hub identity to claim results on."""
+    """model-index entries (test accuracy micro and macro, the TMMLU+ average, categories) — only for data from
+    the hub, which the index can name; a local data set has no hub identity to claim results on. The dataset
+    entry names the revision and the subjects, and a re-split claims no official test split."""
     from huggingface_hub import EvalResult
 
     if not facts["from_hub"]:
         return []
+    subjects = "all official" if facts["all_official"] else ",".join(facts["subjects"])
     entries = []
-    for key, name in [("test_accuracy", "Accuracy"), ("test_tmmlu_average", "TMMLU+ average")] + [
-            (f"test_accuracy_{c}", f"Accuracy ({c})") for c in CATEGORIES]:
+    for key, name in [("test_accuracy", "Accuracy (micro)"), ("test_accuracy_macro", "Accuracy (macro over subjects)"),
+                      ("test_tmmlu_average", "TMMLU+ average")] + [
+            (f"test_accuracy_{c}", f"Accuracy ({c}, micro)") for c in CATEGORIES]:
         if key in results:
             entries.append(EvalResult(
                 task_type="multiple-choice", task_name="Multiple choice", dataset_type=facts["dataset"],
-                dataset_name="TMMLU+" if facts["is_tmmluplus"] else facts["dataset"], dataset_split="test",
-                dataset_revision=facts["revision"], metric_type="accuracy", metric_name=name,
-                metric_value=round(float(results[key]), 4)))
+                dataset_name=facts["index_name"], dataset_split=None if facts["resplit"] else "test",
+                dataset_revision=facts["revision"], dataset_args={"subjects": subjects},
+                metric_type="accuracy", metric_name=name, metric_value=round(float(results[key]), 4)))
     return entries
 
 
 def results_table(results: dict) -> str:
-    rows = [("test", "test_accuracy"), ("TMMLU+-style average (test)", "test_tmmlu_average")] + [
-        (f"{c} (test)", f"test_accuracy_{c}") for c in CATEGORIES] + [("validation", "eval_accuracy")]
-    present = [(label, results[key]) for label, key in rows if key in results]
+    overall = [(f"{AVERAGES[key][0]}: {AVERAGES[key][1]}", f"test_{key}") for key in AVERAGES]
+    present = [(label, results[key]) for label, key in overall if key in results]
     if present:
-        return "| split | accuracy |\n|---|---|\n" + "\n".join(f"| {l} | {percent(v)} |" for l, v in present)
+        table = "| test | accuracy |\n|---|---|\n" + "\n".join(f"| {l} | {percent(v)} |" for l, v in present)
+        categories = [c for c in CATEGORIES if f"test_accuracy_{c}" in results]
+        if categories:
+            table += ("\n\n| category (test) | micro | macro over subjects |\n|---|---|---|\n" + "\n".join(
+                f"| {c} | {percent(results[f'test_accuracy_{c}'])} | {percent(results.get(f'test_accuracy_macro_{c}'))} |"
+                for c in categories))
+        if "eval_accuracy" in results:
+            table += f"\n\nValidation accuracy (micro): {percent(results['eval_accuracy'])}."
+        return table + "\n\nComparable to: " + "; ".join(
+            f"{label} — {protocol}" for label, _, protocol in AVERAGES.values()) + \
+            ". Only numbers over the same subjects compare."
     if "eval_loss" in results:
         return f"Masked-LM adaptation: validation loss {results['eval_loss']:.3f}" + (
             f", test loss {results['test_loss']:.3f}." if "test_loss" in results else ".")
@@ -163,6 +188,24 @@ def seeds_summary(out: Path) -> dict | None:
     return None
 
 
+def base_model_text(base: dict | str | None) -> str:
+    """The base model in words: a hub id at its commit, or a local folder (which the card cannot link)."""
+    if not isinstance(base, dict):
+        return f"`{base}` (source not recorded)" if base else "not recorded"
+    if base.get("source") == "hub":
+        return f"`{base['id']}`" + (f" at commit `{base['revision']}`" if base.get("revision") else "")
+    return f"a local model folder `{base.get('name')}` (not on the hub)"
+
+
+def test_items_text(pushed: bool) -> str:
+    if pushed:
+        return ("This repository holds the test questions' text and the model's answers (`test_qa_data.json`, "
+                "`test_predictions.jsonl`), pushed on request.")
+    return (f"Per-item test results are in `{TEST_ITEM_RESULTS_FILE}`: item ids, content hashes and whether each "
+            "answer was right. The test questions' text is not in this repository, so crawlers cannot carry the "
+            "benchmark into other models' training data.")
+
+
 def training_table(run: dict) -> str:
     hyper = dict(run.get("hyperparameters", {}))
     warmup = hyper.pop("warmup_steps", None)
@@ -171,16 +214,27 @@ def training_table(run: dict) -> str:
     else:
         hyper.pop("num_train_epochs", None)
     ds = run.get("deepspeed") or {"used": False}
-    rows = [("base model", f"`{run.get('base_model')}`"), ("formulation", run.get("formulation"))]
+    rows = [("base model", base_model_text(run.get("base_model"))), ("formulation", run.get("formulation"))]
     if warmup is not None:
         rows.append(("warmup", f"{warmup:.0%} of the training steps" if 0 < warmup < 1 else f"{int(warmup)} steps"))
     rows += [(k.replace("_", " "), v) for k, v in hyper.items()]
+    stop = run.get("early_stopping")
+    if stop:
+        rows.append(("early stopping", (
+            f"stopped at step {stop['stopped_at_step']} of {stop['max_steps']} (epoch {stop['stopped_at_epoch']}): "
+            f"validation {stop['metric']} did not improve by more than {stop['threshold']} for {stop['patience']} "
+            f"evaluation(s); the best, {stop['best_metric']:.4f} at `{stop['best_checkpoint']}`, is this model"
+            if stop["stopped_early"] else
+            f"patience {stop['patience']} (threshold {stop['threshold']}): not triggered, the run went its full "
+            f"{stop['max_steps']} steps")))
     rows.append(("DeepSpeed", f"ZeRO stage {ds.get('stage')}" + (" with offload" if ds.get("offload") else "")
                  if ds.get("used") else "not used" + (f" ({ds.get('reason')})" if ds.get("reason") else "")))
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows if v is not None)
 
 
-def build_model_card(output_dir: str | Path, repo_id: str | None = None, license: str = "apache-2.0"):
+def build_model_card(output_dir: str | Path, repo_id: str | None = None, test_items_pushed: bool = False):
+    """The card from the run's records. Without a repo id (a card written before any push) it carries no
+    model-index, whose name must be the repo id; the push rebuilds it with one."""
     from huggingface_hub import ModelCard, ModelCardData
     import transformers
 
@@ -192,44 +246,48 @@ def build_model_card(output_dir: str | Path, repo_id: str | None = None, license
     comparison = read_json_if_present(out / COMPARISON_DIR / "comparison.json")
     facts = data_facts(read_json_if_present(out / MANIFEST_FILE) or {})
     formulation = run.get("formulation", "per_choice")
-    repo_id = repo_id or run.get("hub_model_id") or out.name
-    base_model = run.get("base_model")
+    repo_id = repo_id or run.get("hub_model_id")
+    base = run.get("base_model") if isinstance(run.get("base_model"), dict) else {}
+    licence, licence_note = card_licence(base, {facts["dataset"] or "the data": facts["license"]}
+                                         if facts["from_hub"] else {})
     card_data = ModelCardData(
         language=["zh"],
-        license=license,
+        license=licence,
         library_name="transformers",
         pipeline_tag=PIPELINE_TAGS.get(formulation),
-        base_model=base_model if base_model and not Path(base_model).exists() else None,
+        base_model=base["id"] if base.get("source") == "hub" else None,
         datasets=[facts["dataset"]] if facts["from_hub"] else None,
         tags=["hf_ft", "zh-TW", "traditional-chinese", formulation] + (["tmmluplus"] if facts["is_tmmluplus"] else []),
         model_name=repo_id,
-        eval_results=eval_results_for_card(results, facts) or None,
+        eval_results=(eval_results_for_card(results, facts) or None) if repo_id else None,
         metrics=["accuracy"],
     )
+    where = repo_id or "path/to/this/model"
     if formulation == "per_choice":
-        usage = PER_CHOICE_USAGE.format(repo_id=repo_id)
+        usage = PER_CHOICE_USAGE.format(repo_id=where)
     elif formulation == "joint":
-        usage = JOINT_USAGE.format(repo_id=repo_id, rotations=run.get("hyperparameters", {}).get("joint_eval_rotations", 1))
+        usage = JOINT_USAGE.format(repo_id=where, rotations=run.get("hyperparameters", {}).get("joint_eval_rotations", 1))
     else:
         usage = (f'from transformers import {MODEL_CLASSES[formulation]}, AutoTokenizer\n\n'
-                 f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
-                 f'model = {MODEL_CLASSES[formulation]}.from_pretrained("{repo_id}")')
+                 f'tokenizer = AutoTokenizer.from_pretrained("{where}")\n'
+                 f'model = {MODEL_CLASSES[formulation]}.from_pretrained("{where}")')
     kind = "a masked-LM domain adaptation" if formulation == "mlm" else f"a {formulation} multiple-choice model"
-    summary = (f"`{base_model}` fine-tuned on {facts['short']}"
+    summary = (f"{base_model_text(run.get('base_model'))} fine-tuned on {facts['short']}"
                + (" (Traditional-Chinese exam questions)" if facts["is_tmmluplus"] else "") + f" as {kind} with hf_ft.")
     template = resources.files("hf_ft.resources").joinpath("model_card_template.md").read_text(encoding="utf-8")
     return ModelCard.from_template(
-        card_data, template_str=template, model_name=repo_id, repo_id=repo_id, summary=summary,
+        card_data, template_str=template, title=repo_id or out.resolve().name, repo_id=where, summary=summary,
         results_heading=f"Results on held-out {facts['short']} questions", results_table=results_table(results),
+        test_items=test_items_text(test_items_pushed), licence_note=licence_note,
         comparison=comparison_text(comparison), seeds=seeds_text(seeds_summary(out)),
         training_table=training_table(run), data_description=facts["description"], usage_code=usage,
         hf_ft_version=__version__, transformers_version=transformers.__version__)
 
 
-def write_model_card(output_dir: str | Path, repo_id: str | None = None) -> Path:
+def write_model_card(output_dir: str | Path, repo_id: str | None = None, test_items_pushed: bool = False) -> Path:
     """Write README.md only when its text changes (a push or an evaluation refreshes it)."""
     path = Path(output_dir) / CARD_FILE
-    text = str(build_model_card(output_dir, repo_id))
+    text = str(build_model_card(output_dir, repo_id, test_items_pushed))
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         write_text(path, text)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data import LETTERS
-from .metrics import percent
+from .metrics import AVERAGES, percent
 from .plotting import plot_comparison
 from .run_dir import write_json, write_jsonl, write_text
 
@@ -35,12 +35,14 @@ def render_markdown(report: dict) -> str:
                       "split's would be."]
     lines += [
         "",
-        "| model | path | scorer | accuracy (95% CI) | TMMLU+-style average |",
-        "|---|---|---|---|---|",
+        "| model | path | scorer | micro accuracy (95% CI) | macro over subjects | TMMLU+ average |",
+        "|---|---|---|---|---|---|",
         f"| original | `{o['path']}` | {o['scorer']} | {percent(o['accuracy'])} ({percent(o['accuracy_ci95'][0])}–"
-        f"{percent(o['accuracy_ci95'][1])}) | {percent(o['tmmlu_average'])} |",
+        f"{percent(o['accuracy_ci95'][1])}) | {percent(o.get('accuracy_macro'))} | {percent(o['tmmlu_average'])} |",
         f"| fine-tuned | `{f['path']}` | {f['scorer']} | {percent(f['accuracy'])} ({percent(f['accuracy_ci95'][0])}–"
-        f"{percent(f['accuracy_ci95'][1])}) | {percent(f['tmmlu_average'])} |",
+        f"{percent(f['accuracy_ci95'][1])}) | {percent(f.get('accuracy_macro'))} | {percent(f['tmmlu_average'])} |",
+        "",
+        averages_legend(),
         "",
         f"**Difference** (fine-tuned − original): {_pp(overall['difference'])} points, paired bootstrap 95% CI "
         f"{_ci(overall['difference_ci95'])}, exact McNemar p = {overall['mcnemar']['p_value']:.3g} "
@@ -141,6 +143,13 @@ def render_judge(judge: dict | None) -> list[str]:
             f"match: {percent(judge['agreement_with_exact_match'])} ({judge['exact_match_items_compared']} items)"]
 
 
+def averages_legend() -> str:
+    """What micro, macro and the TMMLU+ average are, and which published protocol each is comparable to."""
+    return "Averages: " + "; ".join(f"**{label}**: {definition} (comparable to {protocol})"
+                                    for label, definition, protocol in AVERAGES.values()) + \
+        ". Numbers are comparable only over the same subjects."
+
+
 def terminal_table(report: dict) -> str:
     o, f = report["original"], report["finetuned"]
     rows = [("", "original", "fine-tuned", "Δ", "95% CI", "p")]
@@ -150,6 +159,8 @@ def terminal_table(report: dict) -> str:
     for category, c in report["paired"]["per_category"].items():
         rows.append((category, percent(c["accuracy_original"]), percent(c["accuracy_finetuned"]), _pp(c["difference"]),
                      _ci(c["difference_ci95"]).replace(" ", ""), f"{c['mcnemar']['p_value']:.2g}"))
+    rows.append(("macro/subj", percent(o.get("accuracy_macro")), percent(f.get("accuracy_macro")),
+                 _pp(f.get("accuracy_macro", 0) - o.get("accuracy_macro", 0)), "", ""))
     rows.append(("TMMLU+ avg", percent(o["tmmlu_average"]), percent(f["tmmlu_average"]),
                  _pp(f["tmmlu_average"] - o["tmmlu_average"]), "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -30,6 +30,8 @@ CARD_FILE = "README.md"
 CURVE_FILE = "validation_loss_curve.png"
 HISTORY_FILE = "loss_history.json"
 TEST_PREDICTIONS_FILE = "test_predictions.jsonl"
+# What is pushed by default instead of the test questions: ids, content hashes and per-item correctness.
+TEST_ITEM_RESULTS_FILE = "test_item_results.jsonl"
 REJECTED_FILE = "rejected_rows.jsonl"
 EVAL_RESULTS_FILE = "eval_results.json"
 COMPARISON_DIR = "comparison"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .data import DataError, Problem, QARow, check_columns, read_files, read_records, validate_records
 from .errors import UserError, hub_problem
+from .provenance import card_license
 from .subjects import registry, resolve_subjects
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def load_hub(subjects: str = "all", revision: str = HUB_DEFAULT_REVISION, cache_
         raise DataError(f"{dataset_name}@{sha[:12]}: no data/<subject>_<split>.csv files (is this TMMLU+?)")
     chosen = choose_subjects(subjects, sorted(available), f"{dataset_name}@{sha[:12]}")
     patterns = [f"data/{subject}_{split}.csv" for subject in chosen for split in sorted(available[subject])]
+    patterns += ["README.md"]  # the dataset card: its licence goes into the manifest and the model card
     try:
         local = Path(snapshot_download(dataset_name, repo_type="dataset", revision=sha, cache_dir=cache_dir,
                                        allow_patterns=patterns))
@@ -126,7 +128,8 @@ def load_hub(subjects: str = "all", revision: str = HUB_DEFAULT_REVISION, cache_
     files = layout_files(local / "data", HUB_SPLITS)
     pools, problems = _read_layout(files, chosen,
                                    display=lambda p: f"{dataset_name}@{sha[:12]}:{p.relative_to(local).as_posix()}")
-    source = {"kind": "hub", "dataset": dataset_name, "revision": sha, "requested_revision": revision}
+    source = {"kind": "hub", "dataset": dataset_name, "revision": sha, "requested_revision": revision,
+              "license": card_license(local / "README.md")}
     return LoadedData(pools, problems, source, "tmmluplus", chosen)
 
 

@@ -150,7 +150,14 @@ def build_manifest(data: LoadedData, splits: Splits, rejected: Counter, seed: in
 
 def write_split_outputs(output_dir: str, data: LoadedData, splits: Splits, rejected: Counter, seed: int) -> dict:
     """`test_qa_data.json` (the held-out benchmark) and `data_manifest.json` (the proof it was held out)."""
+    from .provenance import relative_to
+
     write_json(Path(output_dir) / TEST_ITEMS_FILE, [row.to_item() for row in splits.test])
     manifest = build_manifest(data, splits, rejected, seed)
+    source = manifest["source"]  # local paths relative to the output folder: the manifest is pushed
+    if "path" in source:
+        source["path"] = relative_to(source["path"], output_dir)
+    if "files" in source:
+        source["files"] = {pool: relative_to(path, output_dir) for pool, path in source["files"].items()}
     write_json(Path(output_dir) / MANIFEST_FILE, manifest)
     return manifest

@@ -16,16 +16,16 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from transformers import set_seed
+from transformers import EarlyStoppingCallback, set_seed
 
-from . import run_dir
-from .arguments import Arguments
+from . import provenance, run_dir
+from .arguments import PATH_ARGUMENTS, Arguments
 from .callbacks import CheckpointMarkerCallback, LossCurveCallback
 from .data import LETTERS, handle_problems
 from .errors import UserError
 from .metrics import build_compute_metrics
 from .model_card import write_model_card
-from .modeling import check_vocabulary, load_model, load_tokenizer
+from .modeling import check_vocabulary, hub_id, load_model, load_tokenizer
 from .preprocessing import MIN_QUESTION_TOKENS, count_truncated, encode, required_length
 from .sources import load_rows
 from .splits import make_splits, stratified_sample, write_split_outputs
@@ -35,8 +35,9 @@ logger = logging.getLogger("hf_ft")
 
 # Settings that do not change what a run computes: a rerun that differs only in these is the same run.
 NOT_IDENTITY = {
-    "output_dir", "logging_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub", "hub_token",
-    "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push", "hub_revision", "report_to", "run_name",
+    "output_dir", "logging_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub", "push_test_items",
+    "hub_token", "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push", "hub_revision", "report_to",
+    "run_name",
     "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node", "dataloader_num_workers",
     "dataloader_persistent_workers", "preprocessing_num_workers", "trust_deepspeed_checkpoint", "seeds",
     "accelerator_config", "cache_dir",
@@ -185,6 +186,9 @@ def main(args: Arguments) -> dict:
                             f"{tokenizer.model_max_length})")
         model = load_model(model_args.model_name_or_path, formulation, model_args.model_revision,
                            model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides)
+        base_model = provenance.base_model_record(model_args.model_name_or_path, hub_id(model_args.model_name_or_path),
+                                                  model.config, output_dir, model_args.model_revision,
+                                                  model_args.cache_dir) if is_main else None
         max_length = min(data_args.max_seq_length, tokenizer.model_max_length,
                          getattr(model.config, "max_position_embeddings", data_args.max_seq_length))
 
@@ -209,8 +213,10 @@ def main(args: Arguments) -> dict:
             eval_set if training_args.eval_strategy != "no" else None,
             mlm_probability=data_args.mlm_probability, joint_rotations=data_args.joint_rotations,
             joint_eval_rotations=data_args.joint_eval_rotations,
-            callbacks=[LossCurveCallback(str(output_dir)), CheckpointMarkerCallback(identity)],
-            push=lambda message: push_finished_run(output_dir, training_args, message),
+            callbacks=[LossCurveCallback(str(output_dir)), CheckpointMarkerCallback(identity)] + (
+                [EarlyStoppingCallback(run_args.early_stopping_patience, run_args.early_stopping_threshold)]
+                if run_args.early_stopping_patience else []),
+            push=lambda message: push_finished_run(output_dir, training_args, message, run_args.push_test_items),
         )
 
         # 6. Train (resuming when there is a checkpoint).
@@ -236,8 +242,7 @@ def main(args: Arguments) -> dict:
                 prediction = trainer.predict(dataset, metric_key_prefix=split)
                 split_metrics = prediction.metrics
                 if split == "test" and is_main:
-                    write_test_predictions(output_dir, dataset, prediction.predictions,
-                                           [r.id for r in evaluated["test"]])
+                    write_test_predictions(output_dir, dataset, prediction.predictions, evaluated["test"])
             else:
                 split_metrics = trainer.evaluate(dataset, metric_key_prefix=split)
             split_metrics[f"{split}_samples"] = len(dataset)
@@ -249,7 +254,7 @@ def main(args: Arguments) -> dict:
         # gathers the weights collectively), then the finished marker, last; only then a push.
         if is_main:
             run_dir.write_json(output_dir / run_dir.RUN_RECORD_FILE,
-                               run_record(args, formulation, trainer, max_length))
+                               run_record(args, formulation, trainer, max_length, base_model))
             write_model_card(output_dir, trainer.hub_model_id)
         trainer.save_model()
         trainer.accelerator.wait_for_everyone()
@@ -272,14 +277,14 @@ def train(args: Arguments) -> dict:
     return main(args)
 
 
-def push_finished_run(output_dir: Path, training_args, message: str | None):
+def push_finished_run(output_dir: Path, training_args, message: str | None, push_test_items: bool = False):
     """--push_to_hub: one commit of the finished run (never before hf_ft_finished.json is written)."""
     from .hub import push_output_dir
 
     if run_dir.finished_problem(output_dir):
         return None  # the Trainer's own call from save_model; main pushes once the run is finished
     return push_output_dir(output_dir, training_args.hub_model_id, private=bool(training_args.hub_private_repo),
-                           revision=training_args.hub_revision,
+                           revision=training_args.hub_revision, include_test_items=push_test_items,
                            commit_message=message or "Upload model trained with hf_ft")
 
 
@@ -292,17 +297,24 @@ def tokens_per_sample(dataset) -> float:
     return total / max(1, len(dataset))
 
 
-def write_test_predictions(output_dir: Path, dataset, logits, item_order: list[str]) -> None:
-    """`test_predictions.jsonl`: the trained model's option scores per test item, in test_qa_data.json order."""
+def write_test_predictions(output_dir: Path, dataset, logits, rows) -> None:
+    """`test_predictions.jsonl`: the trained model's option scores per test item, in test_qa_data.json order;
+    `test_item_results.jsonl`: what a push carries by default instead of the questions (id, subject, content
+    hash, correct or not)."""
     logits = logits[0] if isinstance(logits, tuple) else logits
     by_id = {item_id: row for item_id, row in zip(dataset["id"], logits)}
+    predicted = {row.id: LETTERS[int(by_id[row.id].argmax())] for row in rows}
     run_dir.write_jsonl(output_dir / run_dir.TEST_PREDICTIONS_FILE, (
-        {"id": item_id, "prediction": LETTERS[int(by_id[item_id].argmax())],
-         "scores": [float(x) for x in by_id[item_id]]} for item_id in item_order))
+        {"id": row.id, "prediction": predicted[row.id], "scores": [float(x) for x in by_id[row.id]]}
+        for row in rows))
+    run_dir.write_jsonl(output_dir / run_dir.TEST_ITEM_RESULTS_FILE, (
+        {"id": row.id, "subject": row.subject, "content_hash": row.content_hash,
+         "correct": predicted[row.id] == row.answer} for row in rows))
 
 
-def run_record(args: Arguments, formulation: str, trainer, max_length: int) -> dict:
-    """What the model card needs to describe the run (no tokens, no paths to secrets)."""
+def run_record(args: Arguments, formulation: str, trainer, max_length: int, base_model: dict) -> dict:
+    """What the model card needs to describe the run: no tokens, and no absolute local path (paths are relative
+    to the output folder; `arguments_relative_paths` names the arguments that were rewritten)."""
     training_args = args.training
     hyperparameters = {name: getattr(training_args, name) for name in (
         "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -322,12 +334,28 @@ def run_record(args: Arguments, formulation: str, trainer, max_length: int) -> d
     for name in ("max_eval_samples", "max_test_samples"):
         if getattr(args.data, name) is not None:
             hyperparameters[name] = getattr(args.data, name)
+    output_dir = training_args.output_dir
+    arguments, rewritten = provenance.relative_paths(args.given, PATH_ARGUMENTS, output_dir)
+    deepspeed = args.deepspeed.record()
+    if deepspeed.get("config") and Path(deepspeed["config"]).exists():
+        deepspeed["config"] = provenance.relative_to(deepspeed["config"], output_dir)
+    state = trainer.state
+    early_stopping = None
+    if args.run.early_stopping_patience:
+        early_stopping = {
+            "patience": args.run.early_stopping_patience, "threshold": args.run.early_stopping_threshold,
+            "metric": training_args.metric_for_best_model, "stopped_early": state.global_step < state.max_steps,
+            "stopped_at_step": state.global_step, "max_steps": state.max_steps,
+            "stopped_at_epoch": round(float(state.epoch or 0), 2), "best_metric": state.best_metric,
+            "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None}
     return {
-        "base_model": args.model.model_name_or_path,
+        "base_model": base_model,
+        "early_stopping": early_stopping,
         "formulation": formulation,
         "subjects": args.data.subjects,
         "hub_model_id": trainer.hub_model_id,
         "hyperparameters": hyperparameters,
-        "deepspeed": args.deepspeed.record(),
-        "arguments": args.given,
+        "deepspeed": deepspeed,
+        "arguments": arguments,
+        "arguments_relative_paths": rewritten,
     }

@@ -187,8 +187,9 @@ def test_plain_python_with_deepspeed_needs_no_launcher(tmp_path, demo_data, tiny
                                                    "ds_configs/zero2.json", "--require_deepspeed")))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mpi4py" not in result.stderr
-    assert json.loads((out / "hf_ft_run.json").read_text())["deepspeed"] == {
-        "used": True, "config": "ds_configs/zero2.json", "stage": 2, "offload": False, "reason": None}
+    recorded = json.loads((out / "hf_ft_run.json").read_text())["deepspeed"]
+    assert (out / recorded.pop("config")).resolve() == ROOT / "ds_configs" / "zero2.json"  # relative to out
+    assert recorded == {"used": True, "stage": 2, "offload": False, "reason": None}
     assert json.loads((out / "train_results.json").read_text())["deepspeed_stage"] == 2
 
 

@@ -43,7 +43,15 @@ def test_push_uploads_the_model_card_and_results_only(run_dir, tmp_path):
     uploaded = hub.commits[0]["files"]
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md",
             "validation_loss_curve.png", "eval_results.json", "all_results.json", "loss_history.json",
-            "test_qa_data.json", "data_manifest.json", "hf_ft_run.json"} <= set(uploaded)
+            "test_item_results.jsonl", "data_manifest.json", "hf_ft_run.json"} <= set(uploaded)
+    # By default the test questions' text (and the answers to them) stay local.
+    assert "test_qa_data.json" not in uploaded and "test_predictions.jsonl" not in uploaded
+    items = json.loads((run_dir / "test_qa_data.json").read_text())
+    results = [json.loads(line) for line in uploaded["test_item_results.jsonl"].decode().splitlines()]
+    assert [r["id"] for r in results] == [i["id"] for i in items]
+    assert set(results[0]) == {"id", "subject", "content_hash", "correct"}
+    assert not any(i["question"] in content.decode("utf-8", "replace") for i in items[:50]
+                   for name, content in uploaded.items() if not name.endswith((".safetensors", ".png")))
     assert not any(name.startswith("checkpoint-") or name.endswith((".pt", ".bin")) or "rejected" in name
                    for name in uploaded)
     # Token: sent as a header on every request, present in no uploaded file.
@@ -54,9 +62,15 @@ def test_push_uploads_the_model_card_and_results_only(run_dir, tmp_path):
     results = json.loads(uploaded["eval_results.json"])
     assert "model-index" not in meta and "datasets" not in meta and "tmmluplus" not in meta["tags"]
     assert meta["pipeline_tag"] == "multiple-choice"
-    assert meta["license"] == "apache-2.0" and "zh" in meta["language"]
+    # The tiny model's folder has no card: the licence is unknown, and the card says so instead of guessing.
+    assert meta["license"] == "other" and "zh" in meta["language"]
+    assert meta.get("model_name") == "me/tiny-tmmlu" and "base_model" not in meta  # a local base model: no claim
     body = uploaded["README.md"].decode()
-    assert f"| test | {100 * results['test_accuracy']:.1f}% |" in body
+    assert "The licence is unknown: the model folder has no README.md" in body
+    assert "The test questions' text is not in this repository" in body
+    results = json.loads(uploaded["eval_results.json"])
+    assert f"| micro: all items pooled: every item counts once | {100 * results['test_accuracy']:.1f}% |" in body
+    assert f"| macro over subjects: the mean of the per-subject accuracies | {100 * results['test_accuracy_macro']:.1f}% |" in body
     assert "![Training and validation loss](validation_loss_curve.png)" in body
     assert "hf-ft predict me/tiny-tmmlu" in body and "AutoModelForMultipleChoice" in body
 
@@ -121,7 +135,9 @@ def test_card_is_written_at_the_end_of_training(trained_run):
     assert manifest["source"]["content_sha256"][:16] in text and manifest["source"]["path"] in text
     assert f"{manifest['counts']['train']} train / {manifest['counts']['validation']} validation / " \
            f"{manifest['counts']['test']} test" in text
-    assert f"| test | {100 * results['test_accuracy']:.1f}% |" in text
+    assert f"| micro: all items pooled: every item counts once | {100 * results['test_accuracy']:.1f}% |" in text
+    assert "model_name" not in meta  # no repo id before a push: the card names none
+    assert manifest["source"]["path"].startswith("../")  # relative to the output folder, never absolute
     assert f"| learning rate | {run['hyperparameters']['learning_rate']} |" in text
     assert "| warmup | 10% of the training steps |" in text and "SchedulerType" not in text
     assert "| lr scheduler type | linear |" in text and "| DeepSpeed | not used |" in text
@@ -146,3 +162,21 @@ def test_hub_token_argument_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="--hub_token is not accepted"):
         parse_args(["--output_dir", str(tmp_path), "--hub_token", "hf_secret"])
+
+
+def test_nothing_pushed_holds_an_absolute_path(run_dir, tmp_path, tmp_path_factory):
+    """The run was given absolute paths (model, data, output folder): every pushed file keeps them relative to
+    the output folder, or names the folder only."""
+    with FakeHub() as hub:
+        result = run_cli(python("-m", "hf_ft.cli", "push", str(run_dir), "--repo_id", "me/paths",
+                                "--include_test_items"), env=hub_env(hub, tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    uploaded = hub.commits[0]["files"]
+    assert {"test_qa_data.json", "test_predictions.jsonl"} <= set(uploaded)  # asked for
+    assert "This repository holds the test questions' text" in uploaded["README.md"].decode()
+    base = str(tmp_path_factory.getbasetemp())
+    leaking = [name for name, content in uploaded.items() if base.encode() in content]
+    assert not leaking, leaking
+    run = json.loads(uploaded["hf_ft_run.json"])
+    assert run["arguments"]["data_dir"].startswith("../") and "output_dir" not in run["arguments"]
+    assert set(run["arguments_relative_paths"]) >= {"data_dir", "model_name_or_path"}

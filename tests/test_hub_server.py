@@ -16,10 +16,12 @@ SCALE = 0.05  # TMMLU+'s per-subject sizes × 0.05: ~1,100 questions over 67 sub
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    from hf_ft.hub_fixtures import LoopbackHub, write_fixtures, write_dataset_repo
+    from hf_ft.hub_fixtures import LoopbackHub, write_dataset_repo, write_fixtures, write_model_repo
 
     root = tmp_path_factory.mktemp("hub")
     shas = write_fixtures(root / "mirrors", scale=SCALE, model_size="small")
+    # The Traditional-script BERT, whose card says GPL-3.0: the fine-tuned card must say so too.
+    write_model_repo(root / "mirrors", "small", repo_path="models/ckiplab/bert-base-chinese", license="gpl-3.0")
     # A second, smaller data set for "a subject the hub lacks".
     (root / "mini").mkdir()
     write_dataset_repo(root / "mini", scale=0.01)
@@ -58,16 +60,63 @@ def test_readme_train_command_with_hub_data_and_a_hub_model(hub, tmp_path):
     counts = manifest["counts"]
     assert counts["train"] + counts["validation"] + counts["test"] + manifest["duplicates_removed"] \
         == hub.shas["rows_v1_1"] - _linear_algebra_rows(hub)  # every row of the 66 subjects at v1.1
-    card = (out / "README.md").read_text(encoding="utf-8")
-    meta = yaml.safe_load(card.split("---")[1])
-    assert meta["datasets"] == ["ikala/tmmluplus"] and meta["base_model"] == "bert-base-chinese"
+    card, meta = pushed_card(out)
+    assert meta["datasets"] == ["ikala/tmmluplus"] and meta["base_model"] == "google-bert/bert-base-chinese"
+    assert meta["license"] == "apache-2.0"  # from the base model's own card, read at its commit
+    record = json.loads((out / "hf_ft_run.json").read_text())
+    assert record["base_model"]["revision"] and record["base_model"]["revision"] in card
     index = meta["model-index"][0]["results"][0]
     assert index["dataset"]["type"] == "ikala/tmmluplus" and index["dataset"]["revision"] == hub.shas["v1.1"]
+    assert index["dataset"]["name"] == "TMMLU+ v1.1" and index["dataset"]["split"] == "test"
+    assert index["dataset"]["args"] == {"subjects": "all official"}
     results = json.loads((out / "eval_results.json").read_text())
-    assert {m["name"]: m["value"] for m in index["metrics"]}["Accuracy"] == pytest.approx(results["test_accuracy"],
-                                                                                         abs=1e-4)
+    metrics = {m["name"]: m["value"] for m in index["metrics"]}
+    assert metrics["Accuracy (micro)"] == pytest.approx(results["test_accuracy"], abs=1e-4)
+    assert metrics["Accuracy (macro over subjects)"] == pytest.approx(results["test_accuracy_macro"], abs=1e-4)
     assert "fine-tuned on TMMLU+" in card and hub.shas["v1.1"] in card
     hub.trained = out
+
+
+def pushed_card(out, repo_id="me/bert-tmmlu"):
+    """The card a push to `repo_id` would send (built from the run's records; nothing is written)."""
+    from hf_ft.model_card import build_model_card
+
+    card = str(build_model_card(out, repo_id))
+    return card, yaml.safe_load(card.split("---")[1])
+
+
+def train_small(hub, out, *extra):
+    result = run(python("run_qa.py", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size",
+                        "4", "--max_seq_length", "128", "--eval_strategy", "no", "--save_strategy", "no",
+                        "--load_best_model_at_end", "false", *extra), hub)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("case", ["subset", "resplit", "ckiplab"])
+def test_card_claims_exactly_what_the_run_recorded(hub, tmp_path, case):
+    """A subject subset is named as one; a re-split claims no official test split; the Traditional-script
+    BERT's GPL-3.0 is the card's licence, and its hub id (at its commit) the base model."""
+    out = tmp_path / case
+    model = "ckiplab/bert-base-chinese" if case == "ckiplab" else "bert-base-chinese"
+    subjects = "music,physics,geography_of_taiwan" if case != "ckiplab" else "all"
+    train_small(hub, out, "--model_name_or_path", model, "--subjects", subjects,
+                *(["--split_scheme", "resplit"] if case == "resplit" else []))
+    card, meta = pushed_card(out)
+    dataset = meta["model-index"][0]["results"][0]["dataset"]
+    run_record = json.loads((out / "hf_ft_run.json").read_text())
+    if case == "ckiplab":
+        assert meta["license"] == "gpl-3.0" and meta["base_model"] == "ckiplab/bert-base-chinese"
+        assert "from ckiplab/bert-base-chinese's card" in card
+        assert run_record["base_model"]["license"] == "gpl-3.0"
+        assert dataset["name"] == "TMMLU+ v1.1"
+    else:
+        assert dataset["name"].startswith("TMMLU+ v1.1, 3 of 66 subjects")
+        assert dataset["args"] == {"subjects": "geography_of_taiwan,music,physics"} or \
+            sorted(dataset["args"]["subjects"].split(",")) == ["geography_of_taiwan", "music", "physics"]
+    if case == "resplit":
+        assert "split" not in dataset and "not the official test split" in dataset["name"]
+    else:
+        assert dataset["split"] == "test"
 
 
 def _linear_algebra_rows(hub) -> int:

@@ -151,3 +151,51 @@ def test_killed_before_the_first_checkpoint_restarts(per_choice_reference, tmp_p
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "restarting this run's unfinished output" in rerun.stdout + rerun.stderr
     assert_same_run(out, reference)
+
+
+def early_stopping_args(model, data, out):
+    """Evaluate and save every 5 steps; an improvement must beat 1.0 in accuracy, which none can, so the
+    run stops at the third evaluation (step 15 of 30): the first sets the best, two more fail to beat it."""
+    return run_args(model, data, out, "per_choice", "--early_stopping_patience", "2",
+                    "--early_stopping_threshold", "1.0")
+
+
+@pytest.fixture(scope="module")
+def early_stopped(tmp_path_factory, demo_data, tiny_model):
+    out = tmp_path_factory.mktemp("early") / "out"
+    train_in_process(early_stopping_args(tiny_model, demo_data, out))
+    return out
+
+
+def test_early_stopping_stops_and_the_card_says_when_and_why(early_stopped):
+    record = json.loads((early_stopped / "hf_ft_run.json").read_text())["early_stopping"]
+    assert record["stopped_early"] and record["stopped_at_step"] == 15 and record["max_steps"] == STEPS
+    assert record["best_checkpoint"] == "checkpoint-5"  # nothing beat the first evaluation by more than 1.0
+    assert (early_stopped / "hf_ft_finished.json").is_file()  # finished like any other run
+    card = (early_stopped / "README.md").read_text(encoding="utf-8")
+    assert f"stopped at step 15 of {STEPS}" in card and "did not improve by more than 1.0 for 2 evaluation(s)" in card
+
+
+def test_early_stopped_run_killed_then_rerun_stops_at_the_same_step(early_stopped, tmp_path, demo_data, tiny_model):
+    """Killed inside the checkpoint of step 15 (the stopping step): the rerun resumes from step 10 with the
+    patience counter restored, and stops at 15 again with the same weights and results."""
+    out = tmp_path / "out"
+    args = early_stopping_args(tiny_model, demo_data, out)
+    killed = run_cli([sys.executable, str(ROOT / "tests" / "kill_helper.py"), "checkpoint:15", "--", *args],
+                     timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    rerun = run_cli([sys.executable, "run_qa.py", *args], timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoint-10'}" in rerun.stdout + rerun.stderr
+    assert_same_run(out, early_stopped)
+    assert json.loads((out / "hf_ft_run.json").read_text())["early_stopping"]["stopped_at_step"] == 15
+
+
+def test_early_stopping_without_evaluations_is_refused(tmp_path, demo_data, tiny_model, capsys):
+    from conftest import cli
+
+    code, _, err = cli(["train", *run_args(tiny_model, demo_data, tmp_path / "o", "per_choice",
+                                           "--early_stopping_patience", "2", "--eval_strategy", "no",
+                                           "--load_best_model_at_end", "false")], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: --early_stopping_patience: needs evaluations")
+    assert not (tmp_path / "o").exists()
