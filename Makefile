@@ -23,7 +23,7 @@ $(BIN)/hf-ft: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[deepspeed,test]"
+	$(BIN)/python -m pip install -q -e ".[deepspeed,tracking,test]"
 	touch $@
 
 install: $(BIN)/hf-ft

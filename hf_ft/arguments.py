@@ -198,6 +198,8 @@ TASK_DEFAULTS = {
     # A resumed run restores stateful callbacks (early stopping's patience counter, the stop flag), so it
     # stops where the uninterrupted run stops.
     "restore_callback_states_from_checkpoint": True,
+    # --report_to trackio logs locally; no static Space (public unless made private) is made at a push.
+    "trackio_static_space_id": False,
 }
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
