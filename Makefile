@@ -39,7 +39,7 @@ demo: install
 	@echo "comparison:  demo/out/comparison/comparison.md, comparison.png (also in the model card)"
 
 test: install
-	$(OFFLINE) $(BIN)/python -m pytest -q -ra
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra --durations=25
 
 test-fast: install
 	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m "not slow"
