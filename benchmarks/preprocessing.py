@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import build_model, machine, write_layout, write_report
-from hf_ft.preprocessing import encode
+from hf_ft.formulations import encode
 from hf_ft.sources import load_data_dir
 from hf_ft.splits import make_splits
 

@@ -29,7 +29,7 @@ from transformers import (AutoModelForMultipleChoice, AutoModelForSequenceClassi
 
 from benchmarks.common import MODEL_SIZES, PeakRSS, build_model, machine, matmul_gflops, sync, write_layout, write_report
 from hf_ft.arguments import TASK_DEFAULTS, DataArguments
-from hf_ft.preprocessing import encode
+from hf_ft.formulations import encode
 from hf_ft.sources import load_data_dir
 from hf_ft.splits import make_splits
 from hf_ft.trainer import ShuffledLengthGroupedSampler, build_trainer

@@ -18,7 +18,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from . import deepspeed_config, processes
 from .deepspeed_config import DeepSpeedPlan
 from .errors import UserError, did_you_mean
-from .modeling import FORMULATIONS
+from .formulations import FORMULATIONS
 from .preprocessing import JOINT_EVAL_ROTATIONS
 from .sources import HUB_DATASET, HUB_DEFAULT_REVISION
 

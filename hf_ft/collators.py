@@ -93,13 +93,15 @@ class JointCollator:
             self._marker_cache[n] = option_markers(self.tokenizer, n)
         return self._marker_cache[n]
 
-    def build(self, question_ids, option_ids, order=None) -> dict:
+    def build(self, question_ids, option_ids, order=None, context_ids=()) -> dict:
         cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         ids = [cls, *question_ids, sep]
         types = [0] * len(ids)
         markers = self._markers(len(option_ids))
         for slot, j in enumerate(range(len(option_ids)) if order is None else order):
             ids += [*markers[slot], *option_ids[j], sep]
+        if context_ids:  # once, after the options (see preprocessing.encode_joint)
+            ids += [*context_ids, sep]
         types += [1] * (len(ids) - len(types))
         return {"input_ids": ids, "token_type_ids": types}
 
@@ -113,7 +115,7 @@ class JointCollator:
         examples, labels = [], []
         for f in features:
             for order in self.orders(len(f["option_ids"]), f.get("id", "")):
-                examples.append(self.build(f["question_ids"], f["option_ids"], order))
+                examples.append(self.build(f["question_ids"], f["option_ids"], order, f.get("context_ids") or ()))
                 labels.append(int(np.nonzero(order == f["labels"])[0][0]) if f["labels"] >= 0 else -100)
         batch = self.tokenizer.pad(examples, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
                                    return_tensors="pt")
@@ -145,15 +147,3 @@ class MaskedLMCollator:
         self._collate.seed = int(example_rng(self.seed, self.epoch, ids).integers(2**31))
         self._collate.generator = None  # the collator builds a new generator from `seed` on its next call
         return self._collate([{k: f[k] for k in self._keys if k in f} for f in features])
-
-
-def make_collator(formulation: str, tokenizer, *, train: bool, seed: int = 0, mlm_probability: float = 0.15,
-                  pad_to_multiple_of: int | None = None, joint_rotations: int = 1, joint_eval_rotations: int = 1):
-    if formulation == "per_choice":
-        return MultipleChoiceCollator(tokenizer, pad_to_multiple_of)
-    if formulation == "joint":
-        return JointCollator(tokenizer, shuffle_options=train, seed=seed, pad_to_multiple_of=pad_to_multiple_of,
-                             rotations=joint_rotations if train else joint_eval_rotations)
-    if formulation == "mlm":
-        return MaskedLMCollator(tokenizer, mlm_probability, seed)
-    raise ValueError(f"unknown formulation {formulation}")

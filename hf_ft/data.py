@@ -46,6 +46,7 @@ class QARow:
     answer: str | None  # a letter; None for unlabelled questions (predict)
     source: str = ""
     line: int = 0
+    context: str | None = None  # retrieved passages (open book), its own segment of the model input
 
     @property
     def category(self) -> str:

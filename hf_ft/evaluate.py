@@ -29,7 +29,7 @@ from .modeling import check_model_path, check_vocabulary
 from .preprocessing import JOINT_EVAL_ROTATIONS
 from .reports import terminal_table, write_outputs
 from .run_dir import (COMPARISON_DIR, MANIFEST_FILE, RUN_RECORD_FILE, TEST_ITEMS_FILE, read_json_if_present)
-from .scoring import BATCH_TOKENS, SCORERS, load_scorer
+from .scoring import BATCH_TOKENS, SCORER_CHOICES, load_scorer
 from .sources import load_data_dir
 from .splits import stratified_sample
 
@@ -55,7 +55,7 @@ class EvaluateArguments:
     scorer: str = field(default="auto", metadata={
         "help": "auto: from each checkpoint's config (trained head, else masked-LM pseudo-log-likelihood); "
                 "head, mlm-pll or mlm-masked (all option tokens masked at once: one pass per option, cheaper, "
-                "less faithful): force one for every model.", "choices": list(SCORERS)})
+                "less faithful): force one for every model.", "choices": list(SCORER_CHOICES)})
     max_items: int | None = field(default=None, metadata={
         "help": "Score a seeded sample of this many items, stratified by subject (the same items for every model); "
                 "the report says it is a sample."})
@@ -66,12 +66,15 @@ class EvaluateArguments:
         "help": "With --audit: train the choices-only baseline (--no_audit_choices_only: heuristics only)."})
     allow_overlap: bool = field(default=False, metadata={
         "help": "Remove (and report) items that were in training/validation instead of stopping."})
-    joint_eval_rotations: int = field(default=JOINT_EVAL_ROTATIONS, metadata={
+    joint_eval_rotations: int | None = field(default=None, metadata={
         "help": "A joint model scores each question in this many rotations of its option order, averaging each "
-                "option's log-probability over them (1: one pass, fastest)."})
+                f"option's log-probability over them (1: one pass, fastest). Default: what the run recorded, "
+                f"else {JOINT_EVAL_ROTATIONS}."})
     batch_size: int = field(default=32, metadata={"help": "Most questions (head) per forward pass."})
     batch_tokens: int = field(default=BATCH_TOKENS, metadata={"help": "Most padded tokens per forward pass."})
-    max_seq_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
+    max_seq_length: int | None = field(default=None, metadata={
+        "help": "Longest input in tokens. Default: the max_seq_length each fine-tuned run recorded (so a model is "
+                "scored on the inputs it was trained on), else 512."})
     max_unk_rate: float = field(default=0.05, metadata={
         "help": "Refuse a model whose tokenizer maps more than this share of the items' tokens to [UNK]."})
     use_cpu: bool = field(default=False, metadata={"help": "Score on the CPU even when CUDA is available."})
@@ -178,7 +181,7 @@ def reference_index(args: EvaluateArguments, entries) -> int:
 
 def check_settings(args: EvaluateArguments) -> None:
     for name in ("batch_size", "batch_tokens", "max_seq_length", "joint_eval_rotations"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} {getattr(args, name)}: need 1 or more")
     if args.max_items is not None and args.max_items < 1:
         raise UserError(f"--max_items {args.max_items}: need 1 or more")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from .formulations import get_formulation
 from .metrics import AVERAGES, percent
 from .provenance import card_licence
 from .run_dir import (CARD_FILE, COMPARISON_DIR, EVAL_RESULTS_FILE, MANIFEST_FILE, RUN_RECORD_FILE,
@@ -19,49 +20,6 @@ from .sources import HUB_DATASET
 from .subjects import CATEGORIES, registry
 
 SEEDS_SUMMARY_FILE = "seeds_summary.json"
-PIPELINE_TAGS = {"per_choice": "multiple-choice", "joint": "text-classification", "mlm": "fill-mask"}
-MODEL_CLASSES = {"per_choice": "AutoModelForMultipleChoice", "joint": "AutoModelForSequenceClassification",
-                 "mlm": "AutoModelForMaskedLM"}
-# How a joint model reads a question (hf_ft.collators.JointCollator) and how hf_ft merges rotations
-# (merge_rotations), in plain transformers: what the card shows, and what the tests run against hf_ft.
-JOINT_USAGE = '''import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
-model = AutoModelForSequenceClassification.from_pretrained("{repo_id}").eval()
-question, options = "下列何者為哺乳類？", ["鯨魚", "鯊魚", "章魚", "海星"]
-# One sequence: [CLS] question [SEP] A option [SEP] B option [SEP] C option [SEP] D option [SEP], scored in
-# `rotations` rotated option orders; each option's log-probability is averaged over the slots it sat in.
-rotations = {rotations}  # as hf_ft evaluated this model (--joint_eval_rotations); 1: one pass
-pieces = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
-n = len(options)
-shifts = [r * n // min(rotations, n) for r in range(min(rotations, n))]
-scores = torch.zeros(n)
-for shift in shifts:
-    order = [(slot - shift) % n for slot in range(n)]  # which option sits in each slot
-    ids = [tokenizer.cls_token_id, *pieces(question), tokenizer.sep_token_id]
-    first = len(ids)
-    for slot, option in enumerate(order):
-        ids += [*pieces("ABCDEFGHIJ"[slot]), *pieces(options[option]), tokenizer.sep_token_id]
-    inputs = {{"input_ids": torch.tensor([ids])}}
-    if "token_type_ids" in tokenizer.model_input_names:
-        inputs["token_type_ids"] = torch.tensor([[0] * first + [1] * (len(ids) - first)])
-    with torch.no_grad():
-        log_probs = model(**inputs).logits[0].log_softmax(-1)
-    scores += log_probs[[(option + shift) % n for option in range(n)]] / len(shifts)
-print("ABCD"[scores.argmax().item()], scores.softmax(-1))'''
-PER_CHOICE_USAGE = '''import torch
-from transformers import AutoModelForMultipleChoice, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
-model = AutoModelForMultipleChoice.from_pretrained("{repo_id}").eval()
-question, options = "下列何者為哺乳類？", ["鯨魚", "鯊魚", "章魚", "海星"]
-enc = tokenizer([question] * len(options), options, return_tensors="pt", padding=True)
-with torch.no_grad():
-    logits = model(**{{k: v.unsqueeze(0) for k, v in enc.items()}}).logits
-print("ABCD"[logits.argmax().item()], logits.softmax(-1))'''
-
-
 def data_facts(manifest: dict) -> dict:
     """What the card may say about the data: from the hub (name, commit) or a local source (content hash)."""
     source = manifest.get("source", {})
@@ -254,7 +212,7 @@ def build_model_card(output_dir: str | Path, repo_id: str | None = None, test_it
         language=["zh"],
         license=licence,
         library_name="transformers",
-        pipeline_tag=PIPELINE_TAGS.get(formulation),
+        pipeline_tag=get_formulation(formulation).pipeline_tag,
         base_model=base["id"] if base.get("source") == "hub" else None,
         datasets=[facts["dataset"]] if facts["from_hub"] else None,
         tags=["hf_ft", "zh-TW", "traditional-chinese", formulation] + (["tmmluplus"] if facts["is_tmmluplus"] else []),
@@ -263,15 +221,9 @@ def build_model_card(output_dir: str | Path, repo_id: str | None = None, test_it
         metrics=["accuracy"],
     )
     where = repo_id or "path/to/this/model"
-    if formulation == "per_choice":
-        usage = PER_CHOICE_USAGE.format(repo_id=where)
-    elif formulation == "joint":
-        usage = JOINT_USAGE.format(repo_id=where, rotations=run.get("hyperparameters", {}).get("joint_eval_rotations", 1))
-    else:
-        usage = (f'from transformers import {MODEL_CLASSES[formulation]}, AutoTokenizer\n\n'
-                 f'tokenizer = AutoTokenizer.from_pretrained("{where}")\n'
-                 f'model = {MODEL_CLASSES[formulation]}.from_pretrained("{where}")')
-    kind = "a masked-LM domain adaptation" if formulation == "mlm" else f"a {formulation} multiple-choice model"
+    usage = get_formulation(formulation).usage.format(
+        repo_id=where, rotations=run.get("hyperparameters", {}).get("joint_eval_rotations", 1))
+    kind = get_formulation(formulation).kind
     summary = (f"{base_model_text(run.get('base_model'))} fine-tuned on {facts['short']}"
                + (" (Traditional-Chinese exam questions)" if facts["is_tmmluplus"] else "") + f" as {kind} with hf_ft.")
     template = resources.files("hf_ft.resources").joinpath("model_card_template.md").read_text(encoding="utf-8")

@@ -11,25 +11,14 @@ import functools
 import logging
 from pathlib import Path
 
-from transformers import (
-    AutoConfig,
-    AutoModelForMaskedLM,
-    AutoModelForMultipleChoice,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-)
+from transformers import AutoConfig, AutoTokenizer
 
 from .data import LETTERS, QARow
 from .errors import UserError, hub_problem
+from .formulations import FORMULATIONS, get_formulation
 
 logger = logging.getLogger(__name__)
 
-FORMULATIONS = ("per_choice", "joint", "mlm")
-MODEL_CLASSES = {
-    "per_choice": AutoModelForMultipleChoice,
-    "joint": AutoModelForSequenceClassification,
-    "mlm": AutoModelForMaskedLM,
-}
 
 
 # Models the hub serves under an organisation since 2024 and still redirects from their old ids. A mirror
@@ -170,7 +159,7 @@ def load_model(name_or_path: str, formulation: str, revision: str = "main", cach
         config.label2id = {letter: i for i, letter in enumerate(LETTERS)}
     config.hf_ft_formulation = formulation
     try:
-        model = MODEL_CLASSES[formulation].from_pretrained(
+        model = get_formulation(formulation).auto_class.from_pretrained(
             hub_id(name_or_path), config=config, revision=revision, cache_dir=cache_dir,
             trust_remote_code=trust_remote_code, **kwargs)
     except Exception as e:  # noqa: BLE001

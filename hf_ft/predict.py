@@ -24,7 +24,7 @@ from .data import QARow, handle_problems, read_records, validate_records
 from .errors import ArgumentParser, UserError, run_user_errors, writable_file
 from .preprocessing import JOINT_EVAL_ROTATIONS
 from .run_dir import write_jsonl
-from .scoring import SCORERS, LoadedScorer, load_scorer
+from .scoring import SCORER_CHOICES, LoadedScorer, load_scorer
 
 OPTION_LETTERS = string.ascii_uppercase
 
@@ -173,13 +173,15 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--choices", nargs="+", default=[], help="the options (2 or more)")
     parser.add_argument("--output", help="--input: where the JSONL predictions go")
     parser.add_argument("--top_k", type=int, default=5, help="--fill: how many tokens per mask")
-    parser.add_argument("--scorer", choices=list(SCORERS), default="auto",
+    parser.add_argument("--scorer", choices=list(SCORER_CHOICES), default="auto",
                         help="auto: the trained head, else the masked-LM pseudo-log-likelihood")
-    parser.add_argument("--joint_eval_rotations", type=int, default=JOINT_EVAL_ROTATIONS,
+    parser.add_argument("--joint_eval_rotations", type=int, default=None,
                         help="a joint model scores each question in this many rotations of its option order, "
-                             "averaging each option's log-probability (1: one pass, fastest)")
+                             "averaging each option's log-probability (1: one pass, fastest); default: what the "
+                             f"run recorded, else {JOINT_EVAL_ROTATIONS}")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_seq_length", type=int, default=512)
+    parser.add_argument("--max_seq_length", type=int, default=None,
+                        help="longest input in tokens; default: what the run recorded, else 512")
     parser.add_argument("--use_cpu", action="store_true")
     parser.add_argument("--trust_remote_code", action="store_true")
     parser.add_argument("--json", action="store_true", help="single question: print JSON instead of a table")
@@ -192,8 +194,8 @@ def run(args) -> object:
     if args.input:
         rows = read_questions(args.input)
         writable_file(args.output or Path(args.input).with_suffix(".predictions.jsonl"), "--output")
-    for name in ("batch_size", "max_seq_length", "top_k"):
-        if getattr(args, name) < 1:
+    for name in ("batch_size", "max_seq_length", "top_k", "joint_eval_rotations"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} {getattr(args, name)}: need 1 or more")
     scorer = load_scorer(args.model, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
                          joint_eval_rotations=args.joint_eval_rotations)

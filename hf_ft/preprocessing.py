@@ -1,24 +1,21 @@
 """Rows → tokenized `datasets.Dataset`s for each formulation, and the collators that batch them.
 
-Nothing is padded here: batches are padded by the collators to their own longest sequence, and a
+The encoders are pure functions, one per formulation; `formulations` registers them and runs them
+(cached) over datasets. Nothing is padded here: batches are padded by the collators to their own longest sequence, and a
 `length` column lets the Trainer group similar lengths (`train_sampling_strategy=group_by_length`).
 Tokenization is batched and cached by `datasets` under a fingerprint of the rows and the tokenizer.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import warnings
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
 from .data import QARow
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +30,17 @@ def rows_to_dataset(rows: list[QARow]) -> datasets.Dataset:
         "subject": [r.subject for r in rows],
         "question": [r.question for r in rows],
         "options": [list(r.options) for r in rows],
+        "context": [r.context or "" for r in rows],
         "label": [r.label for r in rows],
     })
+
+
+def _contexts(batch: dict, tokenizer) -> list[list[int]]:
+    """Token ids of each row's context (empty for a closed-book row)."""
+    texts = batch.get("context") or [""] * len(batch["question"])
+    if not any(texts):
+        return [[] for _ in texts]
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
 def _lengths(encodings) -> list[int]:
@@ -80,19 +86,25 @@ class PairTemplate:
     def specials(self) -> int:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
-    def build(self, first: list[int], second: list[int]) -> dict:
-        out = {"input_ids": [*self.prefix, *first, *self.middle, *second, *self.suffix]}
+    def build(self, first: list[int], second: list[int], context: list[int] = ()) -> dict:
+        """`prefix first middle second suffix`, and `context suffix` after it when there is a context
+        (typed like the second segment): question and option keep the positions they have closed-book."""
+        tail = [*context, *self.suffix] if context else []
+        out = {"input_ids": [*self.prefix, *first, *self.middle, *second, *self.suffix, *tail]}
         if self.types is not None:
             p, f, m, s, x = self.types
-            out["token_type_ids"] = [*p, *([f] * len(first)), *m, *([s] * len(second)), *x]
+            out["token_type_ids"] = [*p, *([f] * len(first)), *m, *([s] * len(second)), *x,
+                                     *([s] * len(context)), *(x if context else ())]
         return out
 
 
 def encode_per_choice(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
-    """One (question, option) pair per option; only the question is ever truncated.
+    """One (question, option[, context]) sequence per option. Options are never cut; the context is cut
+    first (to the same length for every option, so options compete on the same evidence), the question
+    only when no context is left.
 
-    Each question and each option is tokenized once (not once per pair) and the pairs are assembled
-    with the tokenizer's own special-token template; the result equals
+    Each question, option and context is tokenized once (not once per pair) and the pairs are assembled
+    with the tokenizer's own special-token template; without a context the result equals
     `tokenizer(question, option, truncation="only_first", max_length=max_length)` (tests check this).
     Attention masks are left to the collator, which creates them while padding.
     """
@@ -100,19 +112,26 @@ def encode_per_choice(batch: dict, tokenizer: PreTrainedTokenizerBase, max_lengt
     questions = tokenizer(batch["question"], add_special_tokens=False)["input_ids"]
     flat_options = [option for options in batch["options"] for option in options]
     options = _regroup(tokenizer(flat_options, add_special_tokens=False)["input_ids"], counts)
+    contexts = _contexts(batch, tokenizer)
     template = PairTemplate.of(tokenizer)
     if template is None:  # a tokenizer without a usable template: let it build the pairs itself
+        if any(contexts):
+            raise UserError(f"{tokenizer.name_or_path}: its tokenizer has no pair template to place a context in")
         return _encode_per_choice_by_pairs(batch, tokenizer, max_length, questions, options, counts)
-    out = {"input_ids": [], "length": [], "truncated": []}
+    out = {"input_ids": [], "length": [], "truncated": [], "context_truncated": [], "context_tokens": []}
     if template.types is not None:
         out["token_type_ids"] = []
-    for q, opts in zip(questions, options):
-        choices = [template.build(q[: max(0, max_length - template.specials - len(o))], o) for o in opts]
+    for q, opts, ctx in zip(questions, options, contexts):
+        room = max_length - template.specials - max(map(len, opts))
+        kept = ctx[: max(0, room - len(q) - len(template.suffix))] if ctx else []
+        choices = [template.build(q[: max(0, max_length - template.specials - len(o))], o, kept) for o in opts]
         for key in ("input_ids", "token_type_ids"):
             if key in out:
                 out[key].append([c[key] for c in choices])
         out["length"].append(max(len(c["input_ids"]) for c in choices))
         out["truncated"].append(any(len(q) + len(o) + template.specials > max_length for o in opts))
+        out["context_truncated"].append(len(kept) < len(ctx))
+        out["context_tokens"].append(len(kept))
     out["labels"] = batch["label"]
     return out
 
@@ -126,6 +145,8 @@ def _encode_per_choice_by_pairs(batch, tokenizer, max_length, questions, options
     out["length"] = [max(len(ids) for ids in choices) for choices in out["input_ids"]]
     out["truncated"] = [any(len(q) + len(o) + specials > max_length for o in opts)
                         for q, opts in zip(questions, options)]
+    out["context_truncated"] = [False] * len(questions)
+    out["context_tokens"] = [0] * len(questions)
     out["labels"] = batch["label"]
     return out
 
@@ -142,90 +163,66 @@ def joint_overhead(tokenizer, n_options: int) -> int:
 
 
 def encode_joint(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
-    """Token ids of the question and of each option, kept apart so the collator can reorder options."""
+    """Token ids of the question, of each option and of the context, kept apart so the collator can
+    reorder options. The context (once, after the options) is cut first, then the question; options only
+    when they alone overflow."""
     counts = [len(options) for options in batch["options"]]
     question_ids = tokenizer(batch["question"], add_special_tokens=False)["input_ids"]
     flat = tokenizer([o for options in batch["options"] for o in options], add_special_tokens=False)["input_ids"]
-    out_q, out_o, truncated, length = [], [], [], []
+    contexts = _contexts(batch, tokenizer)
+    out = {"question_ids": [], "option_ids": [], "context_ids": [], "labels": batch["label"], "length": [],
+           "truncated": [], "context_truncated": [], "context_tokens": []}
     overhead = {n: joint_overhead(tokenizer, n) for n in set(counts)}
-    for q, opts in zip(question_ids, _regroup(flat, counts)):
+    for q, opts, ctx in zip(question_ids, _regroup(flat, counts), contexts):
         budget = max_length - overhead[len(opts)]
         if sum(map(len, opts)) > budget:  # options alone overflow: share the space evenly, question gets none
             opts = [o[: budget // len(opts)] for o in opts]
         room = budget - sum(map(len, opts))
-        truncated.append(len(q) > room)
+        out["truncated"].append(len(q) > room)
         q = q[:room]
-        out_q.append(q)
-        out_o.append(opts)
-        length.append(len(q) + sum(map(len, opts)) + overhead[len(opts)])
-    return {"question_ids": out_q, "option_ids": out_o, "labels": batch["label"], "length": length,
-            "truncated": truncated}
+        kept = ctx[: max(0, room - len(q) - 1)] if ctx else []  # 1: the [SEP] that closes the context
+        out["question_ids"].append(q)
+        out["option_ids"].append(opts)
+        out["context_ids"].append(kept)
+        out["context_truncated"].append(len(kept) < len(ctx))
+        out["context_tokens"].append(len(kept))
+        out["length"].append(len(q) + sum(map(len, opts)) + overhead[len(opts)] + (len(kept) + 1 if kept else 0))
+    return out
+
+
+def mlm_option_sequence(tokenizer, question: str, option: str, max_length: int,
+                        context: str | None = None) -> tuple[list[int], int, int]:
+    """`[CLS] question 答案： option [SEP] (context [SEP])` and the option's token span: the text the mlm
+    formulation trains on (with the gold option) and the masked-LM scorers score (with each option).
+    The context is cut first, then the question from its start (keeping the words next to the answer)."""
+    q = tokenizer(question + MLM_ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
+    o = tokenizer(option, add_special_tokens=False)["input_ids"][: max_length - 3] or [tokenizer.unk_token_id]
+    q = q[-(max_length - 2 - len(o)):] if len(q) > max_length - 2 - len(o) else q
+    ids = [tokenizer.cls_token_id, *q, *o, tokenizer.sep_token_id]
+    if context:
+        kept = tokenizer(context, add_special_tokens=False)["input_ids"][: max(0, max_length - len(ids) - 1)]
+        if kept:
+            ids += [*kept, tokenizer.sep_token_id]
+    start = 1 + len(q)
+    return ids, start, start + len(o)
 
 
 def encode_mlm(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
-    """Question followed by its correct answer: the text masked-LM adaptation learns from."""
-    texts = [f"{q}{MLM_ANSWER_PREFIX}{options[label]}"
-             for q, options, label in zip(batch["question"], batch["options"], batch["label"])]
-    full = _lengths(tokenizer(texts))
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
-    return {**enc, "length": _lengths(enc), "truncated": [f > max_length for f in full]}
-
-
-ENCODERS = {"per_choice": encode_per_choice, "joint": encode_joint, "mlm": encode_mlm}
-
-
-def _fingerprint(rows: list[QARow], tokenizer, formulation: str, max_length: int) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([formulation, max_length, tokenizer.name_or_path, len(tokenizer),
-                         type(tokenizer).__name__, 4]).encode())
-    h.update(datasets.fingerprint.Hasher.hash(tokenizer.get_vocab()).encode())
-    for r in rows:
-        h.update(f"{r.id}\x1f{r.subject}\x1f{r.content_hash}\x1f{r.label}\x1f{len(r.options)}\n".encode())
-    return h.hexdigest()[:32]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets")) / "hf_ft"
-
-
-def encode(rows: list[QARow], tokenizer: PreTrainedTokenizerBase, formulation: str, max_length: int,
-           cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
-           sort_by_length: bool = False, progress: bool = True, drop_question: bool = False) -> datasets.Dataset:
-    """Tokenize rows for `formulation` (per_choice/joint/mlm); cached on disk by content. `drop_question`
-    leaves the question out (a choices-only baseline)."""
-    if drop_question:
-        rows = [replace(r, question="") for r in rows]
-    if not rows:
-        return datasets.Dataset.from_dict({"id": [], "subject": [], "labels": [], "length": []})
-    fingerprint = _fingerprint(rows, tokenizer, formulation, max_length)
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    if not progress:
-        datasets.disable_progress_bars()
-    try:
-        encoded = rows_to_dataset(rows).map(
-            ENCODERS[formulation],
-            batched=True,
-            batch_size=1000,
-            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
-            remove_columns=["question", "options", "label"],
-            num_proc=num_proc,
-            cache_file_name=str(cache / f"{formulation}-{fingerprint}.arrow"),
-            new_fingerprint=fingerprint,
-            desc=f"Tokenizing ({formulation})",
-        )
-        if sort_by_length:
-            with warnings.catch_warnings():  # a pyarrow deprecation inside datasets' sort
-                warnings.simplefilter("ignore", FutureWarning)
-                encoded = encoded.sort("length")
-    finally:
-        if not progress:
-            datasets.enable_progress_bars()
-    return encoded
-
-
-def count_truncated(dataset: datasets.Dataset) -> int:
-    return int(sum(dataset["truncated"])) if "truncated" in dataset.column_names and len(dataset) else 0
+    """Question followed by its correct answer (and the context): the text masked-LM adaptation learns from."""
+    contexts = batch.get("context") or [""] * len(batch["question"])
+    out = {"input_ids": [], "length": [], "truncated": [], "context_truncated": [], "context_tokens": []}
+    for q, options, label, ctx in zip(batch["question"], batch["options"], batch["label"], contexts):
+        ids, _, _ = mlm_option_sequence(tokenizer, q, options[label], max_length, ctx)
+        full = len(tokenizer(q + MLM_ANSWER_PREFIX + options[label], add_special_tokens=False)["input_ids"]) + 2
+        with_context = len(tokenizer(ctx, add_special_tokens=False)["input_ids"]) + 1 if ctx else 0
+        out["input_ids"].append(ids)
+        out["length"].append(len(ids))
+        out["truncated"].append(full > max_length)
+        out["context_truncated"].append(full + with_context > len(ids) and bool(ctx))
+        out["context_tokens"].append(max(0, len(ids) - full - 1) if ctx else 0)
+    if "token_type_ids" in tokenizer.model_input_names:
+        out["token_type_ids"] = [[0] * len(ids) for ids in out["input_ids"]]
+    return out
 
 
 MIN_QUESTION_TOKENS = 8

@@ -24,21 +24,22 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .collators import make_collator, merge_rotations
+from .collators import merge_rotations
+from .formulations import encode, get_formulation, make_collator
 from .data import QARow
 from .errors import UserError
 from .modeling import ModelLoadError, formulation_of, load_config, load_model, load_tokenizer, untrained_head
-from .preprocessing import JOINT_EVAL_ROTATIONS, MLM_ANSWER_PREFIX, encode
+from .preprocessing import JOINT_EVAL_ROTATIONS, mlm_option_sequence
 from .processes import scoring_state
 
 logger = logging.getLogger(__name__)
 
-SCORERS = ("auto", "head", "mlm-pll", "mlm-masked")
 BATCH_TOKENS = 16384  # padded tokens per forward pass
 WARMUP_BATCHES = 3
 SAY_COST_ABOVE_S = 60  # print the estimate (always logged) loudly when the job is longer than this
@@ -51,41 +52,68 @@ def pick_device(use_cpu: bool = False) -> torch.device:
 
 @dataclass
 class LoadedScorer:
-    """A model ready to score options; `name` says which scorer produced the numbers."""
+    """A model ready to score options; `name` says which scorer produced the numbers. `settings` are the
+    run's recorded input settings (`run_settings`), so a model is scored on the inputs it was trained on."""
 
     path: str
     model: torch.nn.Module
     tokenizer: object
     formulation: str  # per_choice / joint / mlm
+    method: str  # a key of SCORERS
     name: str  # "head (per_choice)", "head (joint, 4 rotations)", "mlm-pll" or "mlm-masked"
     max_length: int
     joint_eval_rotations: int = 1
     passes: int = 0  # forward-pass sequences of the last `score` call
+    settings: dict | None = None
 
     def score(self, rows: list[QARow], batch_size: int = 32, progress: bool = True,
               batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
         """(n, options) scores; higher is better. Deterministic for the same model and items."""
-        if self.formulation == "mlm":
-            return score_masked_lm(self, rows, batch_size, progress, batch_tokens)
-        return score_with_head(self, rows, batch_size, progress, batch_tokens)
+        return SCORERS[self.method].score(self, rows, batch_size, progress, batch_tokens)
 
 
-def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_length: int = 512,
+def run_settings(path: str) -> dict:
+    """The input settings a fine-tuned output folder recorded (`hf_ft_run.json`): formulation, max_seq_length,
+    joint_eval_rotations, retrieval. Empty for a model hf_ft did not train."""
+    from .run_dir import RUN_RECORD_FILE, read_json_if_present
+
+    record = read_json_if_present(Path(path) / RUN_RECORD_FILE) if Path(path).is_dir() else None
+    if not record:
+        return {}
+    hyperparameters = record.get("hyperparameters", {})
+    settings = {"formulation": record.get("formulation"), "max_seq_length": hyperparameters.get("max_seq_length"),
+                "joint_eval_rotations": hyperparameters.get("joint_eval_rotations"),
+                "retrieval": record.get("retrieval")}
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_length: int | None = None,
                 trust_remote_code: bool = False, revision: str = "main",
-                joint_eval_rotations: int = JOINT_EVAL_ROTATIONS) -> LoadedScorer:
-    """Choose the scorer from the checkpoint's config (or `scorer`), load the model once, in eval mode."""
+                joint_eval_rotations: int | None = None) -> LoadedScorer:
+    """Choose the scorer from the checkpoint's config (or `scorer`), load the model once, in eval mode.
+    `max_length` and `joint_eval_rotations` default to what the run recorded (else 512 and 4): a flag given
+    by the user overrides the record, a default never does."""
+    recorded = run_settings(path)
+    max_length = max_length if max_length is not None else recorded.get("max_seq_length", 512)
+    joint_eval_rotations = (joint_eval_rotations if joint_eval_rotations is not None
+                            else recorded.get("joint_eval_rotations", JOINT_EVAL_ROTATIONS))
     if joint_eval_rotations < 1:
         raise UserError(f"--joint_eval_rotations {joint_eval_rotations}: need 1 or more")
+    if scorer != "auto" and scorer not in SCORERS:
+        raise UserError(f"--scorer {scorer}: unknown; choose one of auto, {', '.join(SCORERS)}")
     config = load_config(path, revision, None, trust_remote_code)
     formulation = formulation_of(config)
-    if scorer.startswith("mlm"):
-        formulation = "mlm"
-    elif scorer == "head" and formulation not in ("per_choice", "joint"):
-        raise UserError(f"{path}: has no trained multiple-choice head (architectures: "
-                        f"{getattr(config, 'architectures', None)}); score it with --scorer mlm-pll")
-    if formulation is None:
+    if scorer == "auto" and formulation is None:
         raise UserError(f"{path}: cannot score multiple choice: it has neither a multiple-choice head nor a "
                         f"masked-LM head (architectures: {getattr(config, 'architectures', None)})")
+    if scorer == "auto":
+        scorer = "head" if get_formulation(formulation).scores_options else "mlm-pll"
+    needs = SCORERS[scorer].needs
+    if needs == "mlm":
+        formulation = "mlm"
+    elif formulation is None or not get_formulation(formulation).scores_options:
+        raise UserError(f"{path}: has no trained multiple-choice head (architectures: "
+                        f"{getattr(config, 'architectures', None)}); score it with --scorer mlm-pll")
     tokenizer = load_tokenizer(path, revision, None, trust_remote_code)
     try:
         model = load_model(path, formulation, revision, None, trust_remote_code)
@@ -93,17 +121,17 @@ def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_leng
         if formulation != "mlm":
             raise
         raise UserError(f"{path}: has no masked-LM head to score with") from None
-    if formulation != "mlm" and untrained_head(model):
+    if needs == "head" and untrained_head(model):
         raise UserError(f"{path}: its {formulation} head was never trained (its bias is still exactly zero), so its "
                         "scores would be noise: fine-tune it first, or score the pretrained model it came from "
                         "(masked-LM scorer)")
     model.to(pick_device(use_cpu)).eval()
     limit = min(max_length, tokenizer.model_max_length, getattr(config, "max_position_embeddings", max_length))
     rotations = joint_eval_rotations if formulation == "joint" else 1
-    name = ("mlm-masked" if scorer == "mlm-masked" else "mlm-pll") if formulation == "mlm" else f"head ({formulation})"
+    name = scorer if needs == "mlm" else f"head ({formulation})"
     if rotations > 1:
         name = f"head (joint, {min(rotations, config.num_labels)} rotations)"
-    return LoadedScorer(path, model, tokenizer, formulation, name, limit, rotations)
+    return LoadedScorer(path, model, tokenizer, formulation, scorer, name, limit, rotations, settings=recorded)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,7 +204,7 @@ def score_with_head(scorer: LoadedScorer, rows: list[QARow], batch_size: int, pr
         raise UserError("a trained head scores questions with the same number of options together; "
                         "split the input by option count")
     dataset = encode(rows, scorer.tokenizer, scorer.formulation, scorer.max_length, progress=False)
-    copies = len(rows[0].options) if scorer.formulation == "per_choice" else scorer.joint_eval_rotations
+    copies = get_formulation(scorer.formulation).copies(len(rows[0].options), scorer.joint_eval_rotations)
     lengths = [length * copies for length in dataset["length"]]
     batches = token_budget_batches(lengths, batch_tokens, batch_size)
     collator = make_collator(scorer.formulation, scorer.tokenizer, train=False,
@@ -203,16 +231,6 @@ def score_with_head(scorer: LoadedScorer, rows: list[QARow], batch_size: int, pr
 # The masked-LM head, zero-shot
 
 
-def mlm_option_sequences(tokenizer, question: str, option: str, max_length: int) -> tuple[list[int], int, int]:
-    """`[CLS] question 答案： option [SEP]` (the --formulation mlm text) and the option's token span."""
-    q = tokenizer(question + MLM_ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
-    o = tokenizer(option, add_special_tokens=False)["input_ids"][: max_length - 3] or [tokenizer.unk_token_id]
-    q = q[-(max_length - 2 - len(o)):] if len(q) > max_length - 2 - len(o) else q  # keep the words next to the answer
-    ids = [tokenizer.cls_token_id, *q, *o, tokenizer.sep_token_id]
-    start = 1 + len(q)
-    return ids, start, start + len(o)
-
-
 def mlm_queries(tokenizer, rows: list[QARow], max_length: int, all_at_once: bool) -> list[tuple]:
     """(row, option, masked input ids, masked positions, true tokens) per forward-pass sequence: one per option
     token (pseudo-log-likelihood), or one per option with all its tokens masked (`all_at_once`)."""
@@ -220,7 +238,7 @@ def mlm_queries(tokenizer, rows: list[QARow], max_length: int, all_at_once: bool
     mask = tokenizer.mask_token_id
     for i, row in enumerate(rows):
         for j, option in enumerate(row.options):
-            ids, start, end = mlm_option_sequences(tokenizer, row.question, option, max_length)
+            ids, start, end = mlm_option_sequence(tokenizer, row.question, option, max_length, row.context)
             if all_at_once:
                 queries.append((i, j, ids[:start] + [mask] * (end - start) + ids[end:], list(range(start, end)),
                                 ids[start:end]))
@@ -243,7 +261,7 @@ def score_masked_lm(scorer: LoadedScorer, rows: list[QARow], batch_size: int, pr
     """Mean log p(option token | question, the rest) over the option's tokens (see the module docstring)."""
     tokenizer, model = scorer.tokenizer, scorer.model
     device = next(model.parameters()).device
-    queries = mlm_queries(tokenizer, rows, scorer.max_length, all_at_once=scorer.name == "mlm-masked")
+    queries = mlm_queries(tokenizer, rows, scorer.max_length, all_at_once=scorer.method == "mlm-masked")
     lengths = [len(q[2]) for q in queries]
     batches = token_budget_batches(lengths, batch_tokens, batch_size * 16)
     split = masked_lm_head(model)
@@ -288,3 +306,23 @@ def score_masked_lm(scorer: LoadedScorer, rows: list[QARow], batch_size: int, pr
     scores = totals / np.maximum(counts, 1)
     scores[counts == 0] = -np.inf  # rows with fewer options than the widest
     return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry: adding a scorer means one entry here and its tests.
+
+
+@dataclass(frozen=True)
+class Scorer:
+    name: str
+    needs: str  # "head": a trained multiple-choice head; "mlm": a masked-LM head
+    score: object  # (LoadedScorer, rows, batch_size, progress, batch_tokens) → (n, options) scores
+    help: str
+
+
+SCORERS: dict[str, Scorer] = {scorer.name: scorer for scorer in (
+    Scorer("head", "head", score_with_head, "the fine-tuned model's own multiple-choice head"),
+    Scorer("mlm-pll", "mlm", score_masked_lm, "masked-LM pseudo-log-likelihood of each option (zero-shot)"),
+    Scorer("mlm-masked", "mlm", score_masked_lm, "masked-LM, all option tokens masked at once (cheaper)"),
+)}
+SCORER_CHOICES = ("auto", *SCORERS)

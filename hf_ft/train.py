@@ -26,7 +26,8 @@ from .errors import UserError
 from .metrics import build_compute_metrics
 from .model_card import write_model_card
 from .modeling import check_vocabulary, hub_id, load_model, load_tokenizer
-from .preprocessing import MIN_QUESTION_TOKENS, count_truncated, encode, required_length
+from .formulations import count_truncated, encode, get_formulation
+from .preprocessing import MIN_QUESTION_TOKENS, required_length
 from .sources import load_rows
 from .splits import make_splits, stratified_sample, write_split_outputs
 from .trainer import build_trainer
@@ -237,7 +238,7 @@ def main(args: Arguments) -> dict:
         for split, dataset in (("eval", eval_set), ("test", test_set)):
             if len(dataset) == 0:
                 continue
-            if formulation != "mlm":
+            if get_formulation(formulation).scores_options:
                 trainer.compute_metrics = build_compute_metrics(dataset["subject"], per_subject=True)
                 prediction = trainer.predict(dataset, metric_key_prefix=split)
                 split_metrics = prediction.metrics

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer, TrainerCallback
 
-from .collators import make_collator, merge_rotations
+from .collators import merge_rotations
+from .formulations import get_formulation, make_collator
 from .metrics import build_compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def build_trainer(model, tokenizer, training_args, formulation: str, train_set, 
                   callbacks=(), push=None) -> QATrainer:
     """A QATrainer with hf_ft's collators and metrics for `formulation` (per_choice, joint or mlm)."""
     seed = training_args.seed
-    scores_accuracy = formulation != "mlm"
+    scores_accuracy = get_formulation(formulation).scores_options
     has_eval = eval_set is not None and len(eval_set) > 0
     return QATrainer(
         model=model,

@@ -104,8 +104,8 @@ def test_bad_config_overrides_are_named(tiny_model, tmp_path, overrides, message
 def test_option_shuffling_keeps_the_gold_option_labelled(tiny_model):
     from transformers import AutoTokenizer
 
-    from hf_ft.collators import make_collator
-    from hf_ft.preprocessing import encode
+    from hf_ft.formulations import make_collator
+    from hf_ft.formulations import encode
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rows = [QARow(f"q{i}", "music", f"下列何者屬於「樂器」？第{i}題", ("二胡", "老虎", "芒果", "氫")[i % 4:] +
@@ -133,8 +133,8 @@ def test_option_shuffling_keeps_the_gold_option_labelled(tiny_model):
 def test_rotations_put_the_gold_option_in_every_slot(tiny_model):
     from transformers import AutoTokenizer
 
-    from hf_ft.collators import make_collator
-    from hf_ft.preprocessing import encode
+    from hf_ft.formulations import make_collator
+    from hf_ft.formulations import encode
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     options = ("二胡", "老虎", "芒果", "氫")
@@ -166,8 +166,9 @@ def test_evaluation_rotations_cancel_a_slot_bias(tiny_model):
     import torch
     from transformers import AutoTokenizer
 
-    from hf_ft.collators import make_collator, merge_rotations
-    from hf_ft.preprocessing import encode
+    from hf_ft.collators import merge_rotations
+    from hf_ft.formulations import make_collator
+    from hf_ft.formulations import encode
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     options = ("二胡", "老虎", "芒果", "氫")
@@ -197,8 +198,8 @@ def test_evaluation_rotations_cancel_a_slot_bias(tiny_model):
 def test_length_grouping_reduces_padding_on_a_skewed_set(tiny_model, tmp_path):
     from transformers import AutoModelForMultipleChoice, AutoTokenizer, TrainingArguments
 
-    from hf_ft.collators import make_collator
-    from hf_ft.preprocessing import encode
+    from hf_ft.formulations import make_collator
+    from hf_ft.formulations import encode
     from hf_ft.trainer import QATrainer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)

@@ -20,14 +20,14 @@ def rows(trained_run):
 
 def plain_pseudo_log_likelihood(scorer, rows) -> np.ndarray:
     """The textbook algorithm: one sequence per option token, the whole model, the whole vocabulary."""
-    from hf_ft.scoring import mlm_option_sequences
+    from hf_ft.preprocessing import mlm_option_sequence
 
     tokenizer, model = scorer.tokenizer, scorer.model
     scores = np.zeros((len(rows), 4))
     with torch.no_grad():
         for i, row in enumerate(rows):
             for j, option in enumerate(row.options):
-                ids, start, end = mlm_option_sequences(tokenizer, row.question, option, scorer.max_length)
+                ids, start, end = mlm_option_sequence(tokenizer, row.question, option, scorer.max_length)
                 total = 0.0
                 for position in range(start, end):
                     masked = torch.tensor([ids[:position] + [tokenizer.mask_token_id] + ids[position + 1:]])
