@@ -40,7 +40,7 @@ def _contexts(batch: dict, tokenizer) -> list[list[int]]:
     texts = batch.get("context") or [""] * len(batch["question"])
     if not any(texts):
         return [[] for _ in texts]
-    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def _lengths(encodings) -> list[int]:

@@ -248,3 +248,119 @@ def test_pretraining_teaches_the_tiny_model_its_facts(tmp_path, demo_data):
     pretrain_tiny_model(model_dir, sentences=1000, epochs=3)
     after = pseudo_log_loss()
     assert after < before - 1.0, (before, after)  # the saved weights changed and predict unseen facts better
+
+
+# ----------------------------------------------------------------------------------------------
+# The seam: every path builds the same model inputs for the same rows
+
+
+def _sequences(batch: dict) -> list[tuple]:
+    """Each sequence of a batch without its padding: (input_ids, token_type_ids) per sequence, in order."""
+    ids = batch["input_ids"].reshape(-1, batch["input_ids"].shape[-1])
+    mask = batch["attention_mask"].reshape(ids.shape).bool() if "attention_mask" in batch else ids >= 0
+    types = batch.get("token_type_ids")
+    types = types.reshape(ids.shape) if types is not None else None
+    return [(tuple(ids[i][mask[i]].tolist()), tuple(types[i][mask[i]].tolist()) if types is not None else None)
+            for i in range(ids.shape[0])]
+
+
+def _captured(model, call) -> list[tuple]:
+    """The sequences every model of `model`'s class read during `call()` (the card's code loads its own copy)."""
+    seen, cls = [], type(model)
+    forward = cls.forward
+
+    def spy(self, *args, **kwargs):
+        seen.extend(_sequences(kwargs))
+        return forward(self, *args, **kwargs)
+
+    cls.forward = spy
+    try:
+        call()
+    finally:
+        cls.forward = forward
+    return seen
+
+
+def _seam_rows():
+    from hf_ft.data import QARow
+
+    question, options = "下列何者為哺乳類？", ("鯨魚", "鯊魚", "章魚", "海星")
+    long_context = "鯨魚是哺乳類，用肺呼吸，胎生並以乳汁哺育幼體。" * 30  # longer than max_seq_length: cut first
+    return [QARow("q0", "s", question, options, "A"),
+            QARow("q1", "s", question, options, "A", context="鯨魚是生活在海洋中的哺乳類動物。"),
+            QARow("q2", "s", question * 20, options, "A", context=long_context)]
+
+
+@pytest.mark.parametrize("run", ["per_choice", "joint"])
+def test_every_path_builds_the_same_model_inputs(run, trained_run, joint_run, tmp_path):
+    """Training's evaluation collator, the head scorer, predict, the audit's choices-only inputs and the card's
+    plain-transformers code give the model the same sequences as `model_inputs`, with and without context."""
+    from dataclasses import replace
+
+    from hf_ft.formulations import encode, model_inputs
+    from hf_ft.predict import rank
+    from hf_ft.scoring import load_scorer
+    from hf_ft.trainer import build_trainer
+    from transformers import TrainingArguments
+
+    out = (trained_run if run == "per_choice" else joint_run)[0]
+    scorer = load_scorer(str(out), use_cpu=True)
+    assert scorer.max_length == 128  # the run's recorded max_seq_length, not evaluate's old 512 default
+    settings = {"joint_eval_rotations": scorer.joint_eval_rotations}
+    tokenizer, formulation, limit = scorer.tokenizer, scorer.formulation, scorer.max_length
+    for row in _seam_rows():
+        expected = _sequences(model_inputs([row], tokenizer, formulation, limit, **settings))
+        assert all(len(ids) <= limit for ids, _ in expected)
+        # training: the Trainer's evaluation collator over the tokenized dataset
+        trainer = build_trainer(scorer.model, tokenizer, TrainingArguments(str(tmp_path), use_cpu=True,
+                                report_to=[]), formulation, encode([row], tokenizer, formulation, limit,
+                                                                   cache_dir=tmp_path, progress=False),
+                                joint_eval_rotations=scorer.joint_eval_rotations)
+        dataset = encode([row], tokenizer, formulation, limit, cache_dir=tmp_path, progress=False)
+        assert _sequences(trainer.eval_data_collator([dataset[0]])) == expected
+        # the head scorer and predict
+        assert _captured(scorer.model, lambda: scorer.score([row], progress=False)) == expected
+        assert _captured(scorer.model, lambda: rank(scorer, [row])) == expected
+        # the audit's choices-only model reads the same rows without their question
+        blank = replace(row, question="")
+        assert _sequences(model_inputs([blank], tokenizer, formulation, limit, **settings)) == _sequences(
+            trainer.eval_data_collator([encode([row], tokenizer, formulation, limit, cache_dir=tmp_path,
+                                               progress=False, drop_question=True)[0]]))
+        if len(row.context or "") < 100:  # the card's code does not truncate: short rows only
+            card = (out / "README.md").read_text(encoding="utf-8")
+            code = card.split("With plain transformers:")[1].split("```python")[1].split("```")[0]
+            code = code.replace('context = ""', f"context = {row.context!r}")
+            code = code.replace('from_pretrained("path/to/this/model")', f"from_pretrained({str(out)!r})")
+            code = code.replace("print(", "_ = (")
+            assert _captured(scorer.model, lambda: exec(compile(code, "card", "exec"), {})) == expected
+    context_row = _seam_rows()[1]
+    closed, opened = (_sequences(model_inputs([r], tokenizer, formulation, limit, **settings))
+                      for r in (replace(context_row, context=None), context_row))
+    assert all(len(o[0]) > len(c[0]) for c, o in zip(closed, opened))  # the context is really in the input
+
+
+def test_context_is_cut_first_then_the_question_and_never_an_option(tiny_model):
+    """A context longer than the space left is cut; the question survives whole while any context is left;
+    options are never cut; and the cuts are counted."""
+    from hf_ft.formulations import encode
+    from hf_ft.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    rows = _seam_rows()
+    for formulation in ("per_choice", "joint", "mlm"):
+        dataset = encode(rows, tokenizer, formulation, 64, progress=False)
+        assert dataset["truncated"] == [False, False, True], formulation
+        assert dataset["context_truncated"] == [False, False, True], formulation
+        assert dataset["context_tokens"][0] == 0 and dataset["context_tokens"][1] > 10, formulation
+        assert dataset["context_tokens"][2] == 0, formulation  # the long question left no room for context
+        assert max(dataset["length"]) <= 64
+    short_question = [rows[1].__class__("q3", "s", "下列何者為哺乳類？", rows[1].options, "A", context=rows[2].context)]
+    dataset = encode(short_question, tokenizer, "per_choice", 64, progress=False)
+    assert dataset["truncated"] == [False] and dataset["context_truncated"] == [True]
+    ids = dataset[0]["input_ids"][0]
+    question = tokenizer("下列何者為哺乳類？", add_special_tokens=False)["input_ids"]
+    assert ids[1:1 + len(question)] == question and len(ids) == 64
+    for choice, option in zip(dataset[0]["input_ids"], rows[1].options):
+        option_ids = tokenizer(option, add_special_tokens=False)["input_ids"]
+        start = 2 + len(question)
+        assert choice[start:start + len(option_ids)] == option_ids
