@@ -175,6 +175,46 @@ class RunArguments:
     )
 
 
+@dataclass
+class RetrievalArguments:
+    """Open book: passages retrieved for each question go into the context segment of its input, the same way
+    at training, evaluation and predict time."""
+
+    retrieval_corpus: str | None = field(default=None, metadata={
+        "help": "Where passages come from: a local folder or file (.txt/.md, or JSONL/CSV/parquet with a text "
+                "column), a hub dataset id (e.g. wikimedia/wikipedia with --retrieval_corpus_config 20231101.zh), "
+                "or `training_pool` (similar training questions with their answers, leave-one-out). Every passage "
+                "is checked against every validation and test item first (--leak_policy)."})
+    retrieval_contexts: str | None = field(default=None, metadata={
+        "help": "Precomputed contexts instead of a corpus: JSONL of {\"id\": item id, \"passages\": [{\"id\", "
+                "\"text\", \"score\"}]}, retrieved with any engine (Elasticsearch, pyserini)."})
+    retrieval_corpus_config: str | None = field(default=None, metadata={"help": "The hub corpus's config."})
+    retrieval_corpus_revision: str | None = field(default=None, metadata={
+        "help": "The hub corpus's revision (resolved to its commit and recorded)."})
+    retrieval_corpus_split: str = field(default="train", metadata={"help": "The hub corpus's split."})
+    retrieval_text_column: str = field(default="text", metadata={"help": "The text column of a table corpus."})
+    retrieval_k: int = field(default=5, metadata={"help": "Passages per question."})
+    retrieval_query: str = field(default="question_options", metadata={
+        "help": "What is searched for: `question_options` (question and all options) or `question`.",
+        "choices": ["question_options", "question"]})
+    passage_chars: int = field(default=200, metadata={"help": "Corpus texts are split into passages of this many "
+                                                              "characters..."})
+    passage_overlap: int = field(default=50, metadata={"help": "...overlapping by this many."})
+    leak_policy: str = field(default="drop", metadata={
+        "help": "A passage that copies a validation or test item: `drop` it (recorded), stop with an `error`, or "
+                "`keep` it (recorded; its items' open-book results read the answer key).",
+        "choices": ["drop", "error", "keep"]})
+
+    def settings(self):
+        from .retrieval.contexts import RetrievalSettings
+
+        return RetrievalSettings(
+            corpus=self.retrieval_corpus, contexts=self.retrieval_contexts, config=self.retrieval_corpus_config,
+            revision=self.retrieval_corpus_revision, split=self.retrieval_corpus_split,
+            text_column=self.retrieval_text_column, k=self.retrieval_k, query=self.retrieval_query,
+            passage_chars=self.passage_chars, passage_overlap=self.passage_overlap, leak_policy=self.leak_policy)
+
+
 # Defaults for this task where transformers' generic ones are wrong for it: the one place they live.
 TASK_DEFAULTS = {
     "eval_strategy": "epoch",
@@ -202,7 +242,7 @@ TASK_DEFAULTS = {
     "trackio_static_space_id": False,
 }
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, RetrievalArguments, RunArguments, TrainingArguments)
 # Flags transformers 4 had and 5 dropped, or hf_ft had: what to type instead.
 RENAMED = {
     "--task": "--formulation mlm (masked-LM adaptation) or --formulation per_choice/joint",
@@ -226,6 +266,7 @@ class Arguments:
     run: RunArguments
     training: TrainingArguments
     deepspeed: DeepSpeedPlan
+    retrieval: RetrievalArguments = field(default_factory=RetrievalArguments)
     given: dict = field(default_factory=dict)  # what the user set (paths made absolute): hf_ft_run.json records it
 
 
@@ -392,6 +433,7 @@ def refuse_nonsense(values: dict, cuda: bool) -> None:
                 raise ValueError
         except ValueError:
             problems.append(f"--seeds {values['seeds']}: need distinct integers separated by commas, e.g. 1,2,3")
+    problems += RetrievalArguments(**{f.name: values[f.name] for f in fields(RetrievalArguments)}).settings().problems()
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -428,12 +470,12 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
     if problems:
         raise ConfigError("\n".join(problems))
     values.update(processes.prepare(plan, values["use_cpu"]))
-    model_args, data_args, run_args, training_args = build_dataclasses(values)
-    return Arguments(model_args, data_args, run_args, training_args, plan, explicit)
+    model_args, data_args, retrieval_args, run_args, training_args = build_dataclasses(values)
+    return Arguments(model_args, data_args, run_args, training_args, plan, retrieval=retrieval_args, given=explicit)
 
 
 PATH_ARGUMENTS = ("model_name_or_path", "tokenizer_name", "data_dir", "train_file", "validation_file", "test_file",
-                  "deepspeed", "output_dir", "cache_dir")
+                  "deepspeed", "output_dir", "cache_dir", "retrieval_corpus", "retrieval_contexts")
 
 
 def recorded_arguments(values: dict, given: set[str]) -> dict:

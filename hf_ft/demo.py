@@ -120,6 +120,57 @@ def fact_sentences(n: int, seed: int = 5) -> list[str]:
     return [rng.choice(FACT_TEMPLATES).format(m=m, c=c) for m, c in (rng.choice(pairs) for _ in range(n))]
 
 
+# The open-book demo: facts about invented names, so no model can know them, and questions only the facts answer.
+OPEN_BOOK_RELATIONS = {
+    "geography_of_taiwan": ("所在的城市", "臺灣的城市"),
+    "music": ("最擅長的樂器", "樂器"),
+    "agriculture": ("主要種植的水果", "水果"),
+    "veterinary_pathology": ("飼養的動物", "哺乳類動物"),
+}
+NAME_CHARS = "甲乙丙丁戊己庚辛壬癸子丑寅卯辰巳午未申酉戌亥金木水火土日月星雲風雷雨雪霜山川河海林森"
+NAME_KINDS = ("村", "社", "團", "莊", "號", "館", "坊", "園")
+
+
+def make_open_book_data(out_dir: str | Path, rows_per_subject: int = 200, seed: int = 0) -> tuple[Path, Path]:
+    """`<out>/data` (TMMLU+ layout) and `<out>/corpus/facts.jsonl` (id, title, text): one fact per question,
+    "<name>的<relation>是<value>。", about an invented name. Closed book the gold option is a uniform draw
+    among four values of the same kind, so chance is 25% and nothing in the question can beat it; open book
+    the fact that names the question's entity says which option is right."""
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    data, corpus = out / "data", out / "corpus"
+    data.mkdir(parents=True, exist_ok=True)
+    corpus.mkdir(parents=True, exist_ok=True)
+    facts, used = [], set()
+    for subject, (relation, category) in sorted(OPEN_BOOK_RELATIONS.items()):
+        pool = sorted(next(members for cats in DEMO_SUBJECTS.values() for c, members in cats.items() if c == category))
+        rows = []
+        while len(rows) < rows_per_subject:
+            name = "".join(rng.choice(NAME_CHARS) for _ in range(3)) + rng.choice(NAME_KINDS)
+            if name in used:
+                continue
+            used.add(name)
+            options = rng.sample(pool, 4)
+            position = rng.randrange(4)
+            facts.append({"id": f"fact-{len(facts)}", "title": name, "text": f"{name}{relation}是{options[position]}。"})
+            rows.append({"question": f"請問{name}{relation}是下列何者？", **dict(zip(LETTERS, options)),
+                         "answer": LETTERS[position]})
+        n_test = int(round((rows_per_subject - 5) * 0.3))
+        parts = {"dev": rows[:5], "val": rows[5:rows_per_subject - n_test], "test": rows[rows_per_subject - n_test:]}
+        for split, part in parts.items():
+            with open(data / f"{subject}_{split}.csv", "w", encoding="utf-8", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["question", *LETTERS, "answer"])
+                writer.writeheader()
+                writer.writerows(part)
+    rng.shuffle(facts)
+    import json
+
+    with open(corpus / "facts.jsonl", "w", encoding="utf-8") as f:
+        for fact in facts:
+            f.write(json.dumps(fact, ensure_ascii=False) + "\n")
+    return data, corpus
+
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

@@ -179,6 +179,26 @@ def reference_index(args: EvaluateArguments, entries) -> int:
                     f"(choose from original, finetuned, {', '.join(e[0] for e in entries[1:])})")
 
 
+def retrieval_summary(scorer, rows: list[QARow], scores) -> dict:
+    """What open book gave a model: the share of items whose context holds the gold option's text, accuracy
+    in each bucket, and the context's tokens per item."""
+    import numpy as np
+
+    correct = np.asarray(scores).argmax(1) == np.array([r.label for r in rows])
+    has_gold = np.array([r["gold_in_context"] for r in scorer.retrieved])
+    tokens = [r["context_tokens"] for r in scorer.retrieved]
+    book = scorer.open_book()
+    return {
+        "corpus": book.source, "k": book.settings.k, "query": book.settings.query,
+        "gold_in_context": float(has_gold.mean()),
+        "accuracy_gold_in_context": float(correct[has_gold].mean()) if has_gold.any() else None,
+        "accuracy_gold_not_in_context": float(correct[~has_gold].mean()) if (~has_gold).any() else None,
+        "items_gold_in_context": int(has_gold.sum()),
+        "context_tokens_per_item": float(np.mean(tokens)),
+        "note": "context tokens before truncation to max_seq_length",
+    }
+
+
 def check_settings(args: EvaluateArguments) -> None:
     for name in ("batch_size", "batch_tokens", "max_seq_length", "joint_eval_rotations"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -215,7 +235,7 @@ def run(args: EvaluateArguments) -> dict:
     out = Path(args.output_dir or Path(runs[0][0]) / COMPARISON_DIR)
     is_main = state.is_main_process
 
-    models, seconds, passes, scorers = [], {}, {}, {}
+    models, seconds, passes, scorers, retrieval = [], {}, {}, {}, {}
     for label, path, role, seed in entries:
         scorer = load_scorer(path, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
                              joint_eval_rotations=args.joint_eval_rotations)
@@ -226,6 +246,12 @@ def run(args: EvaluateArguments) -> dict:
         passes[label] = scorer.passes
         logger.info("%s scored %d items with %s in %.1f s", path, len(rows), scorer.name, seconds[label])
         models.append(Scored(label, path, scorer.name, scores, role, seed))
+        if scorer.retrieved is not None:
+            retrieval[label] = retrieval_summary(scorer, rows, scores)
+            if is_main:
+                from .run_dir import write_jsonl
+
+                write_jsonl(out / f"retrieved_contexts-{label}.jsonl", scorer.retrieved)
         if role == "finetuned" and "finetuned" not in scorers:
             scorers["finetuned"] = scorer  # kept for the audit's permutation check
     report = build_report(rows, models, reference, args.seed)
@@ -240,6 +266,8 @@ def run(args: EvaluateArguments) -> dict:
         "seconds_per_1000_items": {k: 1000 * v / len(rows) for k, v in seconds.items()},
         "forward_passes_per_item": {k: v / len(rows) for k, v in passes.items()},
     })
+    if retrieval:
+        report["retrieval"] = retrieval
     if len(rows) < population:
         report["sample"] = {"items": len(rows), "population": population, "seed": args.seed,
                             "stratified_by": "subject", "per_subject": dict(Counter(r.subject for r in rows))}

@@ -65,10 +65,27 @@ class LoadedScorer:
     joint_eval_rotations: int = 1
     passes: int = 0  # forward-pass sequences of the last `score` call
     settings: dict | None = None
+    retrieved: list | None = None  # per item of the last `score` call: the passages used (open book)
+    _book: object = None
+
+    def open_book(self):
+        """The run's own retrieval (None for a closed-book model), rebuilt from its record once."""
+        if self._book is None and (self.settings or {}).get("retrieval"):
+            from .retrieval.contexts import OpenBook
+
+            self._book = OpenBook.from_record(self.settings["retrieval"])
+        return self._book
 
     def score(self, rows: list[QARow], batch_size: int = 32, progress: bool = True,
               batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
-        """(n, options) scores; higher is better. Deterministic for the same model and items."""
+        """(n, options) scores; higher is better. Deterministic for the same model and items. An open-book
+        model reads each item with the passages its run's retrieval finds (rows that bring no context)."""
+        self.retrieved = None
+        if self.open_book() is not None and rows and all(r.context is None for r in rows):
+            rows, self.retrieved = self.open_book().attach(rows)
+            for record, row in zip(self.retrieved, rows):
+                record["context_tokens"] = len(self.tokenizer(row.context or "", add_special_tokens=False,
+                                                              verbose=False)["input_ids"])
         return SCORERS[self.method].score(self, rows, batch_size, progress, batch_tokens)
 
 

@@ -23,11 +23,12 @@ from .arguments import PATH_ARGUMENTS, Arguments
 from .callbacks import CheckpointMarkerCallback, LossCurveCallback
 from .data import LETTERS, handle_problems
 from .errors import UserError
+from .formulations import count_truncated, encode, get_formulation
 from .metrics import build_compute_metrics
 from .model_card import write_model_card
 from .modeling import check_vocabulary, hub_id, load_model, load_tokenizer
-from .formulations import count_truncated, encode, get_formulation
 from .preprocessing import MIN_QUESTION_TOKENS, required_length
+from .retrieval.contexts import OpenBook
 from .sources import load_rows
 from .splits import make_splits, stratified_sample, write_split_outputs
 from .trainer import build_trainer
@@ -175,6 +176,14 @@ def main(args: Arguments) -> dict:
                 logger.info("%s: a stratified sample of %d of %d questions is evaluated", name, limit,
                             len(getattr(splits, name)))
 
+        # 2b. Open book: the corpus is checked against every held-out item, then each row gets its passages.
+        book = None
+        if args.retrieval.settings().used:
+            with training_args.main_process_first(desc="indexing the retrieval corpus"):
+                book = OpenBook.build(args.retrieval.settings(), splits.train, splits.validation + splits.test,
+                                      model_args.cache_dir)
+            splits, evaluated = attach_contexts(book, splits, evaluated, output_dir if is_main else None)
+
         # 3. Tokenizer and model; the tokenizer must cover the data's text.
         tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                    model_args.model_revision, model_args.cache_dir, model_args.trust_remote_code)
@@ -207,6 +216,10 @@ def main(args: Arguments) -> dict:
         for name, dataset in (("train", train_set), ("validation", eval_set), ("test", test_set)):
             logger.info("%s: %d examples, %d truncated to %d tokens", name, len(dataset), count_truncated(dataset),
                         max_length)
+            if book is not None:
+                logger.info("%s: %d contexts cut to fit; %.1f context tokens per item", name,
+                            count_truncated(dataset, "context_truncated"),
+                            sum(dataset["context_tokens"]) / max(1, len(dataset)))
 
         # 5. The Trainer.
         trainer = build_trainer(
@@ -255,7 +268,7 @@ def main(args: Arguments) -> dict:
         # gathers the weights collectively), then the finished marker, last; only then a push.
         if is_main:
             run_dir.write_json(output_dir / run_dir.RUN_RECORD_FILE,
-                               run_record(args, formulation, trainer, max_length, base_model))
+                               run_record(args, formulation, trainer, max_length, base_model, book))
             write_model_card(output_dir, trainer.hub_model_id)
         trainer.save_model()
         trainer.accelerator.wait_for_everyone()
@@ -313,7 +326,34 @@ def write_test_predictions(output_dir: Path, dataset, logits, rows) -> None:
          "correct": predicted[row.id] == row.answer} for row in rows))
 
 
-def run_record(args: Arguments, formulation: str, trainer, max_length: int, base_model: dict) -> dict:
+def attach_contexts(book, splits, evaluated: dict, output_dir: Path | None):
+    """Every split's rows with their passages (training questions never retrieve themselves); on the main
+    process the passages used per item go to retrieved_contexts.jsonl and the retrieval to the manifest."""
+    from dataclasses import replace
+
+    from .retrieval.contexts import CONTEXTS_FILE
+
+    train, train_records = book.attach(splits.train, leave_one_out=True)
+    validation, validation_records = book.attach(splits.validation)
+    test, test_records = book.attach(splits.test)
+    by_id = {r.id: r for r in validation + test}
+    evaluated = {name: [by_id[r.id] for r in rows] for name, rows in evaluated.items()}
+    if output_dir is not None:
+        records = [{"split": split, **r} for split, part in (("train", train_records), ("validation",
+                   validation_records), ("test", test_records)) for r in part]
+        run_dir.write_jsonl(output_dir / CONTEXTS_FILE, records)
+        manifest = run_dir.read_json_if_present(output_dir / run_dir.MANIFEST_FILE) or {}
+        manifest["retrieval"] = {**book.record(), "gold_in_context": {
+            split: round(sum(r["gold_in_context"] for r in part) / max(1, len(part)), 4)
+            for split, part in (("train", train_records), ("validation", validation_records), ("test", test_records))}}
+        run_dir.write_json(output_dir / run_dir.MANIFEST_FILE, manifest)
+        logger.info("open book: %s; the gold option's text is in the context of %s", book.source.get("kind"),
+                    manifest["retrieval"]["gold_in_context"])
+    return replace(splits, train=train, validation=validation, test=test), evaluated
+
+
+def run_record(args: Arguments, formulation: str, trainer, max_length: int, base_model: dict,
+               book=None) -> dict:
     """What the model card needs to describe the run: no tokens, and no absolute local path (paths are relative
     to the output folder; `arguments_relative_paths` names the arguments that were rewritten)."""
     training_args = args.training
@@ -353,6 +393,7 @@ def run_record(args: Arguments, formulation: str, trainer, max_length: int, base
         "base_model": base_model,
         "early_stopping": early_stopping,
         "formulation": formulation,
+        "retrieval": book.record() if book is not None else None,
         "subjects": args.data.subjects,
         "hub_model_id": trainer.hub_model_id,
         "hyperparameters": hyperparameters,

@@ -1,0 +1,198 @@
+"""The same retrieval at training, evaluation and predict time: rows in, rows with a context out.
+
+`OpenBook` is built from the user's settings at training time (corpus read, leak-checked against every
+validation and test item, indexed) and recorded in the run (`record()`); evaluate and predict rebuild it
+from that record (`OpenBook.from_record`), finding the cached index by its key, or re-reading the recorded
+corpus when the cache is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+from ..data import QARow
+from ..errors import UserError
+from . import corpus as corpora
+from .index import BM25Index
+from .leak import POLICIES, find_leaks
+from .text import NORMALISATION, TERMS, normalise
+
+logger = logging.getLogger(__name__)
+
+QUERIES = {
+    "question": lambda row: row.question,
+    "question_options": lambda row: " ".join([row.question, *row.options]),
+}
+CONTEXTS_FILE = "retrieved_contexts.jsonl"
+SEPARATOR = "\n"
+
+
+@dataclass
+class RetrievalSettings:
+    corpus: str | None = None  # a local path, a hub dataset id, or "training_pool"
+    contexts: str | None = None  # precomputed contexts (JSONL)
+    config: str | None = None
+    revision: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    k: int = 5
+    query: str = "question_options"
+    passage_chars: int = 200
+    passage_overlap: int = 50
+    leak_policy: str = "drop"
+
+    @property
+    def used(self) -> bool:
+        return bool(self.corpus or self.contexts)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.corpus and self.contexts:
+            out.append("--retrieval_corpus and --retrieval_contexts: give one (a corpus to search, or contexts "
+                       "retrieved elsewhere)")
+        if self.k < 1:
+            out.append(f"--retrieval_k {self.k}: need 1 or more passages")
+        if self.passage_chars < 20:
+            out.append(f"--passage_chars {self.passage_chars}: need 20 or more characters")
+        if not 0 <= self.passage_overlap < self.passage_chars:
+            out.append(f"--passage_overlap {self.passage_overlap}: need 0 or more, below --passage_chars")
+        if self.query not in QUERIES:
+            out.append(f"--retrieval_query {self.query}: choose {' or '.join(QUERIES)}")
+        if self.leak_policy not in POLICIES:
+            out.append(f"--leak_policy {self.leak_policy}: choose {', '.join(POLICIES)}")
+        return out
+
+
+@dataclass
+class OpenBook:
+    settings: RetrievalSettings
+    index: BM25Index | None = None
+    precomputed: dict | None = None
+    source: dict = field(default_factory=dict)
+    leak: dict | None = None
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def build(cls, settings: RetrievalSettings, train: list[QARow], held_out: list[QARow],
+              cache_dir: str | None = None) -> OpenBook:
+        """Read the corpus, drop (or refuse) passages that copy a held-out item, index the rest."""
+        if settings.contexts:
+            contexts = corpora.read_precomputed(settings.contexts)
+            texts = sorted({p["text"] for passages in contexts.values() for p in passages})
+            book = cls(settings, precomputed=contexts, source={"kind": "precomputed", "path": settings.contexts})
+            report = find_leaks(texts, held_out)
+            bad = {texts[p] for p in report.leaking_passages}
+            book.leak = book._apply_policy(report, f"--retrieval_contexts {settings.contexts}")
+            if bad and settings.leak_policy == "drop":
+                book.precomputed = {i: [p for p in ps if p["text"] not in bad] for i, ps in contexts.items()}
+            return book
+        passages, source = cls._read_corpus(settings, train, cache_dir)
+        report = find_leaks([p.text for p in passages], held_out)
+        book = cls(settings, source=source)
+        book.leak = book._apply_policy(report, f"--retrieval_corpus {settings.corpus}")
+        if settings.leak_policy == "drop" and report.leaking_passages:
+            passages = [p for i, p in enumerate(passages) if i not in report.leaking_passages]
+            if not passages:
+                raise UserError(f"--retrieval_corpus {settings.corpus}: every passage copies a validation or test "
+                                "item; nothing is left to retrieve from")
+        source["content_sha256"] = corpora.content_hash(passages)
+        source["passages"] = len(passages)
+        book.index = BM25Index.build_or_load(passages, source["content_sha256"])
+        source["index_key"] = book.index.key
+        return book
+
+    @staticmethod
+    def _read_corpus(settings: RetrievalSettings, train: list[QARow], cache_dir) -> tuple[list, dict]:
+        size, overlap = settings.passage_chars, settings.passage_overlap
+        if settings.corpus == corpora.POOL:
+            if not train:
+                raise UserError("--retrieval_corpus training_pool: the training split is empty")
+            return corpora.pool_passages(train), {"kind": "training_pool", "questions": len(train)}
+        from pathlib import Path
+
+        if Path(settings.corpus).exists() or "/" not in settings.corpus or settings.corpus.startswith((".", "/")):
+            passages = corpora.read_local(settings.corpus, size, overlap, settings.text_column)
+            return passages, {"kind": "local", "path": str(Path(settings.corpus).resolve()),
+                              "passage_chars": size, "passage_overlap": overlap}
+        passages, commit = corpora.read_hub(settings.corpus, settings.config, settings.revision, settings.split,
+                                            size, overlap, settings.text_column, cache_dir)
+        return passages, {"kind": "hub", "dataset": settings.corpus, "config": settings.config,
+                          "split": settings.split, "revision": commit, "requested_revision": settings.revision,
+                          "passage_chars": size, "passage_overlap": overlap}
+
+    def _apply_policy(self, report, what: str) -> dict:
+        record = report.record(self.settings.leak_policy)
+        hit = len(report.items_hit)
+        if hit:
+            example = report.examples[0]
+            message = (f"{what}: {len(report.leaking_passages)} passage(s) copy {hit} validation/test item(s), "
+                       f"e.g. {example['source']} ({example['question'][:40]}…)")
+            if self.settings.leak_policy == "error":
+                raise UserError(message + "; remove them, or use --leak_policy drop")
+            logger.warning("%s: %s", message, "dropped" if self.settings.leak_policy == "drop" else
+                           "KEPT (--leak_policy keep): open-book results on those items read the answer key")
+        else:
+            logger.info("%s: no passage copies any of %d validation/test items", what, report.items_checked)
+        return record
+
+    # ------------------------------------------------------------------ recording and reloading
+
+    def record(self) -> dict:
+        s = self.settings
+        return {"source": self.source, "k": s.k, "query": s.query, "terms": TERMS, "normalisation": NORMALISATION,
+                "scoring": "bm25 (bm25s, k1 1.5, b 0.75)" if self.index else "precomputed",
+                "leak_check": self.leak, "settings": {
+                    "corpus": s.corpus, "contexts": s.contexts, "config": s.config, "revision": s.revision,
+                    "split": s.split, "text_column": s.text_column, "k": s.k, "query": s.query,
+                    "passage_chars": s.passage_chars, "passage_overlap": s.passage_overlap,
+                    "leak_policy": s.leak_policy}}
+
+    @classmethod
+    def from_record(cls, record: dict) -> OpenBook:
+        """The run's own retrieval, for evaluate and predict: the cached index, else the recorded corpus again."""
+        from .index import cache_root
+
+        settings = RetrievalSettings(**record["settings"])
+        source = record.get("source", {})
+        if settings.contexts:
+            return cls(settings, precomputed=corpora.read_precomputed(settings.contexts), source=source)
+        folder = cache_root() / str(source.get("index_key"))
+        if (folder / "passages.jsonl").is_file():
+            return cls(settings, BM25Index.load(folder), source=source)
+        if source.get("kind") == "training_pool":
+            raise UserError(f"the run's training-pool index ({folder}) is gone from the cache: run the training "
+                            "command again (it resumes from the finished run and rebuilds the index), or set "
+                            "HF_HOME to where it was built")
+        passages, _ = cls._read_corpus(settings, [], None)
+        book = cls(settings, source=source)
+        if corpora.content_hash(passages) != source.get("content_sha256"):
+            # the leak policy may have dropped passages: rebuild only from an identical corpus
+            raise UserError(f"the run's retrieval index ({folder}) is gone and --retrieval_corpus {settings.corpus} "
+                            "no longer hashes to what the run indexed: restore the cache (HF_HOME) or retrain")
+        book.index = BM25Index.build_or_load(passages, source["content_sha256"])
+        return book
+
+    # ------------------------------------------------------------------ retrieving
+
+    def attach(self, rows: list[QARow], leave_one_out: bool = False) -> tuple[list[QARow], list[dict]]:
+        """Rows with their context, and per row the passages used (ids, scores) and whether the gold option's
+        text is in the context."""
+        if not rows:
+            return [], []
+        if self.precomputed is not None:
+            found = [self.precomputed.get(r.id, [])[: self.settings.k] for r in rows]
+        else:
+            queries = [QUERIES[self.settings.query](r) for r in rows]
+            hits = self.index.search(queries, self.settings.k, [r.id for r in rows] if leave_one_out else None)
+            found = [[{"id": self.index.passages[i].id, "text": self.index.passages[i].text, "score": round(s, 4)}
+                      for i, s in row_hits] for row_hits in hits]
+        out, records = [], []
+        for row, passages in zip(rows, found):
+            context = SEPARATOR.join(p["text"] for p in passages)
+            gold = normalise(row.options[row.label]) if row.label >= 0 else ""
+            out.append(replace(row, context=context or None))
+            records.append({"id": row.id, "passages": [{"id": p.get("id"), "score": p.get("score")} for p in passages],
+                            "gold_in_context": bool(gold) and gold in normalise(context)})
+        return out, records
