@@ -15,6 +15,8 @@ commands:
   push               upload a finished output_dir to the hub with its model card
   make-demo-data     write a learnable synthetic TMMLU+-layout data set: hf-ft make-demo-data DIR
                      [--plant-artifact longest --artifact-subjects S,...: the gold option is the longest]
+  make-open-book-data  facts about invented names and questions only they answer (the open-book demo):
+                     hf-ft make-open-book-data DIR → DIR/data, DIR/corpus/facts.jsonl
   make-tiny-model    a tiny BERT, vocabulary from data: hf-ft make-tiny-model DIR --vocab-from DATA...
                      [--pretrain-sentences N: masked-LM pretraining on N fact sentences]
   make-hub-fixtures  local git repos in the hub's layout (ikala/tmmluplus, google-bert/bert-base-chinese)
@@ -46,6 +48,20 @@ def make_demo_data_command(argv: list[str]) -> None:
     out = make_demo_data(args.out_dir, args.rows_per_subject, args.seed, artifact=args.plant_artifact,
                          artifact_subjects=args.artifact_subjects.split(","), artifact_rate=args.artifact_rate)
     print(f"demo data written to {out}")
+
+
+def make_open_book_data_command(argv: list[str]) -> None:
+    from .demo import make_open_book_data
+
+    parser = ArgumentParser(prog="hf-ft make-open-book-data", description=make_open_book_data.__doc__)
+    parser.add_argument("out_dir")
+    parser.add_argument("--rows-per-subject", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.rows_per_subject < 20:
+        raise UserError(f"--rows-per-subject {args.rows_per_subject}: need 20 or more")
+    data, corpus = make_open_book_data(args.out_dir, args.rows_per_subject, args.seed)
+    print(f"open-book demo: questions in {data}, the facts that answer them in {corpus}")
 
 
 def make_tiny_model_command(argv: list[str]) -> None:
@@ -80,6 +96,7 @@ def make_hub_fixtures_command(argv: list[str]) -> None:
 COMMANDS = {
     "train": train_command,
     "make-demo-data": make_demo_data_command,
+    "make-open-book-data": make_open_book_data_command,
     "make-tiny-model": make_tiny_model_command,
     "make-hub-fixtures": make_hub_fixtures_command,
 }

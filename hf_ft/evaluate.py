@@ -251,7 +251,10 @@ def run(args: EvaluateArguments) -> dict:
             if is_main:
                 from .run_dir import write_jsonl
 
-                write_jsonl(out / f"retrieved_contexts-{label}.jsonl", scorer.retrieved)
+                import re
+
+                name = re.sub(r"[^\w.-]+", "_", label).strip("_")
+                write_jsonl(out / f"retrieved_contexts-{name}.jsonl", scorer.retrieved)
         if role == "finetuned" and "finetuned" not in scorers:
             scorers["finetuned"] = scorer  # kept for the audit's permutation check
     report = build_report(rows, models, reference, args.seed)

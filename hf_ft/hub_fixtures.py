@@ -164,6 +164,69 @@ def write_dataset_repo(root: Path, scale: float = 1.0, seed: int = 0) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Retrieval corpora: Chinese Wikipedia's layout, and TCEval-v2, which holds TMMLU+ v1.0's test split
+
+WIKIPEDIA_REPO = "datasets/wikimedia/wikipedia"
+WIKIPEDIA_CONFIG = "20231101.zh"
+TCEVAL_REPO = "datasets/MediaTek-Research/TCEval-v2"
+
+
+def _parquet(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def _configs_readme(configs: dict[str, dict[str, str]], license: str) -> str:
+    lines = ["---", f"license: {license}", "configs:"]
+    for name, splits in configs.items():
+        lines += [f"- config_name: {name}", "  data_files:"]
+        lines += [f"  - split: {split}\n    path: {pattern}" for split, pattern in splits.items()]
+    return "\n".join(lines) + "\n---\n"
+
+
+def write_wikipedia_repo(root: Path, articles: int = 300, seed: int = 0) -> str:
+    """`wikimedia/wikipedia` config `20231101.zh`: one parquet of id, url, title, text, in Simplified script
+    (as zh.wikipedia serves it). Returns the commit."""
+    from .retrieval.text import to_simplified
+
+    repo = root / WIKIPEDIA_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    rng = random.Random(seed)
+    rows = []
+    for i in range(articles):
+        title = to_simplified(_text(rng, rng.randint(2, 5)))
+        body = "。".join(to_simplified(_text(rng, rng.randint(20, 80))) for _ in range(rng.randint(2, 8))) + "。"
+        rows.append({"id": str(1000 + i), "url": f"https://zh.wikipedia.org/wiki/{title}", "title": title, "text": body})
+    _parquet(repo / WIKIPEDIA_CONFIG / "train-00000-of-00001.parquet", rows)
+    (repo / "README.md").write_text(_configs_readme(
+        {WIKIPEDIA_CONFIG: {"train": f"{WIKIPEDIA_CONFIG}/train-*"}}, "cc-by-sa-3.0"), encoding="utf-8")
+    return _commit(repo, "20231101.zh", "2024-01-01T00:00:00+00:00")
+
+
+def write_tceval_repo(root: Path, subjects: list[str]) -> str:
+    """`MediaTek-Research/TCEval-v2` configs `tmmluplus-<subject>`: TMMLU+ v1.0's test (and dev) rows verbatim,
+    read from the TMMLU+ fixture at its v1.0 tag, as the real repo holds them. Returns the commit."""
+    source = root / DATASET_REPO
+    repo = root / TCEVAL_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    configs = {}
+    for subject in subjects:
+        for split, suffix in (("test", "test"), ("dev", "dev")):
+            text = subprocess.run(["git", "-C", str(source), "show", f"v1.0:data/{subject}_{suffix}.csv"],
+                                  check=True, capture_output=True, text=True).stdout
+            rows = list(csv.DictReader(io.StringIO(text)))
+            _parquet(repo / f"tmmluplus-{subject}" / f"{split}-00000-of-00001.parquet", rows)
+        configs[f"tmmluplus-{subject}"] = {"test": f"tmmluplus-{subject}/test-*", "dev": f"tmmluplus-{subject}/dev-*"}
+    (repo / "README.md").write_text(_configs_readme(configs, "apache-2.0"), encoding="utf-8")
+    return _commit(repo, "TCEval-v2", "2024-01-05T00:00:00+00:00")
+
+
+# ----------------------------------------------------------------------------------------------
 # The model
 
 

@@ -164,6 +164,29 @@ def test_items_text(pushed: bool) -> str:
             "benchmark into other models' training data.")
 
 
+def retrieval_text(retrieval: dict) -> str:
+    """The corpus (with its commit or content hash), k, the query, the terms and the leak check, as recorded."""
+    source = retrieval.get("source", {})
+    kind = source.get("kind")
+    if kind == "hub":
+        corpus = (f"hub dataset `{source.get('dataset')}` config `{source.get('config')}` split `{source.get('split')}` "
+                  f"at commit `{str(source.get('revision'))[:12]}`")
+    elif kind == "training_pool":
+        corpus = f"the training questions with their answers (leave-one-out; {source.get('questions')} questions)"
+    elif kind == "precomputed":
+        corpus = "precomputed contexts"
+    else:
+        corpus = f"a local corpus (content sha256 `{str(source.get('content_sha256'))[:16]}…`)"
+    if source.get("passages"):
+        corpus += f", {source['passages']:,} passages"
+    leak = retrieval.get("leak_check") or {}
+    check = (f"; leak check ({leak.get('ngram')}-grams, OpenCC t2s + NFKC): {leak.get('items_with_a_copy_in_the_corpus', 0)} "
+             f"validation/test item(s) had a copy in the corpus, {leak.get('passages_dropped', 0)} passage(s) dropped "
+             f"(policy `{leak.get('policy')}`)") if leak else ""
+    return (f"{corpus}; top {retrieval.get('k')} by {retrieval.get('scoring')} on {retrieval.get('terms')} of the "
+            f"{retrieval.get('query')}, normalised {retrieval.get('normalisation')}{check}")
+
+
 def training_table(run: dict) -> str:
     hyper = dict(run.get("hyperparameters", {}))
     warmup = hyper.pop("warmup_steps", None)
@@ -185,6 +208,8 @@ def training_table(run: dict) -> str:
             if stop["stopped_early"] else
             f"patience {stop['patience']} (threshold {stop['threshold']}): not triggered, the run went its full "
             f"{stop['max_steps']} steps")))
+    if run.get("retrieval"):
+        rows.append(("open book (retrieval)", retrieval_text(run["retrieval"])))
     rows.append(("DeepSpeed", f"ZeRO stage {ds.get('stage')}" + (" with offload" if ds.get("offload") else "")
                  if ds.get("used") else "not used" + (f" ({ds.get('reason')})" if ds.get("reason") else "")))
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows if v is not None)

@@ -50,8 +50,9 @@ def rank(scorer: LoadedScorer, rows: list[QARow], batch_size: int = 32, progress
         if any(len(r.options) != n_labels for r in rows):
             raise UserError(f"{scorer.path}: a joint model answers exactly {n_labels} options")
     scores = scorer.score(rows, batch_size, progress)
+    retrieved = scorer.retrieved or [None] * len(rows)
     results = []
-    for row, row_scores in zip(rows, scores):
+    for row, row_scores, found in zip(rows, scores, retrieved):
         row_scores = row_scores[: len(row.options)]
         probs = softmax(row_scores)
         order = np.argsort(-row_scores, kind="stable")
@@ -60,6 +61,7 @@ def rank(scorer: LoadedScorer, rows: list[QARow], batch_size: int = 32, progress
             "ranking": [{"letter": OPTION_LETTERS[int(i)], "option": row.options[int(i)],
                          "probability": round(float(probs[i]), 6), "score": round(float(row_scores[i]), 6)}
                         for i in order],
+            **({"context_passages": found["passages"]} if found else {}),
         })
     return results
 
@@ -69,6 +71,8 @@ def format_ranking(result: dict, scorer: LoadedScorer) -> str:
     for place, r in enumerate(result["ranking"], start=1):
         bar = "█" * int(round(20 * r["probability"]))
         lines.append(f"  {place}. {r['letter']}  {r['probability']:6.1%}  {bar:<20}  {r['option']}")
+    if result.get("context_passages"):
+        lines.append("  open book, passages: " + ", ".join(f"{p['id']} ({p['score']})" for p in result["context_passages"]))
     return "\n".join(lines)
 
 

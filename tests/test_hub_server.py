@@ -16,7 +16,8 @@ SCALE = 0.05  # TMMLU+'s per-subject sizes × 0.05: ~1,100 questions over 67 sub
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    from hf_ft.hub_fixtures import LoopbackHub, write_dataset_repo, write_fixtures, write_model_repo
+    from hf_ft.hub_fixtures import (LoopbackHub, write_dataset_repo, write_fixtures, write_model_repo,
+                                    write_tceval_repo, write_wikipedia_repo)
 
     root = tmp_path_factory.mktemp("hub")
     shas = write_fixtures(root / "mirrors", scale=SCALE, model_size="small")
@@ -32,9 +33,13 @@ def hub(tmp_path_factory):
                     "data/physics_test.csv"], check=True)
     subprocess.run(["git", "-C", str(mini), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "no physics"],
                    check=True)
+    # Retrieval corpora: Chinese Wikipedia's layout, and TCEval-v2 (TMMLU+ v1.0's test split, verbatim).
+    wiki = write_wikipedia_repo(root / "mirrors")
+    write_tceval_repo(root / "mirrors", ["music", "physics"])
     with LoopbackHub(root / "mirrors", root / "olah") as server:
         server.env = server.client_env(root / "hf_home")
         server.shas = shas["dataset"]
+        server.wiki = wiki
         yield server
 
 
@@ -175,3 +180,47 @@ def test_evaluate_and_predict_with_hub_ids(hub, tmp_path):
     predicted = run(python("-m", "hf_ft.cli", "predict", "google-bert/bert-base-chinese", "--question",
                            "下列何者為哺乳類？", "--choices", "鯨魚", "鯊魚"), hub)
     assert predicted.returncode == 0 and "mlm-pll" in predicted.stdout, predicted.stderr[-2000:]
+
+
+def test_open_book_from_a_hub_corpus_at_its_commit(hub, tmp_path):
+    """Chinese Wikipedia's layout (Simplified script) through the hub: its commit is recorded, every item gets
+    passages, and evaluate and predict retrieve from the same index."""
+    out = tmp_path / "wiki"
+    train_small(hub, out, "--model_name_or_path", "bert-base-chinese", "--subjects", "music,physics",
+                "--retrieval_corpus", "wikimedia/wikipedia", "--retrieval_corpus_config", "20231101.zh",
+                "--retrieval_k", "2")
+    retrieval = json.loads((out / "data_manifest.json").read_text())["retrieval"]
+    assert retrieval["source"]["kind"] == "hub" and retrieval["source"]["revision"] == hub.wiki
+    assert retrieval["source"]["dataset"] == "wikimedia/wikipedia" and retrieval["source"]["config"] == "20231101.zh"
+    assert json.loads((out / "hf_ft_run.json").read_text())["retrieval"]["source"]["revision"] == hub.wiki
+    contexts = [json.loads(line) for line in (out / "retrieved_contexts.jsonl").read_text().splitlines()]
+    assert {c["split"] for c in contexts} == {"train", "validation", "test"}
+    assert all(len(c["passages"]) == 2 for c in contexts)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "wikimedia/wikipedia" in card and hub.wiki[:12] in card
+    result = run(python("-m", "hf_ft.predict", str(out), "--question", "下列何者正確？", "--choices", "甲", "乙",
+                        "丙", "丁", "--json"), hub)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["context_passages"]
+
+
+def test_the_leak_check_fires_on_tceval(hub, tmp_path):
+    """TCEval-v2 holds TMMLU+ v1.0's test split: as a retrieval corpus it is reading the answer key. The leak
+    check finds the copies (v1.1 questions against v1.0 text) and drops them, or stops before training."""
+    common = ["--model_name_or_path", "bert-base-chinese", "--subjects", "music",
+              "--retrieval_corpus", "MediaTek-Research/TCEval-v2", "--retrieval_corpus_config", "tmmluplus-music",
+              "--retrieval_text_column", "question"]
+    out = tmp_path / "dropped"
+    train_small(hub, out, *common, "--retrieval_corpus_split", "test+dev")  # dev: training rows, no leak
+    leak = json.loads((out / "data_manifest.json").read_text())["retrieval"]["leak_check"]
+    test_items = len(json.loads((out / "test_qa_data.json").read_text()))
+    assert leak["items_with_a_copy_in_the_corpus"] >= test_items  # every test item has its v1.0 copy
+    assert leak["passages_dropped"] == leak["passages_leaking"] > 0 and leak["examples"]
+    for split, policy, message in (("test+dev", "error", "--leak_policy drop"),
+                                   ("test", "drop", "nothing is left to retrieve from")):
+        stopped = run(python("run_qa.py", "--output_dir", str(tmp_path / policy), "--max_steps", "1", *common,
+                             "--retrieval_corpus_split", split, "--leak_policy", policy), hub)
+        assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+        line = stopped.stderr.strip().splitlines()[-1]
+        assert "cop" in line and "validation or test item" in line.replace("/", " or ") and message in line, line
+        assert not (tmp_path / policy / "checkpoint-1").exists()

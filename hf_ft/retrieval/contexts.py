@@ -152,14 +152,14 @@ class OpenBook:
     @classmethod
     def from_record(cls, record: dict) -> OpenBook:
         """The run's own retrieval, for evaluate and predict: the cached index, else the recorded corpus again."""
-        from .index import cache_root
+        from .index import cache_root, is_built
 
         settings = RetrievalSettings(**record["settings"])
         source = record.get("source", {})
         if settings.contexts:
             return cls(settings, precomputed=corpora.read_precomputed(settings.contexts), source=source)
         folder = cache_root() / str(source.get("index_key"))
-        if (folder / "passages.jsonl").is_file():
+        if is_built(folder):
             return cls(settings, BM25Index.load(folder), source=source)
         if source.get("kind") == "training_pool":
             raise UserError(f"the run's training-pool index ({folder}) is gone from the cache: run the training "

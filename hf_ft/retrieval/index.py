@@ -17,14 +17,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .corpus import Passage
-from .text import NORMALISATION, TERMS, normalise, terms
+from .text import NORMALISATION, TERMS, normalise
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 K1, B = 1.5, 0.75  # bm25s' defaults (Lucene's BM25)
 
 
@@ -33,14 +34,91 @@ def cache_root() -> Path:
     return Path(home) / "hf_ft" / "bm25"
 
 
+def is_built(folder: Path) -> bool:
+    """A complete index of this format (an older hf_ft's cache, or a half-written one, is not)."""
+    try:
+        return json.loads((folder / "hf_ft_index.json").read_text())["format"] == FORMAT
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def index_key(corpus_hash: str) -> str:
     params = json.dumps([corpus_hash, NORMALISATION, TERMS, K1, B, FORMAT])
     return hashlib.sha256(params.encode()).hexdigest()[:24]
 
 
+def term_codes(normalised: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The terms of each text as int64 codes (a unigram: its code point; a bigram: both, packed) and the text
+    each belongs to, for many texts at once: the `terms` of text.py, computed with numpy."""
+    codes = np.frombuffer("\x00".join(normalised).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    owner = np.cumsum(codes == 0)
+    real = codes != 0
+    pair = real[:-1] & real[1:]
+    unigrams = codes[real]
+    bigrams = (codes[:-1][pair] << 21) + codes[1:][pair] + _BIGRAM
+    return np.concatenate([unigrams, bigrams]), np.concatenate([owner[real], owner[:-1][pair]])
+
+
+_BIGRAM = np.int64(1) << 42
+_CHUNK = 50_000
+
+
+def _chunk_pairs(normalised: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(term, text, tf) for each distinct term of each text, sorted by (text, term); and each text's length."""
+    terms, owner = term_codes(normalised)
+    lengths = np.bincount(owner, minlength=len(normalised))
+    keys, tf = np.unique((owner << 43) | terms, return_counts=True)
+    return keys & ((np.int64(1) << 43) - 1), keys >> 43, tf, lengths
+
+
+def build_scores(normalised: list[str], k1: float = K1, b: float = B, progress: bool = True):
+    """BM25 (bm25s' Lucene variant: idf = ln(1 + (N - df + .5)/(df + .5)), tf / (tf + k1(1 - b + b·dl/avgdl)))
+    as bm25s' CSC score matrix (documents × terms), built in two vectorised passes over chunks of texts, so a
+    million passages fit in a few GB (bm25s' own builder keeps every token as a Python object)."""
+    n = len(normalised)
+    chunks = [normalised[i:i + _CHUNK] for i in range(0, n, _CHUNK)]
+    vocab, df = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    lengths = []
+    for chunk in tqdm(chunks, desc="BM25 vocabulary", disable=not progress, leave=False):
+        terms, _, _, chunk_lengths = _chunk_pairs(chunk)
+        lengths.append(chunk_lengths)
+        unique, counts = np.unique(terms, return_counts=True)
+        merged = np.union1d(vocab, unique)
+        merged_df = np.zeros(len(merged), dtype=np.int64)
+        merged_df[np.searchsorted(merged, vocab)] += df
+        merged_df[np.searchsorted(merged, unique)] += counts
+        vocab, df = merged, merged_df
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    average = max(float(lengths.mean()) if n else 1.0, 1e-9)
+    idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+    indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+    np.cumsum(df, out=indptr[1:])
+    data = np.zeros(int(indptr[-1]), dtype=np.float32)
+    indices = np.zeros(int(indptr[-1]), dtype=np.int32)
+    offsets = indptr[:-1].copy()
+    start = 0
+    for chunk in tqdm(chunks, desc="BM25 scores", disable=not progress, leave=False):
+        terms, docs, tf, _ = _chunk_pairs(chunk)
+        columns = np.searchsorted(vocab, terms)
+        order = np.argsort((columns << 20) | docs, kind="stable")
+        columns, docs, tf = columns[order], docs[order] + start, tf[order].astype(np.float32)
+        norm = k1 * (1 - b + b * lengths[docs] / average)
+        scores = idf[columns] * tf / (tf + norm)
+        first = np.flatnonzero(np.diff(columns, prepend=-1))
+        counts = np.diff(np.append(first, len(columns)))
+        rank = np.arange(len(columns)) - np.repeat(first, counts)
+        place = offsets[columns] + rank
+        data[place] = scores
+        indices[place] = docs
+        offsets[columns[first]] += counts
+        start += len(chunk)
+    return {"data": data, "indices": indices, "indptr": indptr, "num_docs": n}, vocab
+
+
 @dataclass
 class BM25Index:
-    retriever: object  # bm25s.BM25
+    retriever: object  # bm25s.BM25, its score matrix built by build_scores
+    vocab: np.ndarray  # sorted term codes; column i of the matrix is vocab[i]
     passages: list[Passage]
     key: str
     path: Path
@@ -50,22 +128,31 @@ class BM25Index:
                       progress: bool = True) -> BM25Index:
         key = index_key(corpus_hash)
         folder = (root or cache_root()) / key
-        if (folder / "passages.jsonl").is_file():
+        if is_built(folder):
             return cls.load(folder)
         import bm25s
 
         logger.info("indexing %d passages (BM25, %s, %s) into %s", len(passages), TERMS, NORMALISATION, folder)
-        tokens = [terms(normalise(f"{p.title} {p.text}" if p.title else p.text))
-                  for p in tqdm(passages, desc="Normalising passages", disable=not progress, leave=False)]
-        retriever = bm25s.BM25(k1=K1, b=B)
-        retriever.index(tokens, show_progress=progress)
+        normalised = [normalise(f"{p.title} {p.text}" if p.title else p.text)
+                      for p in tqdm(passages, desc="Normalising passages", disable=not progress, leave=False)]
+        retriever = bm25s.BM25(k1=K1, b=B, method="lucene", idf_method="lucene")
+        retriever.scores, vocab = build_scores(normalised, K1, B, progress)
+        retriever.vocab_dict = {}  # terms.npy holds the vocabulary (millions of bigrams: no JSON dict)
+        retriever.nonoccurrence_array = None  # Lucene BM25 needs none
+        del normalised
         folder.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
         try:
             retriever.save(partial)
+            np.save(partial / "terms.npy", vocab)
             with (partial / "passages.jsonl").open("w", encoding="utf-8") as f:
                 for p in passages:
                     f.write(json.dumps({"id": p.id, "text": p.text, "title": p.title}, ensure_ascii=False) + "\n")
+            (partial / "hf_ft_index.json").write_text(json.dumps(
+                {"format": FORMAT, "corpus_sha256": corpus_hash, "passages": len(passages), "terms": TERMS,
+                 "normalisation": NORMALISATION, "k1": K1, "b": B}))
+            if folder.exists():  # an older format's or a broken cache under the same key: replaced
+                shutil.rmtree(folder, ignore_errors=True)
             try:
                 partial.rename(folder)
             except OSError:  # another process finished the same index first: use theirs
@@ -80,26 +167,39 @@ class BM25Index:
         import bm25s
 
         retriever = bm25s.BM25.load(folder, mmap=True)
+        vocab = np.load(folder / "terms.npy", mmap_mode="r")
+        retriever.unique_token_ids_set = range(len(vocab))  # O(1) membership for bm25s' query filter
         with (folder / "passages.jsonl").open(encoding="utf-8") as f:
             passages = [Passage(**json.loads(line)) for line in f]
-        return cls(retriever, passages, folder.name, folder)
+        return cls(retriever, vocab, passages, folder.name, folder)
+
+    def query_columns(self, queries: list[str]) -> list[list[int]]:
+        """Each query's terms as columns of the score matrix (terms the corpus lacks are left out)."""
+        terms, owner = term_codes([normalise(q) for q in queries])
+        columns = np.searchsorted(self.vocab, terms)
+        found = (columns < len(self.vocab)) & (np.asarray(self.vocab)[np.minimum(columns, len(self.vocab) - 1)] == terms)
+        out = [[] for _ in queries]
+        for column, query in zip(columns[found].tolist(), owner[found].tolist()):
+            out[query].append(column)
+        return out
 
     def search(self, queries: list[str], k: int, exclude: list[str | None] | None = None,
-               progress: bool = False) -> list[list[tuple[int, float]]]:
+               progress: bool = False, threads: int = 0) -> list[list[tuple[int, float]]]:
         """Top-k (passage index, score) per query; `exclude[i]` is a passage id query i may not retrieve
         (the training question itself, for the training pool)."""
-        if not queries:
-            return []
+        out = [[] for _ in queries]
+        columns = self.query_columns(queries)
+        asked = [i for i, c in enumerate(columns) if c]  # a query with no term in the corpus finds nothing
+        if not asked:
+            return out
         want = min(len(self.passages), k + (1 if exclude else 0))
-        tokens = [terms(normalise(q)) or [""] for q in queries]
-        documents, scores = self.retriever.retrieve(tokens, k=want, show_progress=progress, n_threads=0)
-        out = []
-        for i, (docs, values) in enumerate(zip(documents, scores)):
+        documents, scores = self.retriever.retrieve([columns[i] for i in asked], k=want, show_progress=progress,
+                                                    n_threads=threads)
+        for i, docs, values in zip(asked, documents, scores):
             hits = [(int(d), float(s)) for d, s in zip(docs, values)
                     if s > 0 and not (exclude and exclude[i] is not None and self.passages[int(d)].id == exclude[i])]
-            out.append(hits[:k])
+            out[i] = hits[:k]
         return out
 
     def size_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
-

@@ -36,3 +36,7 @@ def normalise(text: str) -> str:
 def terms(normalised: str) -> list[str]:
     """Character unigrams and bigrams of normalised text."""
     return list(normalised) + [normalised[i:i + 2] for i in range(len(normalised) - 1)]
+
+
+def to_simplified(text: str) -> str:
+    return _t2s().convert(text)

@@ -1,0 +1,199 @@
+"""Retrieval at the size users run it: index a million passages, retrieve for every TMMLU+ question, compare
+with rank_bm25, and measure what k = 5 passages of context cost bert-base in training and evaluation.
+
+    python -m benchmarks.retrieval --output bench_retrieval.json             # the full run (~15 min here)
+    python -m benchmarks.retrieval --output bench_retrieval.json --quick     # small sizes, for a smoke test
+
+Timings are only comparable inside one run on a quiet machine; every ratio here is measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from benchmarks.common import CHARS, PeakRSS, build_model, machine, synthetic_row, write_report
+from hf_ft.data import LETTERS, QARow
+from hf_ft.retrieval.corpus import Passage, content_hash
+from hf_ft.retrieval.index import BM25Index
+from hf_ft.retrieval.leak import find_leaks
+from hf_ft.retrieval.text import normalise, terms
+
+PASSAGE_CHARS = 200
+MACHINE_RAM_GB = 24
+
+
+def synthetic_passages(n: int, seed: int = 0) -> list[str]:
+    """~200-character passages of common Traditional characters, drawn with a Zipf-like frequency (as text is)."""
+    rng = np.random.default_rng(seed)
+    alphabet = np.array(list(CHARS))
+    weights = 1.0 / np.arange(1, len(alphabet) + 1) ** 0.8
+    weights /= weights.sum()
+    out = []
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        picks = alphabet[rng.choice(len(alphabet), size=(m, PASSAGE_CHARS), p=weights)]
+        out += np.ascontiguousarray(picks).view(f"<U{PASSAGE_CHARS}").ravel().tolist()
+    return out
+
+
+def synthetic_questions(n: int, seed: int = 1) -> list[QARow]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        r = synthetic_row(rng)
+        rows.append(QARow(f"q{i}", "music", r["question"], tuple(r[x] for x in LETTERS), r["answer"], "bench", i))
+    return rows
+
+
+def bench_index(texts: list[str], queries: list[str]) -> tuple[dict, BM25Index]:
+    passages = [Passage(str(i), t) for i, t in enumerate(texts)]
+    base = psutil.Process().memory_info().rss
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        index = BM25Index.build_or_load(passages, content_hash(passages), progress=False)
+        seconds = time.perf_counter() - start
+    result = {"passages": len(texts), "index_seconds": round(seconds, 1), "peak_rss_gb": round(rss.peak / 2**30, 2),
+              "rss_increase_gb": round((rss.peak - base) / 2**30, 2),
+              "index_size_on_disk_gb": round(index.size_on_disk() / 2**30, 3)}
+    per_million = (rss.peak - base) / 2**30 / (len(texts) / 1e6)
+    result["rss_gb_per_million_passages"] = round(per_million, 2)
+    result["largest_corpus_on_a_24gb_machine_millions"] = round((MACHINE_RAM_GB * 0.8) / per_million, 1)
+    for threads in (0, 2):
+        start = time.perf_counter()
+        index.search(queries, 5, threads=threads)
+        elapsed = time.perf_counter() - start
+        result[f"queries_per_second_top5_threads{threads}"] = round(len(queries) / elapsed, 1)
+    result["queries"] = len(queries)
+    return result, index
+
+
+def bench_rank_bm25(texts: list[str], queries: list[str]) -> dict:
+    """rank_bm25's BM25Okapi against hf_ft's index on the same passages and the same terms."""
+    from rank_bm25 import BM25Okapi
+
+    tokenized = [terms(normalise(t)) for t in texts]
+    start = time.perf_counter()
+    theirs = BM25Okapi(tokenized)
+    theirs_index = time.perf_counter() - start
+    passages = [Passage(str(i), t) for i, t in enumerate(texts)]
+    with tempfile.TemporaryDirectory() as home:
+        start = time.perf_counter()
+        ours = BM25Index.build_or_load(passages, content_hash(passages), root=Path(home), progress=False)
+        ours_index = time.perf_counter() - start
+        start = time.perf_counter()
+        ours_hits = ours.search(queries, 5)
+        ours_query = time.perf_counter() - start
+    start = time.perf_counter()
+    their_hits = [np.argsort(-theirs.get_scores(terms(normalise(q))), kind="stable")[:5] for q in queries]
+    theirs_query = time.perf_counter() - start
+    same = [set(d for d, _ in o) == set(t.tolist()) for o, t in zip(ours_hits, their_hits)]
+    top1 = [bool(o) and o[0][0] == int(t[0]) for o, t in zip(ours_hits, their_hits)]
+    return {"passages": len(texts), "queries": len(queries),
+            "index_seconds": {"hf_ft": round(ours_index, 2), "rank_bm25": round(theirs_index, 2)},
+            "index_speedup": round(theirs_index / ours_index, 1),
+            "query_seconds": {"hf_ft": round(ours_query, 3), "rank_bm25": round(theirs_query, 2)},
+            "query_speedup": round(theirs_query / ours_query, 1),
+            "same_top5_set": round(float(np.mean(same)), 4), "same_top1": round(float(np.mean(top1)), 4),
+            "note": "hf_ft scores with Lucene's idf ln(1 + (N - df + .5)/(df + .5)), rank_bm25's BM25Okapi with "
+                    "ln((N - df + .5)/(df + .5)) (floored): the rankings may differ where idf weights do"}
+
+
+def bench_context_cost(work: Path, contexts: list[str], k: int, steps: int) -> dict:
+    """Samples/s and tokens per item at bert-base shape, 512 tokens, without and with k passages, for
+    per_choice (the context repeated for each option) and joint (the context once)."""
+    import torch
+
+    from hf_ft.formulations import encode, get_formulation, make_collator
+
+    model_dir, tokenizer = build_model(work / "bert-base", "bert-base")
+    rng = random.Random(3)
+    rows = synthetic_questions(8 * steps, seed=4)
+    book = ["\n".join(rng.sample(contexts, k)) for _ in rows]
+    out = {}
+    torch.manual_seed(0)
+    for formulation in ("per_choice", "joint"):
+        model = get_formulation(formulation).auto_class.from_pretrained(
+            model_dir, **({"num_labels": 4} if formulation == "joint" else {}))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        for arm, items in (("closed", rows), ("open", [r.__class__(**{**r.__dict__, "context": c})
+                                                         for r, c in zip(rows, book)])):
+            dataset = encode(items, tokenizer, formulation, 512, cache_dir=work / "cache", progress=False)
+            collate = make_collator(formulation, tokenizer, train=False)
+            batches = [collate([dataset[i] for i in range(s * 8, s * 8 + 8)]) for s in range(steps)]
+            tokens = float(np.mean(dataset["length"])) * (4 if formulation == "per_choice" else 1)
+            model.train()
+            start = time.perf_counter()
+            for batch in batches:
+                model(**batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            train_rate = 8 * steps / (time.perf_counter() - start)
+            model.eval()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                for batch in batches:
+                    model(**{k_: v for k_, v in batch.items() if k_ != "labels"})
+            eval_rate = 8 * steps / (time.perf_counter() - start)
+            out[f"{formulation}_{arm}"] = {"train_samples_per_second": round(train_rate, 2),
+                                           "eval_samples_per_second": round(eval_rate, 2),
+                                           "tokens_per_item": round(tokens, 1),
+                                           "context_truncated": int(sum(dataset["context_truncated"]))}
+    for formulation in ("per_choice", "joint"):
+        closed, opened = out[f"{formulation}_closed"], out[f"{formulation}_open"]
+        out[f"{formulation}_open_cost"] = {
+            "train_slowdown": round(closed["train_samples_per_second"] / opened["train_samples_per_second"], 2),
+            "eval_slowdown": round(closed["eval_samples_per_second"] / opened["eval_samples_per_second"], 2)}
+    out["joint_vs_per_choice_open_train_speed"] = round(
+        out["joint_open"]["train_samples_per_second"] / out["per_choice_open"]["train_samples_per_second"], 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="bench_retrieval.json")
+    parser.add_argument("--passages", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=22_700)
+    parser.add_argument("--rank_bm25_passages", type=int, default=100_000)
+    parser.add_argument("--rank_bm25_queries", type=int, default=200)
+    parser.add_argument("--context_steps", type=int, default=2)
+    parser.add_argument("--skip_context_cost", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="20k passages, 2k queries, 5k for rank_bm25")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.passages, args.queries, args.rank_bm25_passages, args.rank_bm25_queries = 20_000, 2_000, 5_000, 50
+    report = {"machine": machine(), "commit": os.popen("git rev-parse --short HEAD").read().strip()}
+    with tempfile.TemporaryDirectory() as work:
+        os.environ["HF_HOME"] = str(Path(work) / "home")
+        start = time.perf_counter()
+        texts = synthetic_passages(args.passages)
+        report["generate_seconds"] = round(time.perf_counter() - start, 1)
+        questions = synthetic_questions(args.queries)
+        queries = [" ".join([q.question, *q.options]) for q in questions]
+        report["index"], index = bench_index(texts, queries)
+        print("index:", report["index"], flush=True)
+        start = time.perf_counter()
+        leaks = find_leaks(texts, questions)
+        report["leak_check"] = {"passages": len(texts), "items": len(questions),
+                                "seconds": round(time.perf_counter() - start, 1),
+                                "passages_flagged": len(leaks.leaking_passages)}
+        print("leak check:", report["leak_check"], flush=True)
+        del index
+        report["rank_bm25"] = bench_rank_bm25(texts[: args.rank_bm25_passages], queries[: args.rank_bm25_queries])
+        print("rank_bm25:", report["rank_bm25"], flush=True)
+        if not args.skip_context_cost:
+            report["context_cost"] = bench_context_cost(Path(work), texts[:1000], 5, args.context_steps)
+            print("context cost:", report["context_cost"], flush=True)
+    write_report(args.output, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

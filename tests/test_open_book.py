@@ -1,0 +1,233 @@
+"""Open book: retrieval that must help on a task built so it must, and cannot leak a held-out item."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import cli, python, run_cli, train_in_process
+
+
+def _row(i, question, options=("甲", "乙", "丙", "丁"), answer="A", subject="music"):
+    from hf_ft.data import QARow
+
+    return QARow(f"{subject}_test-{i}", subject, question, tuple(options), answer, "test.csv", i + 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# The leak check
+
+
+def test_leak_check_finds_copies_in_another_script_and_punctuation():
+    from hf_ft.retrieval.leak import find_leaks
+    from hf_ft.retrieval.text import to_simplified
+
+    item = _row(0, "依據中華民國憲法增修條文之規定，立法委員之任期為幾年？", ("二年", "三年", "四年", "六年"), "C")
+    short = _row(1, "何者為哺乳類？", ("鯨魚", "鯊魚", "章魚", "海星"))
+    passages = [
+        "立法院是國家最高立法機關。立法委員由人民選舉產生。",  # about the topic, not a copy
+        to_simplified(item.question) + "（A）二年（B）三年（C）四年（D）六年",  # TCEval-style, Simplified
+        "依據 中華民國憲法增修條文之規定 立法委員之任期為幾年 四年",  # reworded punctuation and spacing
+        "題目：何者為哺乳類？答案：鯨魚",  # a question too short for 13-grams: the exact check
+        "",
+    ]
+    report = find_leaks(passages, [item, short])
+    assert sorted(report.leaking_passages) == [1, 2, 3]
+    assert report.leaking_passages[1] == [item.id] and report.leaking_passages[3] == [short.id]
+    assert report.items_hit == {item.id, short.id} and report.items_too_short == 1
+    assert report.examples[0]["source"] == "test.csv:2"
+    assert find_leaks(passages[:1], [item, short]).leaking_passages == {}
+
+
+def test_leak_check_scales_to_many_passages_in_chunks(monkeypatch):
+    """Passages are hashed in chunks: a copy at a chunk's edge, and windows that would span two passages."""
+    from hf_ft.retrieval import leak
+
+    monkeypatch.setattr(leak, "_CHUNK_CHARS", 50)
+    item = _row(0, "下列關於臺灣氣候的敘述何者正確而且完整無誤？", ("夏季多雨", "冬季乾燥", "全年無雨", "四季如春"))
+    filler = [f"第{i}段與題目無關的文字內容。" * 2 for i in range(40)]
+    half = len(item.question) // 2
+    passages = filler[:17] + [item.question + "夏季多雨"] + filler[17:] + [item.question[:half], item.question[half:]]
+    report = leak.find_leaks(passages, [item])
+    assert list(report.leaking_passages) == [17]  # the copy split over two passages is no copy of either
+
+
+# ----------------------------------------------------------------------------------------------
+# Corpora, the index and the training pool
+
+
+def test_corpus_files_become_passages_with_ids(tmp_path):
+    from hf_ft.errors import UserError
+    from hf_ft.retrieval.corpus import read_local, split_text
+
+    assert split_text("一二三四五六七八九十", 4, 1) == ["一二三四", "四五六七", "七八九十"]
+    (tmp_path / "notes.md").write_text("臺灣的最高峰是玉山。" * 30, encoding="utf-8")
+    (tmp_path / "table.jsonl").write_text(json.dumps({"id": "w1", "title": "玉山", "text": "玉山海拔3952公尺。"},
+                                                     ensure_ascii=False) + "\n", encoding="utf-8")
+    passages = read_local(str(tmp_path), 100, 20)
+    assert [p.id for p in passages][:2] == ["notes.md#0", "notes.md#1"] and passages[-1].id == "w1#0"
+    assert all(len(p.text) <= 100 for p in passages) and passages[-1].title == "玉山"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no passages to read"):
+        read_local(str(empty), 100, 20)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "t.jsonl").write_text('{"body": "x"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"t.jsonl:1: no 'text' column \(found: body\)"):
+        read_local(str(tmp_path / "bad"), 100, 20)
+
+
+def test_index_is_cached_by_content_and_never_half_written(tmp_path, monkeypatch):
+    from hf_ft.retrieval.corpus import Passage, content_hash
+    from hf_ft.retrieval.index import BM25Index
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    passages = [Passage(f"p{i}", text) for i, text in enumerate(
+        ["玉山是臺灣最高的山。", "日月潭位於南投縣。", "台北101曾是世界最高的大樓。", "淡水河流經臺北。"])]
+    index = BM25Index.build_or_load(passages, content_hash(passages), progress=False)
+    # Simplified query, Traditional corpus (OpenCC t2s on both sides), and a 台/臺 variant
+    assert index.passages[index.search(["玉山是台湾最高的山吗"], 1)[0][0][0]].id == "p0"
+    assert index.passages[index.search(["臺北101大樓"], 1)[0][0][0]].id == "p2"
+    again = BM25Index.build_or_load(passages, content_hash(passages), progress=False)
+    assert again.path == index.path and len(list(index.path.parent.iterdir())) == 1  # loaded, not rebuilt
+    changed = passages[:3] + [Passage("p3", "淡水河流經新北。")]
+    other = BM25Index.build_or_load(changed, content_hash(changed), progress=False)
+    assert other.path != index.path  # another corpus never reuses the cache
+    assert [i for i, _ in index.search(["玉山"], 2)[0]] == [0]
+    assert index.search(["玉山"], 2, exclude=["p0"]) == [[]]  # leave-one-out: the only match is itself
+
+
+def test_vectorised_index_scores_like_bm25s_own_builder(tmp_path, monkeypatch):
+    """hf_ft builds bm25s' score matrix with numpy (a million passages in a few GB); the ranking and the scores
+    must be those of bm25s indexing the same terms itself."""
+    import random
+
+    import bm25s
+
+    from hf_ft.retrieval.corpus import Passage, content_hash
+    from hf_ft.retrieval.index import BM25Index, term_codes
+    from hf_ft.retrieval.text import normalise, terms
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    rng = random.Random(0)
+    chars = "的一是不了人我在有他這中大來上國個到說們為子和你地出道也時年得就那要下以生會自著去之過家學對可"
+    texts = ["".join(rng.choice(chars) for _ in range(rng.randint(1, 120))) for _ in range(600)] + ["A.B c"]
+    codes, owner = term_codes([normalise(t) for t in texts[:50]])
+    assert len(codes) == sum(len(terms(normalise(t))) for t in texts[:50]) and owner.max() == 49
+    passages = [Passage(str(i), t) for i, t in enumerate(texts)]
+    index = BM25Index.build_or_load(passages, content_hash(passages), progress=False)
+    reference = bm25s.BM25(k1=1.5, b=0.75)
+    reference.index([terms(normalise(t)) for t in texts], show_progress=False)
+    queries = ["".join(rng.choice(chars) for _ in range(30)) for _ in range(100)]
+    mine = index.search(queries, 5)
+    docs, scores = reference.retrieve([terms(normalise(q)) for q in queries], k=5, show_progress=False)
+    assert [[d for d, _ in m] for m in mine] == docs.tolist()
+    np.testing.assert_allclose([[s for _, s in m] for m in mine], scores, atol=1e-5)
+    assert index.search(["ㄅㄆㄇ"], 5) == [[]]  # no term in the corpus: nothing, not an error
+
+
+def test_training_pool_never_retrieves_the_question_itself_or_a_held_out_one(tmp_path, monkeypatch, demo_data):
+    from hf_ft.retrieval.contexts import OpenBook, RetrievalSettings
+    from hf_ft.sources import load_data_dir
+    from hf_ft.splits import make_splits
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    splits = make_splits(load_data_dir(str(demo_data), "all"), "official", 0, 0.1, (0.8, 0.1, 0.1),
+                         needs_validation=True)
+    book = OpenBook.build(RetrievalSettings(corpus="training_pool", k=3), splits.train,
+                          splits.validation + splits.test)
+    train_ids = {r.id for r in splits.train}
+    rows, records = book.attach(splits.train, leave_one_out=True)
+    assert all(r["id"] not in {p["id"] for p in r["passages"]} for r in records)
+    held_out, held_records = book.attach(splits.test)
+    assert all({p["id"] for p in r["passages"]} <= train_ids for r in held_records)
+    assert all(row.context and "答案：" in row.context for row in rows + held_out)
+    assert book.record()["source"] == {**book.source, "kind": "training_pool"}
+
+
+def test_precomputed_contexts_are_read_and_leak_checked(tmp_path):
+    from hf_ft.retrieval.contexts import OpenBook, RetrievalSettings
+
+    item = _row(0, "依據中華民國憲法增修條文之規定，立法委員之任期為幾年？", ("二年", "三年", "四年", "六年"), "C")
+    path = tmp_path / "contexts.jsonl"
+    path.write_text(json.dumps({"id": item.id, "passages": [
+        {"id": "a", "text": "立法委員任期四年，連選得連任。", "score": 3.0},
+        {"id": "b", "text": item.question + "答案四年", "score": 2.0}]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    book = OpenBook.build(RetrievalSettings(contexts=str(path)), [], [item])
+    (row,), (record,) = book.attach([item])
+    assert row.context == "立法委員任期四年，連選得連任。" and record["passages"] == [{"id": "a", "score": 3.0}]
+    assert record["gold_in_context"] and book.leak["passages_dropped"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad settings and corpora: one line, before any training
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--retrieval_k", "0"], "--retrieval_k 0: need 1 or more passages"),
+    (["--passage_overlap", "300"], "--passage_overlap 300: need 0 or more, below --passage_chars"),
+    (["--retrieval_contexts", "x.jsonl"], "give one (a corpus to search, or contexts"),
+])
+def test_retrieval_settings_that_cannot_make_sense_are_refused(extra, message, tmp_path, demo_data, tiny_model,
+                                                               capsys):
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                        "--output_dir", str(tmp_path / "o"), "--retrieval_corpus", str(demo_data), *extra], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_corpus_with_nothing_to_read_stops_before_training(tmp_path, demo_data, tiny_model):
+    (tmp_path / "empty").mkdir()
+    result = run_cli(python("run_qa.py", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                            "--output_dir", str(tmp_path / "o"), "--use_cpu", "--retrieval_corpus",
+                            str(tmp_path / "empty")), env={"HF_HOME": str(tmp_path / "home")})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --retrieval_corpus {tmp_path / 'empty'}: no passages to read (no text in .txt, .md, .jsonl, "
+        ".json, .csv, .parquet files)")
+    assert not list((tmp_path / "o").glob("checkpoint-*"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo: closed book at chance, open book clearly above, through the comparison we already have
+
+
+@pytest.mark.slow
+def test_open_book_beats_closed_book_on_facts_the_model_never_saw(tmp_path, monkeypatch, capsys):
+    from hf_ft.demo import make_open_book_data, make_tiny_model
+    from hf_ft.evaluate import EvaluateArguments, run
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    data, corpus = make_open_book_data(tmp_path / "ob", rows_per_subject=160, seed=0)
+    model = make_tiny_model(tmp_path / "model", [data, corpus], hidden_size=128, num_heads=4, intermediate_size=256)
+    common = ["--model_name_or_path", str(model), "--data_dir", str(data), "--use_cpu", "--seed", "0",
+              "--max_seq_length", "96", "--num_train_epochs", "12", "--per_device_train_batch_size", "16",
+              "--learning_rate", "1e-3", "--warmup_steps", "0.1", "--save_strategy", "no", "--eval_strategy", "no",
+              "--load_best_model_at_end", "false"]
+    closed = train_in_process([*common, "--output_dir", str(tmp_path / "closed")])
+    opened = train_in_process([*common, "--output_dir", str(tmp_path / "open"), "--retrieval_corpus", str(corpus),
+                               "--retrieval_k", "2"])
+    assert closed["test_accuracy"] < 0.40  # nothing in a question says which value is right
+    report = run(EvaluateArguments(original=str(tmp_path / "closed"), finetuned=str(tmp_path / "open"),
+                                   output_dir=str(tmp_path / "cmp"), use_cpu=True))
+    paired = report["paired"]["overall"]
+    assert paired["difference_ci95"][0] > 0, paired  # the paired CI of open − closed excludes 0
+    assert report["finetuned"]["accuracy"] == pytest.approx(opened["test_accuracy"])  # evaluate retrieves the same
+    retrieval = report["retrieval"]["fine-tuned"]
+    assert retrieval["gold_in_context"] > 0.95 and retrieval["context_tokens_per_item"] > 10
+    assert "original" not in report["retrieval"]  # the closed-book model reads no context
+    contexts = (tmp_path / "cmp" / "retrieved_contexts-fine-tuned.jsonl").read_text().splitlines()
+    assert len(contexts) == report["items"]
+    card = (tmp_path / "open" / "README.md").read_text(encoding="utf-8")
+    assert "open book (retrieval)" in card and "leak check" in card
+    # predict finds the run's index through its record, and rebuilds it when the cache is gone
+    question = json.loads(contexts[0])
+    import shutil
+
+    shutil.rmtree(tmp_path / "home" / "hf_ft" / "bm25")
+    code, out, err = cli(["predict", str(tmp_path / "open"), "--question", "請問甲乙丙村飼養的動物是下列何者？",
+                          "--choices", "老虎", "獅子", "大象", "熊貓", "--json"], capsys)
+    assert code == 0, err[-2000:]
+    assert len(json.loads(out.strip().splitlines()[-1])["context_passages"]) == 2 and question["passages"]
