@@ -61,6 +61,7 @@ train: install
 bench: install
 	$(OFFLINE) $(BIN)/python -m benchmarks.throughput --output bench_throughput.json $(BENCH_ARGS)
 	$(OFFLINE) $(BIN)/python -m benchmarks.preprocessing --output bench_preprocessing.json
+	$(OFFLINE) $(BIN)/python -m benchmarks.retrieval --output bench_retrieval.json
 	$(OFFLINE) $(BIN)/python -m benchmarks.zero_shot --output bench_zero_shot.json
 	$(OFFLINE) $(BIN)/python -m benchmarks.accuracy --output bench_accuracy.json
 

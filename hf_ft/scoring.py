@@ -73,7 +73,7 @@ class LoadedScorer:
         if self._book is None and (self.settings or {}).get("retrieval"):
             from .retrieval.contexts import OpenBook
 
-            self._book = OpenBook.from_record(self.settings["retrieval"])
+            self._book = OpenBook.from_record(self.settings["retrieval"], self.path)
         return self._book
 
     def score(self, rows: list[QARow], batch_size: int = 32, progress: bool = True,

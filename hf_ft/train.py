@@ -63,6 +63,8 @@ def identity_of(args: Arguments) -> str:
     settings = {}
     for part in (asdict(args.model), asdict(args.data), asdict(args.run), args.training.to_dict()):
         settings.update({k: v for k, v in part.items() if k not in NOT_IDENTITY})
+    if args.retrieval.settings().used:  # an open-book run is another run (closed-book identities unchanged)
+        settings.update(asdict(args.retrieval))
     return run_dir.run_identity(settings)
 
 
@@ -343,7 +345,7 @@ def attach_contexts(book, splits, evaluated: dict, output_dir: Path | None):
                    validation_records), ("test", test_records)) for r in part]
         run_dir.write_jsonl(output_dir / CONTEXTS_FILE, records)
         manifest = run_dir.read_json_if_present(output_dir / run_dir.MANIFEST_FILE) or {}
-        manifest["retrieval"] = {**book.record(), "gold_in_context": {
+        manifest["retrieval"] = {**book.record(output_dir), "gold_in_context": {
             split: round(sum(r["gold_in_context"] for r in part) / max(1, len(part)), 4)
             for split, part in (("train", train_records), ("validation", validation_records), ("test", test_records))}}
         run_dir.write_json(output_dir / run_dir.MANIFEST_FILE, manifest)
@@ -393,7 +395,7 @@ def run_record(args: Arguments, formulation: str, trainer, max_length: int, base
         "base_model": base_model,
         "early_stopping": early_stopping,
         "formulation": formulation,
-        "retrieval": book.record() if book is not None else None,
+        "retrieval": book.record(training_args.output_dir) if book is not None else None,
         "subjects": args.data.subjects,
         "hub_model_id": trainer.hub_model_id,
         "hyperparameters": hyperparameters,

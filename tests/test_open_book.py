@@ -222,6 +222,8 @@ def test_open_book_beats_closed_book_on_facts_the_model_never_saw(tmp_path, monk
     assert len(contexts) == report["items"]
     card = (tmp_path / "open" / "README.md").read_text(encoding="utf-8")
     assert "open book (retrieval)" in card and "leak check" in card
+    for name in ("hf_ft_run.json", "data_manifest.json", "README.md"):  # recorded paths are relative
+        assert str(tmp_path) not in (tmp_path / "open" / name).read_text(encoding="utf-8"), name
     # predict finds the run's index through its record, and rebuilds it when the cache is gone
     question = json.loads(contexts[0])
     import shutil

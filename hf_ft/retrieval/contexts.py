@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..data import QARow
 from ..errors import UserError
@@ -92,7 +93,9 @@ class OpenBook:
         report = find_leaks([p.text for p in passages], held_out)
         book = cls(settings, source=source)
         book.leak = book._apply_policy(report, f"--retrieval_corpus {settings.corpus}")
+        source["read_sha256"] = corpora.content_hash(passages)
         if settings.leak_policy == "drop" and report.leaking_passages:
+            source["dropped_ids"] = [passages[i].id for i in sorted(report.leaking_passages)]
             passages = [p for i, p in enumerate(passages) if i not in report.leaking_passages]
             if not passages:
                 raise UserError(f"--retrieval_corpus {settings.corpus}: every passage copies a validation or test "
@@ -110,8 +113,6 @@ class OpenBook:
             if not train:
                 raise UserError("--retrieval_corpus training_pool: the training split is empty")
             return corpora.pool_passages(train), {"kind": "training_pool", "questions": len(train)}
-        from pathlib import Path
-
         if Path(settings.corpus).exists() or "/" not in settings.corpus or settings.corpus.startswith((".", "/")):
             passages = corpora.read_local(settings.corpus, size, overlap, settings.text_column)
             return passages, {"kind": "local", "path": str(Path(settings.corpus).resolve()),
@@ -139,22 +140,41 @@ class OpenBook:
 
     # ------------------------------------------------------------------ recording and reloading
 
-    def record(self) -> dict:
+    def record(self, output_dir=None) -> dict:
+        """What the manifest, the run record and the card say. Local paths are relative to `output_dir` (the
+        run folder), so nothing recorded or pushed holds an absolute local path; `from_record` resolves them."""
         s = self.settings
-        return {"source": self.source, "k": s.k, "query": s.query, "terms": TERMS, "normalisation": NORMALISATION,
+        source = dict(self.source)
+        local = {}
+        if output_dir is not None:
+            from ..provenance import relative_to
+
+            for name in ("corpus", "contexts"):
+                value = getattr(s, name)
+                if value and value != corpora.POOL and Path(value).exists():
+                    local[name] = relative_to(value, output_dir)
+            if source.get("path"):
+                source["path"] = relative_to(source["path"], output_dir)
+        return {"source": source, "k": s.k, "query": s.query, "terms": TERMS, "normalisation": NORMALISATION,
                 "scoring": "bm25 (bm25s, k1 1.5, b 0.75)" if self.index else "precomputed",
-                "leak_check": self.leak, "settings": {
-                    "corpus": s.corpus, "contexts": s.contexts, "config": s.config, "revision": s.revision,
+                "leak_check": self.leak, "relative_paths": sorted(local), "settings": {
+                    "corpus": local.get("corpus", s.corpus), "contexts": local.get("contexts", s.contexts),
+                    "config": s.config, "revision": s.revision,
                     "split": s.split, "text_column": s.text_column, "k": s.k, "query": s.query,
                     "passage_chars": s.passage_chars, "passage_overlap": s.passage_overlap,
                     "leak_policy": s.leak_policy}}
 
     @classmethod
-    def from_record(cls, record: dict) -> OpenBook:
-        """The run's own retrieval, for evaluate and predict: the cached index, else the recorded corpus again."""
+    def from_record(cls, record: dict, run_dir=None) -> OpenBook:
+        """The run's own retrieval, for evaluate and predict: the cached index, else the recorded corpus again
+        (recorded local paths are relative to `run_dir`)."""
         from .index import cache_root, is_built
 
-        settings = RetrievalSettings(**record["settings"])
+        given = dict(record["settings"])
+        for name in record.get("relative_paths", []):
+            if run_dir is not None and given.get(name):
+                given[name] = str((Path(run_dir) / given[name]).resolve())
+        settings = RetrievalSettings(**given)
         source = record.get("source", {})
         if settings.contexts:
             return cls(settings, precomputed=corpora.read_precomputed(settings.contexts), source=source)
@@ -167,10 +187,11 @@ class OpenBook:
                             "HF_HOME to where it was built")
         passages, _ = cls._read_corpus(settings, [], None)
         book = cls(settings, source=source)
-        if corpora.content_hash(passages) != source.get("content_sha256"):
-            # the leak policy may have dropped passages: rebuild only from an identical corpus
+        if corpora.content_hash(passages) != source.get("read_sha256"):
             raise UserError(f"the run's retrieval index ({folder}) is gone and --retrieval_corpus {settings.corpus} "
-                            "no longer hashes to what the run indexed: restore the cache (HF_HOME) or retrain")
+                            "no longer hashes to what the run read: restore the cache (HF_HOME) or retrain")
+        dropped = set(source.get("dropped_ids", []))  # what the run's leak check removed stays removed
+        passages = [p for p in passages if p.id not in dropped]
         book.index = BM25Index.build_or_load(passages, source["content_sha256"])
         return book
 

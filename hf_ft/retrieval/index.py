@@ -34,6 +34,12 @@ def cache_root() -> Path:
     return Path(home) / "hf_ft" / "bm25"
 
 
+def _has_numba() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
 def is_built(folder: Path) -> bool:
     """A complete index of this format (an older hf_ft's cache, or a half-written one, is not)."""
     try:
@@ -174,6 +180,7 @@ class BM25Index:
         import bm25s
 
         retriever = bm25s.BM25.load(folder, mmap=True)
+        retriever.backend = "numba" if _has_numba() else "numpy"  # bm25s' jitted top-k: ~2x per thread here
         vocab = np.load(folder / "terms.npy", mmap_mode="r")
         retriever.unique_token_ids_set = range(len(vocab))  # O(1) membership for bm25s' query filter
         with (folder / "passages.jsonl").open(encoding="utf-8") as f:
@@ -191,9 +198,9 @@ class BM25Index:
         return out
 
     def search(self, queries: list[str], k: int, exclude: list[str | None] | None = None,
-               progress: bool = False, threads: int = 0) -> list[list[tuple[int, float]]]:
+               progress: bool = False, threads: int = -1) -> list[list[tuple[int, float]]]:
         """Top-k (passage index, score) per query; `exclude[i]` is a passage id query i may not retrieve
-        (the training question itself, for the training pool)."""
+        (the training question itself, for the training pool). `threads` -1: every core."""
         out = [[] for _ in queries]
         columns = self.query_columns(queries)
         asked = [i for i, c in enumerate(columns) if c]  # a query with no term in the corpus finds nothing
