@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--passages", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=22_700)
     parser.add_argument("--rank_bm25_passages", type=int, default=100_000)
-    parser.add_argument("--rank_bm25_queries", type=int, default=200)
+    parser.add_argument("--rank_bm25_queries", type=int, default=100)
     parser.add_argument("--context_steps", type=int, default=3)
     parser.add_argument("--skip_context_cost", action="store_true")
     parser.add_argument("--quick", action="store_true", help="20k passages, 2k queries, 5k for rank_bm25")
