@@ -79,6 +79,17 @@ def make_question(rng: random.Random, subject: str, artifact: str | None = None)
     return {"question": question, **dict(zip(LETTERS, options)), "answer": LETTERS[position]}
 
 
+def write_subject(out: Path, subject: str, rows: list[dict]) -> None:
+    """`<subject>_{dev,val,test}.csv` in the TMMLU+ layout: 5 dev rows, then 70% val, 30% test."""
+    n_test = int(round((len(rows) - 5) * 0.3))
+    parts = {"dev": rows[:5], "val": rows[5:len(rows) - n_test], "test": rows[len(rows) - n_test:]}
+    for split, part in parts.items():
+        with open(out / f"{subject}_{split}.csv", "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["question", *LETTERS, "answer"])
+            writer.writeheader()
+            writer.writerows(part)
+
+
 def make_demo_data(out_dir: str | Path, rows_per_subject: int = 160, seed: int = 0,
                    subjects: list[str] | None = None, artifact: str | None = None,
                    artifact_subjects: list[str] = (), artifact_rate: float = 0.9) -> Path:
@@ -100,13 +111,7 @@ def make_demo_data(out_dir: str | Path, rows_per_subject: int = 160, seed: int =
         planted = artifact if subject in artifact_subjects else None
         rows = [make_question(rng, subject, planted if planted and rng.random() < artifact_rate else None)
                 for _ in range(rows_per_subject)]
-        n_test = int(round((rows_per_subject - 5) * 0.3))
-        parts = {"dev": rows[:5], "val": rows[5:rows_per_subject - n_test], "test": rows[rows_per_subject - n_test:]}
-        for split, part in parts.items():
-            with open(out / f"{subject}_{split}.csv", "w", encoding="utf-8", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["question", *LETTERS, "answer"])
-                writer.writeheader()
-                writer.writerows(part)
+        write_subject(out, subject, rows)
     return out
 
 
@@ -155,13 +160,7 @@ def make_open_book_data(out_dir: str | Path, rows_per_subject: int = 200, seed: 
             facts.append({"id": f"fact-{len(facts)}", "title": name, "text": f"{name}{relation}是{options[position]}。"})
             rows.append({"question": f"請問{name}{relation}是下列何者？", **dict(zip(LETTERS, options)),
                          "answer": LETTERS[position]})
-        n_test = int(round((rows_per_subject - 5) * 0.3))
-        parts = {"dev": rows[:5], "val": rows[5:rows_per_subject - n_test], "test": rows[rows_per_subject - n_test:]}
-        for split, part in parts.items():
-            with open(data / f"{subject}_{split}.csv", "w", encoding="utf-8", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["question", *LETTERS, "answer"])
-                writer.writeheader()
-                writer.writerows(part)
+        write_subject(data, subject, rows)
     rng.shuffle(facts)
     import json
 

@@ -43,10 +43,6 @@ def _contexts(batch: dict, tokenizer) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
 
-def _lengths(encodings) -> list[int]:
-    return [len(ids) for ids in encodings["input_ids"]]
-
-
 def _regroup(flat: list, counts: list[int]) -> list[list]:
     out, start = [], 0
     for n in counts:
