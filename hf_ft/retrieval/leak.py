@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data import QARow
-from .text import normalise
+from .text import normalise_many
 
 N = 13
 LEAK_SHARE = 0.5
@@ -62,8 +62,8 @@ class LeakReport:
 
 def find_leaks(passages: list[str], items: list[QARow]) -> LeakReport:
     """Which passages (texts, in index order) hold a copy of which items."""
-    item_texts = [normalise(r.question + (r.options[r.label] if r.label >= 0 else "")) for r in items]
-    questions = [normalise(r.question) for r in items]
+    item_texts = normalise_many([r.question + (r.options[r.label] if r.label >= 0 else "") for r in items])
+    questions = normalise_many([r.question for r in items])
     gram_items: dict[int, list[int]] = {}
     sizes = np.zeros(len(items), dtype=np.int64)
     short = 0
@@ -74,7 +74,7 @@ def find_leaks(passages: list[str], items: list[QARow]) -> LeakReport:
         for g in grams:
             gram_items.setdefault(g, []).append(i)
     item_grams = np.fromiter(gram_items, dtype=np.uint64, count=len(gram_items))
-    normalised = [normalise(p) for p in passages]
+    normalised = normalise_many(passages)
     hits: dict[tuple[int, int], set[int]] = {}
     start = 0
     while start < len(normalised):  # chunks of passages, joined with a separator no text contains

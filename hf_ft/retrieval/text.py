@@ -1,8 +1,10 @@
 """Text as BM25 and the leak check see it: one script, no width variants, no whitespace or punctuation.
 
 OpenCC `t2s` on both sides lets a Simplified or mixed corpus serve Traditional questions (and the leak
-check catch a Simplified copy of a test item). Terms are character unigrams plus bigrams: no dictionary,
-so nothing is biased towards one script or one segmenter's vocabulary.
+check catch a Simplified copy of a test item). Terms are character bigrams, as Lucene's CJK analyzer makes
+them: no dictionary, so nothing is biased towards one script or one segmenter's vocabulary. Unigrams are
+left out: a common character is in most passages, so its postings cost ~99% of a query's time
+(docs/benchmarks.md) and its idf says almost nothing; a one-character text keeps its character.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import unicodedata
 
 NORMALISATION = "nfkc+opencc-t2s+casefold+strip-space-punct"
-TERMS = "char-1+2-grams"
+TERMS = "char-2-grams"
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,9 +35,36 @@ def normalise(text: str) -> str:
     return _t2s().convert(unicodedata.normalize("NFKC", text or "")).casefold().translate(_dropped())
 
 
+@functools.lru_cache(maxsize=1)
+def _dropped_table():
+    """`_dropped` as a lookup table over all code points, for numpy (the newline that joins texts is kept)."""
+    import numpy as np
+
+    table = np.zeros(sys.maxunicode + 1, dtype=bool)
+    table[list(_dropped())] = True
+    table[ord("\n")] = False
+    return table
+
+
+def normalise_many(texts: list[str], chunk: int = 20_000) -> list[str]:
+    """`normalise` of each text, for a corpus: one OpenCC call and one numpy filter per chunk of texts joined
+    by newlines (a newline inside a text is dropped by `normalise` anyway; no conversion spans one)."""
+    import numpy as np
+
+    out = []
+    for start in range(0, len(texts), chunk):
+        joined = "\n".join((t or "").replace("\n", " ") for t in texts[start:start + chunk])
+        joined = _t2s().convert(unicodedata.normalize("NFKC", joined)).casefold()
+        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        out += codes[~_dropped_table()[codes]].tobytes().decode("utf-32-le").split("\n")
+    return out
+
+
 def terms(normalised: str) -> list[str]:
-    """Character unigrams and bigrams of normalised text."""
-    return list(normalised) + [normalised[i:i + 2] for i in range(len(normalised) - 1)]
+    """Character bigrams of normalised text (a one-character text: that character)."""
+    if len(normalised) == 1:
+        return [normalised]
+    return [normalised[i:i + 2] for i in range(len(normalised) - 1)]
 
 
 def to_simplified(text: str) -> str:
