@@ -44,7 +44,7 @@ demo-open-book: install
 	$(OFFLINE) $(BIN)/hf-ft make-tiny-model demo/open_book/model --vocab-from demo/open_book/data demo/open_book/corpus --hidden-size 128 --heads 4 --intermediate-size 256
 	$(OFFLINE) $(BIN)/python run_qa.py configs/closed_book.yaml
 	$(OFFLINE) $(BIN)/python run_qa.py configs/open_book.yaml
-	$(OFFLINE) $(BIN)/python -m hf_ft.evaluate --original demo/open_book/closed --finetuned demo/open_book/open --output_dir demo/open_book/comparison
+	$(OFFLINE) $(BIN)/python -m hf_ft.evaluate --original demo/open_book/closed --finetuned demo/open_book/open --output_dir demo/open_book/comparison --gold_passages demo/open_book/gold_passages.jsonl
 
 test: install
 	$(OFFLINE) $(BIN)/python -m pytest -q -ra --durations=25

@@ -79,15 +79,19 @@ def make_question(rng: random.Random, subject: str, artifact: str | None = None)
     return {"question": question, **dict(zip(LETTERS, options)), "answer": LETTERS[position]}
 
 
-def write_subject(out: Path, subject: str, rows: list[dict]) -> None:
-    """`<subject>_{dev,val,test}.csv` in the TMMLU+ layout: 5 dev rows, then 70% val, 30% test."""
+def write_subject(out: Path, subject: str, rows: list[dict]) -> list[str]:
+    """`<subject>_{dev,val,test}.csv` in the TMMLU+ layout: 5 dev rows, then 70% val, 30% test. Returns each
+    row's item id as hf_ft reads it (`<file stem>-<line>`)."""
     n_test = int(round((len(rows) - 5) * 0.3))
     parts = {"dev": rows[:5], "val": rows[5:len(rows) - n_test], "test": rows[len(rows) - n_test:]}
+    ids = []
     for split, part in parts.items():
         with open(out / f"{subject}_{split}.csv", "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["question", *LETTERS, "answer"])
             writer.writeheader()
             writer.writerows(part)
+        ids += [f"{subject}_{split}-{line}" for line in range(2, 2 + len(part))]  # line 1 is the header
+    return ids
 
 
 def make_demo_data(out_dir: str | Path, rows_per_subject: int = 160, seed: int = 0,
@@ -140,16 +144,17 @@ def make_open_book_data(out_dir: str | Path, rows_per_subject: int = 200, seed: 
     """`<out>/data` (TMMLU+ layout) and `<out>/corpus/facts.jsonl` (id, title, text): one fact per question,
     "<name>的<relation>是<value>。", about an invented name. Closed book the gold option is a uniform draw
     among four values of the same kind, so chance is 25% and nothing in the question can beat it; open book
-    the fact that names the question's entity says which option is right."""
+    the fact that names the question's entity says which option is right. `<out>/gold_passages.jsonl` says
+    which fact supports which item, for evaluate's `--gold_passages` (recall@k)."""
     rng = random.Random(seed)
     out = Path(out_dir)
     data, corpus = out / "data", out / "corpus"
     data.mkdir(parents=True, exist_ok=True)
     corpus.mkdir(parents=True, exist_ok=True)
-    facts, used = [], set()
+    facts, used, gold = [], set(), []
     for subject, (relation, category) in sorted(OPEN_BOOK_RELATIONS.items()):
         pool = sorted(next(members for cats in DEMO_SUBJECTS.values() for c, members in cats.items() if c == category))
-        rows = []
+        rows, supports = [], []
         while len(rows) < rows_per_subject:
             name = "".join(rng.choice(NAME_CHARS) for _ in range(3)) + rng.choice(NAME_KINDS)
             if name in used:
@@ -158,15 +163,19 @@ def make_open_book_data(out_dir: str | Path, rows_per_subject: int = 200, seed: 
             options = rng.sample(pool, 4)
             position = rng.randrange(4)
             facts.append({"id": f"fact-{len(facts)}", "title": name, "text": f"{name}{relation}是{options[position]}。"})
+            supports.append(facts[-1]["id"])
             rows.append({"question": f"請問{name}{relation}是下列何者？", **dict(zip(LETTERS, options)),
                          "answer": LETTERS[position]})
-        write_subject(data, subject, rows)
+        gold += [{"id": item, "passages": [fact]} for item, fact in zip(write_subject(data, subject, rows), supports)]
     rng.shuffle(facts)
     import json
 
     with open(corpus / "facts.jsonl", "w", encoding="utf-8") as f:
         for fact in facts:
             f.write(json.dumps(fact, ensure_ascii=False) + "\n")
+    with open(out / "gold_passages.jsonl", "w", encoding="utf-8") as f:
+        for entry in gold:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
     return data, corpus
 
 

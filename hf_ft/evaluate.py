@@ -29,7 +29,7 @@ from .modeling import check_model_path, check_vocabulary
 from .preprocessing import JOINT_EVAL_ROTATIONS
 from .reports import terminal_table, write_outputs
 from .run_dir import (COMPARISON_DIR, MANIFEST_FILE, RUN_RECORD_FILE, TEST_ITEMS_FILE, read_json_if_present)
-from .scoring import BATCH_TOKENS, SCORER_CHOICES, load_scorer
+from .scoring import BATCH_TOKENS, SCORER_CHOICES, load_scorer, run_settings
 from .sources import load_data_dir
 from .splits import stratified_sample
 
@@ -64,6 +64,10 @@ class EvaluateArguments:
                 "(trained like the fine-tuned run, without the question) and permutation consistency."})
     audit_choices_only: bool = field(default=True, metadata={
         "help": "With --audit: train the choices-only baseline (--no_audit_choices_only: heuristics only)."})
+    gold_passages: str | None = field(default=None, metadata={
+        "help": "JSONL, {\"id\": item id, \"passages\": [passage or document ids]} per line: the passages "
+                "known to support each item (synthetic data; the open-book demo writes gold_passages.jsonl). "
+                "Adds recall@1..k for each open-book model."})
     allow_overlap: bool = field(default=False, metadata={
         "help": "Remove (and report) items that were in training/validation instead of stopping."})
     joint_eval_rotations: int | None = field(default=None, metadata={
@@ -179,16 +183,31 @@ def reference_index(args: EvaluateArguments, entries) -> int:
                     f"(choose from original, finetuned, {', '.join(e[0] for e in entries[1:])})")
 
 
-def retrieval_summary(scorer, rows: list[QARow], scores) -> dict:
+def recall_at_k(retrieved: list[dict], gold: dict[str, set[str]], k: int) -> dict:
+    """Share of the items with known supporting passages that have one among their first r passages, r = 1..k.
+    A gold id names a passage (`doc#3`) or the document it was cut from (`doc`)."""
+    def supports(passage_id, ids: set[str]) -> bool:
+        return passage_id in ids or str(passage_id).rpartition("#")[0] in ids
+
+    known = [(r, gold[r["id"]]) for r in retrieved if r["id"] in gold]
+    if not known:
+        return {"items_with_gold_passages": 0}
+    ranks = [next((i for i, p in enumerate(r["passages"]) if supports(p["id"], ids)), None) for r, ids in known]
+    return {"items_with_gold_passages": len(known),
+            "recall_at": {str(r): sum(x is not None and x < r for x in ranks) / len(ranks) for r in range(1, k + 1)}}
+
+
+def retrieval_summary(scorer, rows: list[QARow], scores, gold: dict[str, set[str]] | None = None) -> dict:
     """What open book gave a model: the share of items whose context holds the gold option's text, accuracy
-    in each bucket, and the context's tokens per item."""
+    in each bucket, the context's tokens per item, and recall@k where the supporting passages are known."""
     import numpy as np
 
     correct = np.asarray(scores).argmax(1) == np.array([r.label for r in rows])
     has_gold = np.array([r["gold_in_context"] for r in scorer.retrieved])
     tokens = [r["context_tokens"] for r in scorer.retrieved]
     book = scorer.open_book()
-    return {
+    recall = recall_at_k(scorer.retrieved, gold, book.settings.k) if gold else {}
+    return {**recall,
         "corpus": book.source, "k": book.settings.k, "query": book.settings.query,
         "gold_in_context": float(has_gold.mean()),
         "accuracy_gold_in_context": float(correct[has_gold].mean()) if has_gold.any() else None,
@@ -234,6 +253,17 @@ def run(args: EvaluateArguments) -> dict:
         rows = stratified_sample(rows, args.max_items, args.seed)
     out = Path(args.output_dir or Path(runs[0][0]) / COMPARISON_DIR)
     is_main = state.is_main_process
+    gold = None
+    if args.gold_passages:
+        from .retrieval.corpus import read_gold_passages
+
+        if not any(run_settings(path).get("retrieval") for _, path, _, _ in entries):
+            raise UserError(f"--gold_passages {args.gold_passages}: no model here retrieves passages (recall@k is "
+                            "for open-book runs)")
+        gold = read_gold_passages(args.gold_passages)
+    if gold is not None and not any(r.id in gold for r in rows):
+        raise UserError(f"--gold_passages {args.gold_passages}: none of its {len(gold)} item ids is among the "
+                        f"{len(rows)} items scored (ids look like {rows[0].id})")
 
     models, seconds, passes, scorers, retrieval = [], {}, {}, {}, {}
     for label, path, role, seed in entries:
@@ -247,7 +277,7 @@ def run(args: EvaluateArguments) -> dict:
         logger.info("%s scored %d items with %s in %.1f s", path, len(rows), scorer.name, seconds[label])
         models.append(Scored(label, path, scorer.name, scores, role, seed))
         if scorer.retrieved is not None:
-            retrieval[label] = retrieval_summary(scorer, rows, scores)
+            retrieval[label] = retrieval_summary(scorer, rows, scores, gold)
             if is_main:
                 from .run_dir import write_jsonl
 

@@ -58,6 +58,7 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {category} | {c['n']} | {percent(c['accuracy_original'])} | {percent(c['accuracy_finetuned'])} | "
                      f"{_pp(c['difference'])} | {_ci(c['difference_ci95'])} | {c['mcnemar']['p_value']:.3g} |")
     lines += render_seeds(report.get("seeds")) + render_leaderboard(report.get("leaderboard"))
+    lines += render_retrieval(report.get("retrieval"))
     lines += render_audit(report.get("audit"))
     lines += ["", "## Predicted letters (position bias check)", "", "| | A | B | C | D |", "|---|---|---|---|---|"]
     for name, counts in (("gold", report["gold_letters"]), ("original", o["predicted_letters"]),
@@ -106,6 +107,21 @@ def render_leaderboard(board: dict | None) -> list[str]:
         lines.append(f"| {t['model']} | {_pp(t['difference'])} | {_ci(t['difference_ci95'])} | "
                      f"{t['mcnemar']['p_value']:.3g} | {t['p_holm']:.3g} |")
     return lines
+
+
+def retrieval_line(label: str, r: dict) -> str:
+    recall = r.get("recall_at") or {}
+    return (f"{label}: top {r['k']} by {r['query']}; gold option's text in the context for "
+            f"{percent(r['gold_in_context'])} of items (accuracy {percent(r['accuracy_gold_in_context'])} there, "
+            f"{percent(r['accuracy_gold_not_in_context'])} elsewhere); {r['context_tokens_per_item']:.0f} context "
+            f"tokens per item" + ("; recall@" + ", @".join(f"{k} {percent(v)}" for k, v in recall.items())
+                                  + f" ({r['items_with_gold_passages']} items with known passages)" if recall else ""))
+
+
+def render_retrieval(retrieval: dict | None) -> list[str]:
+    if not retrieval:
+        return []
+    return ["", "## Open book (retrieval)", "", *(f"- {retrieval_line(label, r)}" for label, r in retrieval.items())]
 
 
 def render_audit(audit: dict | None) -> list[str]:
@@ -172,6 +188,8 @@ def terminal_table(report: dict) -> str:
         s = report["seeds"]
         text += (f"\nseeds: Δ {_pp(s['mean_difference'])} ± {100 * s['std_difference']:.1f} over {len(s['runs'])} "
                  f"seeds, t interval {_ci(s['difference_ci95_across_seeds'])}")
+    for label, r in (report.get("retrieval") or {}).items():
+        text += f"\nopen book, {retrieval_line(label, r)}"
     if report.get("audit"):
         text += f"\naudit: {report['audit']['verdict']}"
     return text

@@ -17,6 +17,25 @@ def _row(i, question, options=("甲", "乙", "丙", "丁"), answer="A", subject=
 
 
 # ----------------------------------------------------------------------------------------------
+# Text as retrieval and the leak check see it
+
+
+def test_a_corpus_is_normalised_exactly_as_each_text_alone():
+    """normalise_many (one OpenCC call per chunk) is normalise, text by text, whatever the texts hold."""
+    import random
+
+    from hf_ft.retrieval.text import normalise, normalise_many, terms
+
+    rng = random.Random(0)
+    pieces = ["臺灣", "后", "發", "乾隆", "ＡＢＣ", "ß", "İ", "e\u0301", "\u0301", "\n", "\r\n", "\u200b", "\ufeff", " ",
+              "，", "。", "\x00", "𠀋", "①", "ﬁ", "ｶ", "\u2028", "", "1.5"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(3000)] + [None, ""]
+    assert normalise_many(texts, chunk=97) == [normalise(t) for t in texts]
+    assert normalise("臺灣的ＡＢＣ，\u200b乾隆") == "台湾的abc乾隆"
+    assert terms("台湾的") == ["台湾", "湾的"] and terms("铁") == ["铁"] and terms("") == []
+
+
+# ----------------------------------------------------------------------------------------------
 # The leak check
 
 
@@ -101,9 +120,12 @@ def test_index_is_cached_by_content_and_never_half_written(tmp_path, monkeypatch
 
 def test_vectorised_index_scores_like_bm25s_own_builder(tmp_path, monkeypatch):
     """hf_ft builds bm25s' score matrix with numpy (a million passages in a few GB); the ranking and the scores
-    must be those of bm25s indexing the same terms itself."""
+    must be those of bm25s indexing the same terms itself, over several chunks of passages."""
     import random
 
+    from hf_ft.retrieval import index as index_module
+
+    monkeypatch.setattr(index_module, "_CHUNK", 97)
     import bm25s
 
     from hf_ft.retrieval.corpus import Passage, content_hash
@@ -165,6 +187,22 @@ def test_precomputed_contexts_are_read_and_leak_checked(tmp_path):
 # Bad settings and corpora: one line, before any training
 
 
+@pytest.mark.parametrize("line, message", [
+    ('{"id": "a"}', "gold.jsonl:2: need"), ('{"id": "a", "passages": []}', "gold.jsonl:2: need"),
+    ('["a"]', "gold.jsonl:2: need"), ('{"id": "a", "passages": [" "]}', "gold.jsonl:2: need"),
+    ("{oops", "gold.jsonl:2")])
+def test_gold_passage_files_are_read_or_named_by_line(tmp_path, line, message):
+    from hf_ft.errors import UserError
+    from hf_ft.retrieval.corpus import read_gold_passages
+
+    good = '{"id": "music_test-2", "passages": ["fact-1", 7]}'
+    (tmp_path / "gold.jsonl").write_text(good + "\n", encoding="utf-8")
+    assert read_gold_passages(str(tmp_path / "gold.jsonl")) == {"music_test-2": {"fact-1", "7"}}
+    (tmp_path / "gold.jsonl").write_text(good + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        read_gold_passages(str(tmp_path / "gold.jsonl"))
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--retrieval_k", "0"], "--retrieval_k 0: need 1 or more passages"),
     (["--passage_overlap", "300"], "--passage_overlap 300: need 0 or more, below --passage_chars"),
@@ -197,6 +235,7 @@ def test_a_corpus_with_nothing_to_read_stops_before_training(tmp_path, demo_data
 @pytest.mark.slow
 def test_open_book_beats_closed_book_on_facts_the_model_never_saw(tmp_path, monkeypatch, capsys):
     from hf_ft.demo import make_open_book_data, make_tiny_model
+    from hf_ft.errors import UserError
     from hf_ft.evaluate import EvaluateArguments, run
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
@@ -211,12 +250,19 @@ def test_open_book_beats_closed_book_on_facts_the_model_never_saw(tmp_path, monk
                                "--retrieval_k", "2"])
     assert closed["test_accuracy"] < 0.40  # nothing in a question says which value is right
     report = run(EvaluateArguments(original=str(tmp_path / "closed"), finetuned=str(tmp_path / "open"),
-                                   output_dir=str(tmp_path / "cmp"), use_cpu=True))
+                                   output_dir=str(tmp_path / "cmp"), use_cpu=True,
+                                   gold_passages=str(tmp_path / "ob" / "gold_passages.jsonl")))
     paired = report["paired"]["overall"]
     assert paired["difference_ci95"][0] > 0, paired  # the paired CI of open − closed excludes 0
     assert report["finetuned"]["accuracy"] == pytest.approx(opened["test_accuracy"])  # evaluate retrieves the same
     retrieval = report["retrieval"]["fine-tuned"]
     assert retrieval["gold_in_context"] > 0.95 and retrieval["context_tokens_per_item"] > 10
+    assert retrieval["items_with_gold_passages"] == report["items"]  # the demo knows every item's fact
+    assert retrieval["recall_at"]["1"] > 0.95 and retrieval["recall_at"]["2"] >= retrieval["recall_at"]["1"]
+    with pytest.raises(UserError, match="no model here retrieves passages"):
+        run(EvaluateArguments(original=str(tmp_path / "closed"), finetuned=str(tmp_path / "closed"),
+                              output_dir=str(tmp_path / "cmp2"), use_cpu=True,
+                              gold_passages=str(tmp_path / "ob" / "gold_passages.jsonl")))
     assert "original" not in report["retrieval"]  # the closed-book model reads no context
     contexts = (tmp_path / "cmp" / "retrieved_contexts-fine-tuned.jsonl").read_text().splitlines()
     assert len(contexts) == report["items"]

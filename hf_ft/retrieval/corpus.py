@@ -163,6 +163,24 @@ def read_precomputed(path: str) -> dict[str, list[dict]]:
     return out
 
 
+def read_gold_passages(path: str) -> dict[str, set[str]]:
+    """`{"id": item id, "passages": [passage id, ...]}` per line: the passages known to support each item
+    (synthetic data such as the open-book demo's), for recall@k."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--gold_passages {path}: no such file")
+    out = {}
+    for number, record in enumerate(_records(file), start=1):
+        ids = record.get("passages") if isinstance(record, dict) else None
+        if "id" not in (record if isinstance(record, dict) else {}) or not isinstance(ids, list) or not ids or \
+                not all(isinstance(i, (str, int)) and str(i).strip() for i in ids):
+            raise UserError(f"{path}:{number}: need {{\"id\": item id, \"passages\": [passage id, ...]}}")
+        out[str(record["id"])] = {str(i) for i in ids}
+    if not out:
+        raise UserError(f"--gold_passages {path}: no items to read")
+    return out
+
+
 def content_hash(passages: list[Passage]) -> str:
     h = hashlib.sha256()
     for p in passages:

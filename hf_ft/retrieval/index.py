@@ -26,6 +26,7 @@ from .text import NORMALISATION, TERMS, normalise_many
 logger = logging.getLogger(__name__)
 
 FORMAT = 2
+NUMBA_FROM_QUERIES = 500  # below this many queries, numba's compile costs more than it saves (docs/benchmarks.md)
 K1, B = 1.5, 0.75  # bm25s' defaults (Lucene's BM25)
 
 
@@ -189,7 +190,6 @@ class BM25Index:
         import bm25s
 
         retriever = bm25s.BM25.load(folder, mmap=True)
-        retriever.backend = "numba" if _has_numba() else "numpy"  # bm25s' jitted top-k: ~2x per thread here
         vocab = np.load(folder / "terms.npy", mmap_mode="r")
         retriever.unique_token_ids_set = range(len(vocab))  # O(1) membership for bm25s' query filter
         with (folder / "passages.jsonl").open(encoding="utf-8") as f:
@@ -216,6 +216,9 @@ class BM25Index:
         if not asked:
             return out
         want = min(len(self.passages), k + (1 if exclude else 0))
+        # bm25s' jitted scorer is ~7x faster per thread and uses every core, but compiles for ~15 s in each
+        # process: worth it for a training set's questions, not for predict's one
+        self.retriever.backend = "numba" if len(asked) >= NUMBA_FROM_QUERIES and _has_numba() else "numpy"
         documents, scores = self.retriever.retrieve([columns[i] for i in asked], k=want, show_progress=progress,
                                                     n_threads=threads)
         for i, docs, values in zip(asked, documents, scores):
