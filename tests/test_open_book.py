@@ -148,6 +148,8 @@ def test_vectorised_index_scores_like_bm25s_own_builder(tmp_path, monkeypatch):
     assert [[d for d, _ in m] for m in mine] == docs.tolist()
     np.testing.assert_allclose([[s for _, s in m] for m in mine], scores, atol=1e-5)
     assert index.search(["ㄅㄆㄇ"], 5) == [[]]  # no term in the corpus: nothing, not an error
+    monkeypatch.setattr(index_module, "NUMBA_FROM_WORK", 0)  # the jitted backend, used for large searches
+    assert index.search(queries, 5) == mine and index.retriever.backend == "numba"
 
 
 def test_training_pool_never_retrieves_the_question_itself_or_a_held_out_one(tmp_path, monkeypatch, demo_data):

@@ -26,7 +26,9 @@ from .text import NORMALISATION, TERMS, normalise_many
 logger = logging.getLogger(__name__)
 
 FORMAT = 2
-NUMBA_FROM_QUERIES = 500  # below this many queries, numba's compile costs more than it saves (docs/benchmarks.md)
+# queries × passages from which numba's compile (~15 s) costs less than numpy's search: numpy ran ~26 ns per
+# query and passage here (127 queries/s at 300k passages, docs/benchmarks.md), so ~13 s of work at this size
+NUMBA_FROM_WORK = 5e8
 K1, B = 1.5, 0.75  # bm25s' defaults (Lucene's BM25)
 
 
@@ -216,9 +218,10 @@ class BM25Index:
         if not asked:
             return out
         want = min(len(self.passages), k + (1 if exclude else 0))
-        # bm25s' jitted scorer is ~7x faster per thread and uses every core, but compiles for ~15 s in each
-        # process: worth it for a training set's questions, not for predict's one
-        self.retriever.backend = "numba" if len(asked) >= NUMBA_FROM_QUERIES and _has_numba() else "numpy"
+        # bm25s' jitted scorer is ~14x faster on 2 cores, but compiles for ~15 s in each process: worth it for
+        # many questions over a large corpus, not for predict's one or a small corpus
+        work = len(asked) * len(self.passages)
+        self.retriever.backend = "numba" if work >= NUMBA_FROM_WORK and _has_numba() else "numpy"
         documents, scores = self.retriever.retrieve([columns[i] for i in asked], k=want, show_progress=progress,
                                                     n_threads=threads)
         for i, docs, values in zip(asked, documents, scores):
