@@ -5,13 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot():
+    """matplotlib (Agg), imported at the first figure: a run that stops on a bad flag does not pay ~1 s for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save_atomically(fig, path: str | os.PathLike) -> None:
+    plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
@@ -37,7 +43,7 @@ def curves_from_log_history(log_history: list[dict]) -> dict:
 
 
 def plot_loss_curve(curves: dict, path: str | os.PathLike, title: str = "Training and validation loss") -> None:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     handles = []
     for key, label, style in (("train_loss", "training loss", "-"), ("eval_loss", "validation loss", "o-")):
         points = curves.get(key) or []
@@ -70,7 +76,7 @@ def plot_comparison(categories: list[str], series: dict[str, dict], path: str | 
     `seed_points` (each seed's overall accuracy) as points with their mean ± one standard deviation."""
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(categories) + 2), 4.5))
+    fig, ax = _pyplot().subplots(figsize=(max(6, 1.6 * len(categories) + 2), 4.5))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(categories))
     for i, (name, values) in enumerate(series.items()):

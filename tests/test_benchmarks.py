@@ -19,7 +19,8 @@ def run_benchmark(name: str, tmp_path, *extra: str) -> dict:
 
 
 def test_throughput_benchmark(tmp_path):
-    # the arms the README's table and the guard rest on (the others are variants of the same code path)
+    # the baseline and one hf_ft arm of each formulation, with evaluation (test_training_speed_guard runs
+    # per_choice's training at full length; the other arms are settings of the same code path)
     report = run_benchmark("throughput", tmp_path, "--arms", "baseline,hf_ft_per_choice,hf_ft_joint_one_order")
     assert {"matmul_gflops", "arms", "machine"} <= set(report)
     names = [a["name"] for a in report["arms"]]
