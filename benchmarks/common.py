@@ -52,8 +52,12 @@ def question_length(rng: random.Random) -> int:
 
 def synthetic_row(rng: random.Random) -> dict:
     text = lambda n: "".join(rng.choice(CHARS) for _ in range(n))  # noqa: E731
-    return {"question": text(question_length(rng)) + "？",
-            **{letter: text(rng.randint(1, 12)) for letter in LETTERS}, "answer": rng.choice(LETTERS)}
+    question = text(question_length(rng)) + "？"
+    options = [text(rng.randint(1, 12)) for _ in LETTERS]
+    for k in range(len(options)):  # the options of a row differ (without drawing again: the same stream)
+        while options[k] in options[:k]:
+            options[k] += "甲"
+    return {"question": question, **dict(zip(LETTERS, options)), "answer": rng.choice(LETTERS)}
 
 
 def write_layout(out: Path, total_rows: int, seed: int) -> Path:

@@ -9,13 +9,12 @@ builds each dataclass once. TrainingArguments stays the one place the Trainer re
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from . import deepspeed_config, processes
+from . import deepspeed_config, processes, validation
 from .deepspeed_config import DeepSpeedPlan
 from .errors import UserError, did_you_mean
 from .formulations import FORMULATIONS
@@ -46,8 +45,9 @@ class ModelArguments:
     config_overrides: str | None = field(
         default=None,
         metadata={"help": "Change settings of the loaded model's config before training, as "
-                          "`key=value,key=value` (e.g. `hidden_dropout_prob=0,attention_probs_dropout_prob=0`); "
-                          "only keys the config already has. Saved with the fine-tuned model."},
+                          "`key=value,key=value` (e.g. `hidden_dropout_prob=0,attention_probs_dropout_prob=0`) or "
+                          "a JSON object (`{\"classifier_dropout\": 0.2}`); only keys the config already has (one "
+                          "whose value is None takes the value read as JSON). Saved with the fine-tuned model."},
     )
 
 
@@ -243,6 +243,9 @@ TASK_DEFAULTS = {
 }
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RetrievalArguments, RunArguments, TrainingArguments)
+# Flags that take a list (`--report_to a b`), read now: HfArgumentParser rewrites a field's type when it builds.
+LIST_FLAGS = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if "list" in str(f.type).lower()}
+MAPPING_FLAGS = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if "dict" in str(f.type).lower()}
 # Flags transformers 4 had and 5 dropped, or hf_ft had: what to type instead.
 RENAMED = {
     "--task": "--formulation mlm (masked-LM adaptation) or --formulation per_choice/joint",
@@ -289,11 +292,24 @@ def load_config_file(path: str) -> dict:
         config = {}
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of argument names to values, got {type(config).__name__}")
-    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    known = {f.name: f for cls in ARGUMENT_CLASSES for f in fields(cls)}
     for key in config:
         if key not in known:
             raise ConfigError(f"{path}: unknown argument '{key}'{did_you_mean(key, known)}")
+    for key, value in config.items():
+        if isinstance(value, list):
+            if key in COMMA_LISTS:  # `subjects: [music, physics]` is `--subjects music,physics`
+                config[key] = ",".join(str(v) for v in value)
+            elif key not in LIST_FLAGS:
+                raise ConfigError(f"{path}: {key}: a list where one value is expected")
+        elif isinstance(value, dict) and key not in MAPPING_FLAGS and key != "deepspeed":
+            raise ConfigError(f"{path}: {key}: a mapping where one value is expected")
     return config
+
+
+# Flags whose one value is a comma-separated list: a config file may give them as a YAML or JSON list.
+COMMA_LISTS = ("subjects", "split_ratios", "seeds")
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 def build_parser(config: dict | None = None) -> HfArgumentParser:
@@ -352,6 +368,15 @@ def derived_values(values: dict, given: set[str], plan: DeepSpeedPlan, cuda: boo
     return derived
 
 
+def refuse_a_metric_the_run_cannot_report(values: dict) -> None:
+    """--formulation mlm evaluates a masked-LM loss, no accuracy: a best-model metric other than the loss
+    would be looked up in vain at the first evaluation (a KeyError hours in)."""
+    metric = str(values.get("metric_for_best_model") or "loss")
+    if values["formulation"] == "mlm" and metric.removeprefix("eval_") != "loss":
+        raise ConfigError(f"--metric_for_best_model {metric}: --formulation mlm reports only the loss; "
+                          "use --metric_for_best_model loss (the default for mlm)")
+
+
 def refuse_early_stopping_without_evaluation(values: dict) -> None:
     """Early stopping watches the evaluations of the best-model metric: with none (--eval_strategy no, or no
     validation split) or without loading the best model at the end, it cannot do what it says."""
@@ -365,37 +390,61 @@ def refuse_early_stopping_without_evaluation(values: dict) -> None:
                           "the model that stopped improving; keep --load_best_model_at_end true")
 
 
+# Every numeric training flag's range, declared once (hf_ft/validation.py checks them, NaN and infinities too).
+TRAINING_RULES = {
+    **validation.SHARED,
+    **{name: validation.at_least(1) for name in (
+        "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+        "max_eval_samples", "max_test_samples")},
+    "split_seed": validation.SEED,
+    "data_seed": validation.SEED,
+    "learning_rate": validation.positive("need a positive learning rate"),
+    "num_train_epochs": validation.Rule(need="need a finite number of epochs"),
+    "logging_steps": validation.STEPS,
+    "eval_steps": validation.STEPS,
+    "save_steps": validation.STEPS,
+    "warmup_steps": validation.Rule(low=0, need="need 0 or more (below 1: a share of the run)", steps=True),
+    "save_total_limit": validation.at_least(1, "need 1 or more (keep at least one checkpoint to resume from)"),
+    "validation_fraction": validation.share(0, 1, open_high=True),
+    "mlm_probability": validation.share(0, 1, open_low=True, open_high=True),
+    "weight_decay": validation.Rule(low=0, need="need 0 or more"),
+    "max_grad_norm": validation.Rule(low=0, need="need 0 or more (0: no clipping)"),
+    "adam_epsilon": validation.positive(),
+    "adam_beta1": validation.share(0, 1, open_high=True),
+    "adam_beta2": validation.share(0, 1, open_high=True),
+    "label_smoothing_factor": validation.share(0, 1, open_high=True),
+    "dataloader_num_workers": validation.at_least(0),
+    "early_stopping_threshold": validation.Rule(low=0, need="need a finite number of 0 or more"),
+    "early_stopping_patience": validation.at_least(1, "need 1 or more evaluations"),
+}
+
+
+# Flags that do nothing next to another one the user also gave: (given, ignored because of it, why).
+CONFLICTS = [
+    *[("data_dir", name, "a run reads one source: the folder, or the files") for name in (
+        "train_file", "validation_file", "test_file")],
+    *[(source, name, "the data comes from there, not from the hub") for source in (
+        "data_dir", "train_file") for name in ("dataset_name", "dataset_revision")],
+]
+
+
+def refuse_conflicts(given: set) -> None:
+    """Two flags of which one would be silently ignored, refused in one line each before any work."""
+    problems = [f"--{ignored} with --{source}: {why}; drop one" for source, ignored, why in CONFLICTS
+                if source in given and ignored in given]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 def refuse_nonsense(values: dict, cuda: bool) -> None:
     """Settings that cannot make sense, refused before anything heavy starts (one line each)."""
-    problems = []
-    positive_ints = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "max_seq_length", "joint_rotations", "joint_eval_rotations", "logging_steps", "max_eval_samples",
-                     "max_test_samples")
-    for name in positive_ints:
-        if values[name] is not None and values[name] < 1:
-            problems.append(f"--{name} {values[name]}: need 1 or more")
+    problems = validation.problems(values, TRAINING_RULES)
+    problems += validation.finite_floats(values, [n for n in values if n not in TRAINING_RULES])
     if values["max_steps"] <= 0 and values["num_train_epochs"] <= 0:
         problems.append(f"--num_train_epochs {values['num_train_epochs']}: need a positive number of epochs "
                         "(or --max_steps N)")
-    if values["learning_rate"] <= 0:
-        problems.append(f"--learning_rate {values['learning_rate']}: need a positive learning rate")
-    if values["save_total_limit"] is not None and values["save_total_limit"] < 1:
-        problems.append(f"--save_total_limit {values['save_total_limit']}: need 1 or more (keep at least one "
-                        "checkpoint to resume from)")
-    for name in ("eval_steps", "save_steps"):
-        if values[name] is not None and values[name] <= 0:
-            problems.append(f"--{name} {values[name]}: need a positive number")
-    if not 0 <= values["validation_fraction"] < 1:
-        problems.append(f"--validation_fraction {values['validation_fraction']}: need a share in [0, 1)")
-    if not 0 < values["mlm_probability"] < 1:
-        problems.append(f"--mlm_probability {values['mlm_probability']}: need a share in (0, 1)")
-    if not 0 <= values["max_unk_rate"] <= 1:
-        problems.append(f"--max_unk_rate {values['max_unk_rate']}: need a share in [0, 1]")
-    if values["max_seq_length"] is not None and 1 <= values["max_seq_length"] < 16:
-        problems.append(f"--max_seq_length {values['max_seq_length']}: too short for a question and an option "
-                        "(use 64 or more)")
     try:
-        train, validation, test = DataArguments(split_ratios=values["split_ratios"]).ratios()
+        train, _, test = DataArguments(split_ratios=values["split_ratios"]).ratios()
         if train == 0:
             problems.append(f"--split_ratios {values['split_ratios']}: the training share is 0")
         if test == 0 and not values["test_file"]:
@@ -405,12 +454,6 @@ def refuse_nonsense(values: dict, cuda: bool) -> None:
         problems.append(str(e))
     if values["fp16"] and (not cuda or values["use_cpu"]):
         problems.append("--fp16: needs a GPU, and this run is on the CPU; train in fp32 here")
-    patience = values["early_stopping_patience"]
-    if not math.isfinite(values["early_stopping_threshold"]) or values["early_stopping_threshold"] < 0:
-        problems.append(f"--early_stopping_threshold {values['early_stopping_threshold']}: need a finite number "
-                        "of 0 or more")
-    if patience is not None and patience < 1:
-        problems.append(f"--early_stopping_patience {patience}: need 1 or more evaluations")
     if values["remove_unused_columns"]:
         problems.append("--remove_unused_columns true: hf_ft's collators need the extra columns (length, ids)")
     if values["hub_token"]:
@@ -424,7 +467,9 @@ def refuse_nonsense(values: dict, cuda: bool) -> None:
         except UserError as e:
             problems.append(str(e))
     output_dir = values["output_dir"]
-    if output_dir and Path(output_dir).exists() and not Path(output_dir).is_dir():
+    if output_dir is not None and not str(output_dir).strip():
+        problems.append(f"--output_dir '{output_dir}': empty; name the run's folder")
+    elif output_dir and Path(output_dir).exists() and not Path(output_dir).is_dir():
         problems.append(f"--output_dir {output_dir}: is a file, not a folder")
     if values["seeds"]:
         try:
@@ -451,13 +496,17 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config = {}
-    if argv and not argv[0].startswith("-") and argv[0].lower().endswith((".json", ".yaml", ".yml")):
+    if argv and not argv[0].startswith("-") and argv[0].lower().endswith(CONFIG_SUFFIXES):
         config = load_config_file(argv.pop(0))
+    elif argv and not argv[0].startswith("-") and (Path(argv[0]).suffix[1:].isalpha() or Path(argv[0]).is_file()):
+        raise ConfigError(f"{argv[0]}: a config file is YAML (.yaml, .yml) or JSON (.json); "
+                          f"{Path(argv[0]).suffix or 'a file without a suffix'} is not read")
     parser = build_parser(config)
     values, given = read_command_line(parser, argv)
     given |= set(config)
     if "output_dir" not in given:
         raise ConfigError("--output_dir is required")
+    refuse_conflicts(given)
     cuda = processes.cuda_present()
     refuse_nonsense(values, cuda)
     plan = deepspeed_config.plan(values["deepspeed"], require=values["require_deepspeed"],
@@ -466,6 +515,7 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
     explicit = recorded_arguments(values, given)
     values.update(derived_values(values, given, plan, cuda))
     refuse_early_stopping_without_evaluation(values)
+    refuse_a_metric_the_run_cannot_report(values)
     problems = deepspeed_config.mismatches(plan, values)
     if problems:
         raise ConfigError("\n".join(problems))

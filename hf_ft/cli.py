@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from . import validation
 from .errors import ArgumentParser, UserError, did_you_mean, run_user_errors
 
 USAGE = """usage: hf-ft COMMAND [ARGS]
@@ -80,6 +82,18 @@ def make_tiny_model_command(argv: list[str]) -> None:
                         help="masked-LM pretraining on this many fact sentences (0: leave it randomly initialised)")
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     args = parser.parse_args(argv)
+    values = {k.replace("_", "-"): v for k, v in vars(args).items()}
+    problems = validation.problems(values, {name: validation.at_least(1) for name in (
+        "hidden-size", "layers", "heads", "intermediate-size")} | {"seed": validation.SEED,
+                                                                    "pretrain-sentences": validation.at_least(0),
+                                                                    "pretrain-epochs": validation.at_least(1)})
+    if not problems and args.hidden_size % args.heads:
+        problems.append(f"--heads {args.heads}: must divide --hidden-size {args.hidden_size}")
+    missing = [p for p in args.vocab_from if not Path(p).exists()]
+    if missing:
+        problems.append(f"--vocab-from {missing[0]}: no such file or folder")
+    if problems:
+        raise UserError("; ".join(problems))
     out = make_tiny_model(args.out_dir, args.vocab_from, args.hidden_size, args.layers, args.heads,
                           args.intermediate_size, seed=args.seed)
     if args.pretrain_sentences:

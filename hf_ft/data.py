@@ -7,6 +7,7 @@ Every row remembers the file and line it came from, so a problem can always be r
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -72,8 +73,17 @@ class QARow:
         }
 
 
+@functools.lru_cache(maxsize=1)
+def _invisible() -> re.Pattern:
+    """Format characters (Unicode Cf: zero-width space, joiners, BOM, bidi marks, soft hyphen), to remove."""
+    chars = "".join(re.escape(chr(c)) for c in range(0x10000) if unicodedata.category(chr(c)) == "Cf")
+    return re.compile(f"[{chars}\U000E0000-\U000E007F]")  # and the tag characters past the BMP
+
+
 def normalise_text(text: str) -> str:
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+    """The text as identity and emptiness see it: NFKC, no format characters, whitespace collapsed. A cell
+    made of a zero-width space is empty, and copies that differ by one are duplicates."""
+    return re.sub(r"\s+", " ", _invisible().sub("", unicodedata.normalize("NFKC", text))).strip()
 
 
 def content_hash(question: str, options) -> str:
@@ -178,8 +188,10 @@ def _read_csv_group(paths: list[Path], header: list[str], lines: dict[Path, list
     features = datasets.Features({name: datasets.Value("string") for name in header})
     datasets.disable_progress_bars()
     try:
+        # the header as trimmed (`A ` is the column A): named here, each file's own header line skipped
         table = datasets.load_dataset("csv", data_files=[str(p) for p in paths], split="train", encoding="utf-8-sig",
-                                      features=features, keep_default_na=False, na_filter=False)
+                                      features=features, keep_default_na=False, na_filter=False,
+                                      column_names=header, skiprows=1)
     except Exception as error:  # noqa: BLE001 - pandas/pyarrow parse errors, reported per file below
         if len(paths) == 1:
             raise _parse_error(names[paths[0]], "csv", error) from None
@@ -200,6 +212,11 @@ def _read_csv_group(paths: list[Path], header: list[str], lines: dict[Path, list
     return out
 
 
+def _trim_keys(record: dict) -> dict:
+    """Field names as a CSV header is read: `"A "` is the column A."""
+    return {str(k).strip(): v for k, v in record.items()}
+
+
 def _read_json(path: Path, text: str, name: str, fmt: str) -> FileRecords:
     """JSON (an array of objects) or JSONL (one object per line), parsed here so every error has its line."""
     if fmt == "json":
@@ -214,7 +231,7 @@ def _read_json(path: Path, text: str, name: str, fmt: str) -> FileRecords:
                 raise DataError(f"{name}: item {i}: not a JSON object")
         if not items:
             raise DataError(f"{name}: the JSON array is empty")
-        return FileRecords(path, items, list(range(1, len(items) + 1)), "item", name)
+        return FileRecords(path, [_trim_keys(i) for i in items], list(range(1, len(items) + 1)), "item", name)
     records, lines = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -225,7 +242,7 @@ def _read_json(path: Path, text: str, name: str, fmt: str) -> FileRecords:
             raise DataError(f"{name}:{number}: not valid JSON ({e.msg})") from None
         if not isinstance(record, dict):
             raise DataError(f"{name}:{number}: not a JSON object")
-        records.append(record)
+        records.append(_trim_keys(record))
         lines.append(number)
     return FileRecords(path, records, lines, "line", name)
 
@@ -294,6 +311,21 @@ def _text(value) -> str:
     return str(value).strip()
 
 
+def option_problem(options, letters) -> tuple[str, str] | None:
+    """(kind, reason) when a row's options cannot be told apart: one is empty (invisible characters count as
+    nothing), or two are the same text, so the gold one has an equal twin the model cannot prefer."""
+    texts = [normalise_text(o) for o in options]
+    empty = [letter for letter, text in zip(letters, texts) if not text]
+    if empty:
+        return "empty_option", f"empty option {', '.join(empty)}"
+    first: dict[str, str] = {}
+    for letter, text in zip(letters, texts):
+        if text in first:
+            return "same_options", f"options {first[text]} and {letter} are the same text ('{text[:40]}')"
+        first[text] = letter
+    return None
+
+
 def validate_records(
     records: list[dict], lines: list[int], source: str, subject: str | None, seen_ids: dict[str, str],
     unit: str = "line", require_answer: bool = True,
@@ -315,12 +347,12 @@ def validate_records(
         options = tuple(_text(record.get(letter)) for letter in LETTERS)
         raw_answer = _text(record.get("answer"))
         answer = _ANSWER_FORMS.get(raw_answer)
-        if not question:
-            reject("empty_question", "empty question")
+        if not normalise_text(question):
+            reject("empty_question", "empty question" + (" (only invisible characters)" if question else ""))
             continue
-        empty = [letter for letter, text in zip(LETTERS, options) if not text]
-        if empty:
-            reject("empty_option", f"empty option {', '.join(empty)}")
+        problem = option_problem(options, LETTERS)
+        if problem:
+            reject(*problem)
             continue
         if answer is None and (require_answer or raw_answer):
             shown = f"'{raw_answer}'" if raw_answer else "empty"

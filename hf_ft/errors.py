@@ -107,11 +107,15 @@ def run_user_errors(fn, *args, **kwargs):
         sys.exit(2)
 
 
-def writable_file(path: str | os.PathLike, flag: str) -> None:
-    """Refuse an output path that cannot become a file (a folder, or under a file) before any work."""
+def writable_file(path: str | os.PathLike, flag: str, inputs: dict[str, str | os.PathLike] | None = None) -> None:
+    """Refuse an output path that cannot become a file (a folder, or under a file), or that is one of the
+    run's `inputs` ({flag: path}: writing it would destroy what is read), before any work."""
     from pathlib import Path
 
     p = Path(path)
+    for input_flag, source in (inputs or {}).items():
+        if source and p.resolve() == Path(source).resolve():
+            raise UserError(f"{flag} {p}: is the {input_flag} file; the output would overwrite it (give another name)")
     if p.is_dir():
         raise UserError(f"{flag} {p}: is a folder; give a file name")
     parent = p.parent
@@ -165,3 +169,21 @@ def hub_problem(error: BaseException, writing: bool = False) -> str:
                     + ("; nothing was committed, try again later" if writing else "; try again later"))
         return f"the hub at {endpoint} answered HTTP {status}"
     return f"cannot reach the hub at {endpoint} ({type(cause).__name__}); check the network or HF_ENDPOINT"
+
+
+def writable_folder(path: str | os.PathLike, flag: str) -> None:
+    """Refuse an output folder that is a file, lies under a file, or cannot be written, before any work."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not str(path).strip():
+        raise UserError(f"{flag} '{path}': empty; name a folder")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {p}: is a file, not a folder")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {p}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {p}: cannot write in {parent} (permission denied)")

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
+from . import validation
 from .compare import Scored, build_report
 from .data import QARow, load_items
-from .errors import UserError, run_user_errors
+from .errors import UserError, run_user_errors, writable_folder
 from .model_card import data_facts, write_model_card
 from .modeling import check_model_path, check_vocabulary
 from .preprocessing import JOINT_EVAL_ROTATIONS
@@ -218,14 +219,22 @@ def retrieval_summary(scorer, rows: list[QARow], scores, gold: dict[str, set[str
     }
 
 
+EVALUATE_RULES = {
+    **validation.SHARED,
+    "batch_size": validation.at_least(1),
+    "batch_tokens": validation.at_least(1),
+    "max_items": validation.at_least(1),
+    "judge_max_items": validation.at_least(0),
+    "judge_concurrency": validation.at_least(1),
+}
+
+
 def check_settings(args: EvaluateArguments) -> None:
-    for name in ("batch_size", "batch_tokens", "max_seq_length", "joint_eval_rotations"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name} {getattr(args, name)}: need 1 or more")
-    if args.max_items is not None and args.max_items < 1:
-        raise UserError(f"--max_items {args.max_items}: need 1 or more")
-    if args.judge_max_items < 0 or args.judge_concurrency < 1:
-        raise UserError("--judge_max_items must be 0 or more and --judge_concurrency 1 or more")
+    """The same ranges as training for the flags they share (hf_ft/validation.py), before any model loads."""
+    values = {f.name: getattr(args, f.name) for f in fields(args)}
+    problems = validation.problems(values, EVALUATE_RULES) + validation.finite_floats(values, values)
+    if problems:
+        raise UserError("; ".join(dict.fromkeys(problems)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,6 +261,7 @@ def run(args: EvaluateArguments) -> dict:
     if args.max_items is not None and args.max_items < len(rows):
         rows = stratified_sample(rows, args.max_items, args.seed)
     out = Path(args.output_dir or Path(runs[0][0]) / COMPARISON_DIR)
+    writable_folder(out, "--output_dir")  # before minutes of scoring, not after
     is_main = state.is_main_process
     gold = None
     if args.gold_passages:

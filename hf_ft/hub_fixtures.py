@@ -89,7 +89,14 @@ def _option(rng: random.Random) -> str:
 
 
 def _row(rng: random.Random, period_subject: bool) -> dict:
+    from .data import normalise_text
+
     options = [_option(rng) for _ in LETTERS]
+    seen = set()
+    for k, option in enumerate(options):  # the options of a row differ (without drawing again: same stream)
+        while normalise_text(options[k]) in seen:
+            options[k] = options[k].rstrip() + "甲"
+        seen.add(normalise_text(options[k]))
     if period_subject and rng.random() < 0.3:  # the real quirk: a final "。" on one option only
         k = rng.randrange(4)
         options[k] = options[k].rstrip() + "。"

@@ -8,8 +8,9 @@ is used whenever more than one process is asked for.
 
 from __future__ import annotations
 
-import os
+import io
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,7 +51,28 @@ def launch(argv: list[str]) -> None:
     print("+ " + shlex.join(command), flush=True)
     if args.dry_run:
         return
-    os.execv(command[0], command)
+    sys.exit(run_behind_the_boundary(command))
+
+
+def run_behind_the_boundary(command: list[str]) -> int:
+    """Run the launcher, passing its stderr through. Once a process has printed hf_ft's one-line `error:`,
+    what follows (accelerate's CalledProcessError, torchrun's ChildFailedError report) is held back, so the
+    error is the last line; exit 2 as a direct run would. A crash without such a line shows everything."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE)
+    stderr = io.TextIOWrapper(process.stderr, encoding="utf-8", errors="replace", newline="")  # "\r" kept: bars redraw
+    error = None
+    try:
+        for line in stderr:
+            if error is None:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+                if line.startswith("error: "):
+                    error = line
+    except KeyboardInterrupt:
+        process.wait()
+        raise
+    code = process.wait()
+    return 2 if code != 0 and error else code
 
 
 def main(argv: list[str] | None = None) -> None:

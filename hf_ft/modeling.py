@@ -8,6 +8,7 @@ mlm:        AutoModelForMaskedLM (domain adaptation; scored zero-shot by pseudo-
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -134,18 +135,55 @@ def formulation_of(config) -> str | None:
     return None
 
 
-def apply_config_overrides(config, overrides: str | None) -> None:
-    """`key=value,key=value` onto `config` (PretrainedConfig.update_from_string), with errors that name the key."""
-    if not overrides:
-        return
-    for item in overrides.split(","):
+def _override_items(overrides: str) -> dict:
+    """`key=value,key=value` (values as text) or a JSON object (values typed)."""
+    text = overrides.strip()
+    if text.startswith("{"):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(f"--config_overrides: not valid JSON ({e.msg})") from None
+        if not isinstance(items, dict):
+            raise ModelLoadError("--config_overrides: a JSON object of config keys and values")
+        return items
+    items = {}
+    for item in text.split(","):
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise ModelLoadError(f"--config_overrides '{overrides}': '{item}' is not key=value")
+        items[key.strip()] = value.strip()
+    return items
+
+
+def apply_config_overrides(config, overrides: str | None) -> None:
+    """`key=value,key=value` or `{"key": value}` onto keys `config` already has. A key whose value is None
+    (BERT's `classifier_dropout`) takes the value read as JSON (0.2, 3, true); other keys keep their type
+    (PretrainedConfig.update_from_string). Errors name the key."""
+    if not overrides:
+        return
+    from .errors import did_you_mean
+
+    for key, value in _override_items(overrides).items():
+        if not hasattr(config, key):
+            raise ModelLoadError(f"--config_overrides: {key}: not a key of this model's config"
+                                 f"{did_you_mean(key, sorted(config.to_dict()))}")
+        current = getattr(config, key)
+        if current is None or not isinstance(value, str):
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    pass  # text stays text
+            if current is not None and not isinstance(value, type(current)) and \
+                    not (isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool)):
+                raise ModelLoadError(f"--config_overrides: {key}: {value!r} is not a {type(current).__name__} "
+                                     f"like its current value {current!r}")
+            setattr(config, key, float(value) if isinstance(current, float) else value)
+            continue
         try:
-            config.update_from_string(f"{key.strip()}={value.strip()}")
+            config.update_from_string(f"{key}={value}")
         except (ValueError, TypeError) as e:
-            raise ModelLoadError(f"--config_overrides '{overrides}': {key.strip()}: {e}") from None
+            raise ModelLoadError(f"--config_overrides '{overrides}': {key}: {e}") from None
 
 
 def load_model(name_or_path: str, formulation: str, revision: str = "main", cache_dir: str | None = None,

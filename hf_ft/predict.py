@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import softmax
 
-from .data import QARow, handle_problems, read_records, validate_records
+from . import validation
+from .data import QARow, handle_problems, normalise_text, option_problem, read_records, validate_records
 from .errors import ArgumentParser, UserError, run_user_errors, writable_file
 from .preprocessing import JOINT_EVAL_ROTATIONS
 from .run_dir import write_jsonl
@@ -32,14 +33,15 @@ OPTION_LETTERS = string.ascii_uppercase
 def make_question(question: str, choices: list[str]) -> QARow:
     question = (question or "").strip()
     choices = [c.strip() for c in choices]
-    if not question:
+    if not normalise_text(question):
         raise UserError("the question is empty")
     if len(choices) < 2:
         raise UserError(f"need at least 2 options, got {len(choices)}")
-    if any(not c for c in choices):
-        raise UserError("an option is empty")
     if len(choices) > len(OPTION_LETTERS):
         raise UserError(f"at most {len(OPTION_LETTERS)} options")
+    problem = option_problem(choices, OPTION_LETTERS)
+    if problem:
+        raise UserError(f"--choices: {problem[1]}")
     return QARow("question", "unknown", question, tuple(choices), None)
 
 
@@ -158,6 +160,8 @@ def fill_mask(scorer: LoadedScorer, text: str, top_k: int) -> list[list[dict]]:
     mask = scorer.tokenizer.mask_token
     if not mask or mask not in text:
         raise UserError(f"--fill: the text has no {mask or 'mask'} token")
+    if top_k > len(scorer.tokenizer):
+        raise UserError(f"--top_k {top_k}: the vocabulary has only {len(scorer.tokenizer)} tokens")
     fill = pipeline("fill-mask", model=scorer.model, tokenizer=scorer.tokenizer, device=scorer.model.device)
     results = fill(text, top_k=top_k, tokenizer_kwargs={"truncation": True, "max_length": scorer.max_length})
     per_mask = results if isinstance(results[0], list) else [results]
@@ -175,7 +179,8 @@ def build_parser() -> ArgumentParser:
     mode.add_argument("--interactive", action="store_true", help="a question-and-options loop in the terminal")
     mode.add_argument("--fill", help="masked-LM: text with [MASK] tokens to fill")
     parser.add_argument("--choices", nargs="+", default=[], help="the options (2 or more)")
-    parser.add_argument("--output", help="--input: where the JSONL predictions go")
+    parser.add_argument("--output", help="where the JSONL predictions go (--input: default <input>.predictions.jsonl; "
+                                         "--question: also written there when given)")
     parser.add_argument("--top_k", type=int, default=5, help="--fill: how many tokens per mask")
     parser.add_argument("--scorer", choices=list(SCORER_CHOICES), default="auto",
                         help="auto: the trained head, else the masked-LM pseudo-log-likelihood")
@@ -192,19 +197,29 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+PREDICT_RULES = {**validation.SHARED, "batch_size": validation.at_least(1), "top_k": validation.at_least(1)}
+
+
 def run(args) -> object:
     if args.question is not None:
         row = make_question(args.question, args.choices)  # check the input before loading a model
     if args.input:
         rows = read_questions(args.input)
-        writable_file(args.output or Path(args.input).with_suffix(".predictions.jsonl"), "--output")
-    for name in ("batch_size", "max_seq_length", "top_k", "joint_eval_rotations"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name} {getattr(args, name)}: need 1 or more")
+        writable_file(args.output or Path(args.input).with_suffix(".predictions.jsonl"), "--output",
+                      {"--input": args.input})
+    elif args.output:
+        if args.question is None:
+            raise UserError("--output: writes the predictions of --input or --question; this run has neither")
+        writable_file(args.output, "--output")
+    problems = validation.problems(vars(args), PREDICT_RULES)
+    if problems:
+        raise UserError("; ".join(problems))
     scorer = load_scorer(args.model, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
                          joint_eval_rotations=args.joint_eval_rotations)
     if args.question is not None:
         result = rank(scorer, [row])[0]
+        if args.output:
+            write_jsonl(Path(args.output), [{"id": row.id, "question": row.question, **result, "scorer": scorer.name}])
         if args.json:
             import json
 

@@ -43,7 +43,8 @@ class LoadedData:
 
 
 def layout_files(data_dir: str | os.PathLike, splits=tuple(LAYOUT_SPLITS)) -> dict[str, dict[str, Path]]:
-    """`<subject>_<split>.csv` files of a TMMLU+-layout folder (or its `data/` subfolder), by subject and pool."""
+    """`<subject>_<split>.csv` files of a TMMLU+-layout folder (or its `data/` subfolder), by subject and split
+    name as written (`dev` and `train` are both the training pool; a folder may hold both, and both are read)."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"{root}: data directory not found")
@@ -53,7 +54,7 @@ def layout_files(data_dir: str | os.PathLike, splits=tuple(LAYOUT_SPLITS)) -> di
     for path in sorted(root.glob("*.csv")):
         subject, _, split = path.stem.rpartition("_")
         if subject and split in splits:
-            found.setdefault(subject, {})[LAYOUT_SPLITS[split]] = path
+            found.setdefault(subject, {})[split] = path
     if not found:
         raise DataError(f"{root}: no files named <subject>_{{dev,train,val,test}}.csv (the TMMLU+ layout)")
     return found
@@ -79,7 +80,8 @@ def _read_layout(files: dict[str, dict[str, Path]], chosen: list[str], display=s
     pools: dict[str, list[QARow]] = {"dev": [], "val": [], "test": []}
     problems: list[Problem] = []
     seen: dict[str, str] = {}
-    wanted = [(subject, pool, path) for subject in chosen for pool, path in sorted(files[subject].items())]
+    wanted = [(subject, LAYOUT_SPLITS[split], path) for subject in chosen
+              for split, path in sorted(files[subject].items())]
     results = read_files([path for _, _, path in wanted], [display(path) for _, _, path in wanted], allow_empty=True)
     for (subject, pool, path), result in zip(wanted, results):
         check_columns(result)

@@ -8,6 +8,7 @@ split. `resplit`: pool, deduplicate, split by ratios, stratified by subject. Exa
 from __future__ import annotations
 
 import hashlib
+import logging
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +19,12 @@ import numpy as np
 from .data import DataError, QARow
 from .run_dir import MANIFEST_FILE, TEST_ITEMS_FILE, write_json
 from .sources import LoadedData
+
+logger = logging.getLogger(__name__)
+
+# A split whose most common gold letter lets a constant answer beat chance by this much, significantly, is
+# worth a warning: a model that always answers that letter scores it (an answer column shifted or recoded).
+SKEW_MARGIN, SKEW_P = 0.15, 1e-3
 
 # Fewer training questions than this is not a fine-tuning run (a typo in a path or a filter, most likely).
 MIN_TRAIN_ROWS = 16
@@ -119,6 +126,26 @@ def check_sizes(train, validation, test, scheme: str, needs_validation: bool, ne
                         "share of --split_ratios, or pass --eval_strategy no --load_best_model_at_end false")
 
 
+def skewed_gold_letters(splits: Splits) -> list[str]:
+    """One warning per split whose gold letters are so uneven that always answering the most common one
+    scores far above the 25% of chance (binomial test)."""
+    from scipy.stats import binomtest
+
+    out = []
+    for name, rows in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
+        letters = Counter(r.answer for r in rows if r.answer)
+        if not letters:
+            continue
+        letter, count = letters.most_common(1)[0]
+        n = sum(letters.values())
+        chance = 1 / len(rows[0].options)
+        if count / n >= chance + SKEW_MARGIN and binomtest(count, n, chance, alternative="greater").pvalue < SKEW_P:
+            out.append(f"{name}: {count} of {n} gold answers ({100 * count / n:.0f}%) are {letter}, so always "
+                       f"answering {letter} scores {100 * count / n:.0f}% against {100 * chance:.0f}% for chance; "
+                       "check the answer column")
+    return out
+
+
 def build_manifest(data: LoadedData, splits: Splits, rejected: Counter, seed: int) -> dict:
     def per_subject(rows):
         return dict(sorted(Counter(r.subject for r in rows).items()))
@@ -140,7 +167,8 @@ def build_manifest(data: LoadedData, splits: Splits, rejected: Counter, seed: in
         "duplicates_removed_by_pool": splits.duplicates_by_pool,
         "rows_rejected": sum(rejected.values()),
         "rows_rejected_by_reason": dict(rejected),
-        "hash": "sha256(NFKC, whitespace-collapsed question + 4 options)[:32]",
+        "hash": "sha256(NFKC, format characters removed, whitespace-collapsed question + 4 options)[:32]",
+        "warnings": skewed_gold_letters(splits),
         "content_hashes": {
             "train": sorted(r.content_hash for r in splits.train),
             "validation": sorted(r.content_hash for r in splits.validation),
@@ -154,6 +182,8 @@ def write_split_outputs(output_dir: str, data: LoadedData, splits: Splits, rejec
 
     write_json(Path(output_dir) / TEST_ITEMS_FILE, [row.to_item() for row in splits.test])
     manifest = build_manifest(data, splits, rejected, seed)
+    for warning in manifest["warnings"]:
+        logger.warning("gold letters: %s", warning)
     source = manifest["source"]  # local paths relative to the output folder: the manifest is pushed
     if "path" in source:
         source["path"] = relative_to(source["path"], output_dir)

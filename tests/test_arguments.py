@@ -41,6 +41,21 @@ def test_json_config_and_unknown_keys(tmp_path):
         parse_args([str(broken)])
 
 
+def test_config_files_take_lists_where_a_flag_takes_a_list_and_name_other_formats(tmp_path):
+    listed = tmp_path / "c.yaml"
+    listed.write_text("output_dir: o\nsubjects: [music, physics]\nreport_to: [none]\n", encoding="utf-8")
+    assert parse_args([str(listed), "--use_cpu"]).data.subjects == "music,physics"
+    scalar = tmp_path / "s.yaml"
+    scalar.write_text("output_dir: o\nlearning_rate: [1, 2]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="s.yaml: learning_rate: a list where one value is expected"):
+        parse_args([str(scalar)])
+    toml = tmp_path / "c.toml"
+    toml.write_text('output_dir = "o"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"c.toml: a config file is YAML \(.yaml, .yml\) or JSON \(.json\); "
+                                          r"\.toml is not read"):
+        parse_args([str(toml)])
+
+
 def test_bad_split_ratios(tmp_path):
     with pytest.raises(ConfigError, match="split_ratios"):
         parse_args(["--output_dir", str(tmp_path), "--split_ratios", "0.5,0.5,0.5"])
@@ -48,6 +63,6 @@ def test_bad_split_ratios(tmp_path):
 
 @pytest.mark.parametrize("name", ["joint_rotations", "joint_eval_rotations"])
 def test_joint_rotations_must_be_positive(tmp_path, name):
-    with pytest.raises(ConfigError, match=f"--{name} 0: need 1 or more"):
+    with pytest.raises(ConfigError, match=f"--{name} 0: need 1 to 4"):
         parse_args(["--output_dir", str(tmp_path), "--formulation", "joint", f"--{name}", "0"])
 

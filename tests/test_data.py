@@ -161,3 +161,77 @@ def test_a_broken_file_in_a_folder_is_named(tmp_path):
     with pytest.raises(DataError) as err:
         load_data_dir(str(tmp_path))
     assert "physics_val.csv" in str(err.value) and "music" not in str(err.value)
+
+
+def test_invisible_characters_make_a_cell_empty_and_a_copy_a_duplicate(tmp_path):
+    """A zero-width space, BOM or joiner is no content: a question of only that is empty, and two rows that
+    differ only by one are the same item (deduplicated, and caught by the held-out check's hash)."""
+    path = write_csv(tmp_path / "x.csv", [
+        GOOD,
+        ["\u200b", "a", "b", "c", "d", "A"],                          # line 3: a zero-width space only
+        ["問題二", "a", "\ufeff", "c", "\u2060\u200d", "A"],           # line 4: options B, D invisible
+        ["一加一\u200b等於幾？", "一", "二", "\u200c三", "四", "B"],     # line 5: GOOD with invisible marks
+    ])
+    loaded = load_files({"all": str(path)})
+    with pytest.raises(DataError) as err:
+        handle_problems(loaded.problems, "error", None)
+    message = str(err.value)
+    assert f"{path}:3: empty question (only invisible characters)" in message
+    assert f"{path}:4: empty option B, D" in message
+    first, copy = loaded.pools["all"]
+    assert copy.question != first.question and copy.content_hash == first.content_hash
+    kept = make_splits(LoadedData({"all": _rows(40) + [first, copy]}, [], {"kind": "files"}, "flat", ["music"]),
+                       "resplit", seed=0, validation_fraction=0.1, split_ratios=(0.7, 0.25, 0.05))
+    assert kept.duplicates_removed == 1
+
+
+def test_skewed_gold_letters_are_warned_about(tmp_path, caplog):
+    """Every gold answer C in a split: a model that always says C scores 100%. The manifest and the log say
+    so; a balanced split, or a small one whose skew is chance, says nothing."""
+    from collections import Counter
+
+    from hf_ft.splits import Splits, skewed_gold_letters, write_split_outputs
+
+    balanced = _rows(40)
+    skewed = [QARow(r.id, r.subject, r.question, r.options, "C") for r in _rows(40, prefix="s")]
+    few = [QARow(r.id, r.subject, r.question, r.options, "A") for r in _rows(3, prefix="f")]
+    splits = Splits(train=skewed, validation=few, test=balanced, scheme="resplit")
+    warnings = skewed_gold_letters(splits)
+    assert len(warnings) == 1 and warnings[0].startswith("train: 40 of 40 gold answers (100%) are C")
+    assert skewed_gold_letters(Splits(balanced, few, balanced, "resplit")) == []
+    data = LoadedData({"all": skewed + few + balanced}, [], {"kind": "files"}, "flat", ["music"])
+    with caplog.at_level("WARNING"):
+        manifest = write_split_outputs(str(tmp_path), data, splits, Counter(), 0)
+    assert manifest["warnings"] == warnings and "always answering C" in caplog.text
+
+
+def test_options_of_a_row_must_differ_and_headers_are_trimmed(tmp_path):
+    """Two options that are the same text (after NFKC and invisible characters) make the gold one a twin the
+    model cannot prefer: the row is named. A header `A ` or JSON key `"B "` is the column it names."""
+    path = write_csv(tmp_path / "x.csv", [
+        GOOD,
+        ["問題二", "甲", "乙", "甲", "丁", "A"],                 # line 3: A and C
+        ["問題三", "ＡＢ", "AB\u200b", "c", "d", "A"],            # line 4: A and B after NFKC and the ZWSP
+    ], header=["question ", " A", "B ", "C", "D", "answer"])
+    loaded = load_files({"all": str(path)})
+    assert [r.question for r in loaded.pools["all"]] == [GOOD[0]]  # the spaced header was read
+    with pytest.raises(DataError) as err:
+        handle_problems(loaded.problems, "error", None)
+    assert f"{path}:3: options A and C are the same text ('甲')" in str(err.value)
+    assert f"{path}:4: options A and B are the same text ('AB')" in str(err.value)
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_text(json.dumps({"question ": "q", "A": "a", "B ": "b", " C": "c", "D": "d", "answer": "B"}) + "\n",
+                     encoding="utf-8")
+    row, = load_files({"all": str(jsonl)}).pools["all"]
+    assert row.options == ("a", "b", "c", "d") and row.question == "q"
+
+
+def test_a_folder_with_both_dev_and_train_files_reads_both(tmp_path):
+    """`music_dev.csv` and `music_train.csv` are both the training pool: every row of both is read."""
+    write_csv(tmp_path / "music_dev.csv", [GOOD])
+    write_csv(tmp_path / "music_train.csv", [["二加二等於幾？", "一", "二", "三", "四", "D"],
+                                             ["三加三等於幾？", "五", "六", "七", "八", "B"]])
+    write_csv(tmp_path / "music_test.csv", [["四加四等於幾？", "五", "六", "七", "八", "D"]])
+    loaded = load_data_dir(str(tmp_path))
+    assert len(loaded.pools["dev"]) == 3 and len(loaded.pools["test"]) == 1
+    assert {r.source.rsplit("/", 1)[-1] for r in loaded.pools["dev"]} == {"music_dev.csv", "music_train.csv"}

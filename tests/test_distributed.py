@@ -86,6 +86,18 @@ def test_config_errors_are_one_line_each(tmp_path, config, extra, expected):
     assert all(line.startswith(f"--deepspeed {path}: ") for line in str(err.value).splitlines())
 
 
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_make_train_ends_on_the_child_s_one_line_error(tmp_path, nproc):
+    """`make train ARGS="--learing_rate 1e-3"`: the launcher's CalledProcessError (one process) or torchrun's
+    ChildFailedError report (two) is held back; the run's one line is the last, and the exit status is 2."""
+    result = run_cli(python("-m", "hf_ft.launch", "--zero", "0", "--nproc", str(nproc), "--",
+                            "--output_dir", str(tmp_path / "o"), "--learing_rate", "1e-3"), timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unknown argument --learing_rate (did you mean --learning_rate?)"), last
+
+
 def test_missing_config_and_offload_flag_errors(tmp_path):
     from hf_ft.errors import UserError
 

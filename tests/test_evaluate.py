@@ -107,7 +107,7 @@ def test_overlap_with_training_data_is_refused_or_removed(trained_run, tiny_mode
 
 
 @pytest.mark.parametrize("case", ["missing_file", "malformed_file", "missing_model", "headless_model",
-                                  "unreachable_judge"])
+                                  "unreachable_judge", "output_dir_is_a_file"])
 def test_bad_input_gives_one_clear_error(case, trained_run, tiny_model, tmp_path, capsys):
     out, _ = trained_run
     args = ["--original", str(tiny_model), "--finetuned", str(out), "--output_dir", str(tmp_path / "c"), "--use_cpu"]
@@ -117,6 +117,7 @@ def test_bad_input_gives_one_clear_error(case, trained_run, tiny_model, tmp_path
         "missing_model": "does/not/exist: model path does not exist",
         "headless_model": "cannot score multiple choice",
         "unreachable_judge": "judge http://127.0.0.1:9/v1/chat/completions: unreachable",
+        "output_dir_is_a_file": "is a file, not a folder",
     }[case]
     if case == "missing_file":
         args += ["--test_file", str(tmp_path / "nope.json")]
@@ -132,6 +133,8 @@ def test_bad_input_gives_one_clear_error(case, trained_run, tiny_model, tmp_path
         BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=1,
                              intermediate_size=16)).save_pretrained(tmp_path / "headless")
         args[1] = str(tmp_path / "headless")
+    elif case == "output_dir_is_a_file":  # refused before any model is scored
+        (tmp_path / "c").write_text("a file", encoding="utf-8")
     else:
         args += ["--judge", "http://127.0.0.1:9/v1", "--judge_max_items", "3"]
     if case == "unreachable_judge":  # InferenceClient is silent while HF_HUB_OFFLINE=1, so a fresh process

@@ -62,7 +62,7 @@ def test_joint_model_in_predict_and_evaluate(joint_run, tiny_model, tmp_path, ca
     assert code == 0 and "(scorer: head (joint))" in stdout, err[-2000:]
     code, _, err = cli(["predict", str(out), "--question", "問題", "--choices", "a", "b", "c", "d",
                         "--joint_eval_rotations", "0"], capsys)
-    assert code == 2 and "--joint_eval_rotations 0: need 1 or more" in err
+    assert code == 2 and "--joint_eval_rotations 0: need 1 to 4" in err
     code, _, err = cli(["predict", str(out), "--question", "問題", "--choices", "a", "b", "c"], capsys)
     assert code == 2 and "answers exactly 4 options" in err
     from hf_ft.evaluate import EvaluateArguments, run
@@ -91,14 +91,29 @@ def test_card_usage_code_answers_like_hf_ft(joint_run, capsys):
 
 @pytest.mark.parametrize("overrides, message", [
     ("hidden_dropout_prob", "'hidden_dropout_prob' is not key=value"),
-    ("hiden_dropout_prob=0", "hiden_dropout_prob: key hiden_dropout_prob isn't in the original config"),
+    ("hiden_dropout_prob=0", "hiden_dropout_prob: not a key of this model's config .did you mean hidden_dropout_prob"),
     ("hidden_dropout_prob=zero", "hidden_dropout_prob: could not convert string to float"),
+    ('{"hidden_dropout_prob": "zero"}', "hidden_dropout_prob: could not convert string to float"),
+    ('{"classifier_dropout": 0.2', "not valid JSON"),
 ])
 def test_bad_config_overrides_are_named(tiny_model, tmp_path, overrides, message):
     from hf_ft.modeling import ModelLoadError, load_model
 
     with pytest.raises(ModelLoadError, match=message):
         load_model(str(tiny_model), "per_choice", config_overrides=overrides)
+
+
+def test_config_overrides_set_keys_whose_value_is_none():
+    """BERT's classifier_dropout is None until set: `update_from_string` cannot type it, hf_ft reads JSON."""
+    from transformers import BertConfig
+
+    from hf_ft.modeling import apply_config_overrides
+
+    config = BertConfig()
+    apply_config_overrides(config, '{"classifier_dropout": 0.2, "hidden_dropout_prob": 0}')
+    assert config.classifier_dropout == 0.2 and config.hidden_dropout_prob == 0.0
+    apply_config_overrides(config, "classifier_dropout=0.3,attention_probs_dropout_prob=0")
+    assert config.classifier_dropout == 0.3 and config.attention_probs_dropout_prob == 0.0
 
 
 def test_option_shuffling_keeps_the_gold_option_labelled(tiny_model):

@@ -111,6 +111,9 @@ def test_fill_mask_and_masked_lm_choices(tiny_model, capsys):
 @pytest.mark.parametrize("args,expected", [
     (["--question", "問題", "--choices", "一個"], "need at least 2 options, got 1"),
     (["--question", " ", "--choices", "a", "b"], "the question is empty"),
+    (["--question", "\u200b", "--choices", "a", "b"], "the question is empty"),
+    (["--question", "問題", "--choices", "鯨魚", "海星", "鯨魚"], "--choices: options A and C are the same text"),
+    (["--question", "問題", "--choices", "鯨魚", "\ufeff"], "--choices: empty option B"),
     (["--fill", "沒有遮罩"], "needs a masked-LM model"),
 ])
 def test_bad_input(trained_run, args, expected, capsys):
@@ -125,3 +128,24 @@ def test_model_that_can_do_neither(tmp_path, capsys):
                          intermediate_size=16)).save_pretrained(tmp_path / "m")
     code, _, err = cli(["predict", str(tmp_path / "m"), "--question", "q", "--choices", "a", "b"], capsys)
     assert code == 2 and "cannot score multiple choice" in err
+
+
+def test_outputs_never_overwrite_inputs_and_are_always_written(trained_run, tmp_path, capsys):
+    """--output equal to --input is refused before the model loads (the questions would be lost); with one
+    --question, --output is written; --output with nothing to predict is refused."""
+    out = trained_run[0]
+    questions = tmp_path / "q.jsonl"
+    text = json.dumps({"question": "下列何者為樂器？", "A": "二胡", "B": "老虎", "C": "獅子", "D": "大象"},
+                      ensure_ascii=False) + "\n"
+    questions.write_text(text, encoding="utf-8")
+    code, _, err = cli(["predict", str(out), "--input", str(questions), "--output", str(questions), "--use_cpu"],
+                       capsys)
+    assert code == 2 and "is the --input file" in err and "Traceback" not in err
+    assert questions.read_text(encoding="utf-8") == text
+    code, _, err = cli(["predict", str(out), "--question", "下列何者為樂器？", "--choices", "二胡", "老虎",
+                        "--output", str(tmp_path / "one.jsonl"), "--use_cpu"], capsys)
+    assert code == 0, err[-2000:]
+    written, = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert written["prediction"] in "AB" and len(written["ranking"]) == 2
+    code, _, err = cli(["predict", str(out), "--fill", "[MASK]", "--output", str(tmp_path / "x.jsonl")], capsys)
+    assert code == 2 and "--output" in err

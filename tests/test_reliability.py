@@ -31,17 +31,34 @@ def one_line(err: str) -> str:
     (["--split_ratios", "0,0.5,0.5"], "--split_ratios 0,0.5,0.5: the training share is 0"),
     (["--split_ratios", "0.8,0.2,0"], "--split_ratios 0.8,0.2,0: the test share is 0"),
     (["--split_ratios", "0.5,0.5,0.5"], "need three non-negative numbers summing to 1"),
-    (["--max_seq_length", "0"], "--max_seq_length 0: need 1 or more"),
+    (["--max_seq_length", "0"], "--max_seq_length 0: too short"),
     (["--max_seq_length", "8"], "--max_seq_length 8: too short"),
     (["--fp16"], "--fp16: needs a GPU"),
     (["--learning_rate", "0"], "--learning_rate 0.0: need a positive learning rate"),
     (["--save_total_limit", "0"], "--save_total_limit 0: need 1 or more"),
-    (["--joint_rotations", "0"], "--joint_rotations 0: need 1 or more"),
+    (["--joint_rotations", "0"], "--joint_rotations 0: need 1 to 4"),
+    (["--joint_rotations", "5"], "--joint_rotations 5: need 1 to 4"),  # was capped at 4 without a word
     (["--hub_token", "hf_secret"], "--hub_token is not accepted"),
     (["--push_to_hub", "--hub_model_id", "a b/c"], "--hub_model_id 'a b/c' is not a valid repository id"),
     (["--seeds", "1,1"], "--seeds 1,1: need distinct integers"),
     (["--formulation", "both"], "invalid choice: 'both'"),
     (["--eval_strategy", "steps", "--eval_steps", "-5"], "--eval_steps -5.0: need a positive number"),
+    # the siblings of a check (NaN passes a `<= 0` test; a seed numpy cannot take; a count given a fraction)
+    (["--learning_rate", "nan"], "--learning_rate nan: need a positive learning rate"),
+    (["--num_train_epochs", "inf"], "--num_train_epochs inf: need a finite number of epochs"),
+    (["--seed", "-1"], "--seed -1: need a whole number in [0, 2^32)"),
+    (["--split_seed", "-3"], "--split_seed -3: need a whole number in [0, 2^32)"),
+    (["--weight_decay", "-0.1"], "--weight_decay -0.1: need 0 or more"),
+    (["--adam_beta2", "1"], "--adam_beta2 1.0: need a share in [0, 1)"),
+    (["--warmup_steps", "2.5"], "--warmup_steps 2.5: need a whole number above 1"),
+    (["--logging_steps", "0"], "--logging_steps 0.0: need a positive number"),
+    (["--max_grad_norm=-inf"], "--max_grad_norm -inf: need 0 or more"),
+    (["--early_stopping_threshold", "nan"], "--early_stopping_threshold nan: need a finite number"),
+    # a flag the combination would ignore
+    (["--data_dir", "d", "--train_file", "t.csv"], "--train_file with --data_dir: a run reads one source"),
+    (["--train_file", "t.csv", "--dataset_revision", "v1.0"], "--dataset_revision with --train_file: the data"),
+    (["--formulation", "mlm", "--metric_for_best_model", "accuracy"],
+     "--metric_for_best_model accuracy: --formulation mlm reports only the loss"),
 ])
 def test_bad_settings_are_refused_in_one_line(argv, expected, tmp_path, capsys):
     code, out, err = cli(["train", "--output_dir", str(tmp_path / "out"), *argv], capsys)
@@ -50,10 +67,26 @@ def test_bad_settings_are_refused_in_one_line(argv, expected, tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
+def test_what_transformers_accepts_is_accepted(tmp_path):
+    """--logging_steps 0.5 is half the run in transformers; hf_ft follows it rather than refusing it."""
+    from hf_ft.arguments import parse_args
+
+    parsed = parse_args(["--output_dir", str(tmp_path / "o"), "--logging_steps", "0.5", "--warmup_steps", "0.1",
+                         "--use_cpu"])
+    assert parsed.training.logging_steps == 0.5
+
+
 def test_output_dir_that_is_a_file(tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
     code, _, err = cli(["train", "--output_dir", str(tmp_path / "taken")], capsys)
     assert code == 2 and f"--output_dir {tmp_path / 'taken'}: is a file" in one_line(err)
+
+
+def test_an_empty_output_dir_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # "" would have meant the current folder
+    code, _, err = cli(["train", "--output_dir", ""], capsys)
+    assert code == 2 and "--output_dir '': empty" in one_line(err)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_errors_of_other_entry_points(trained_run, tmp_path, capsys):
@@ -71,6 +104,15 @@ def test_errors_of_other_entry_points(trained_run, tmp_path, capsys):
         (["evaluate", "--originl", str(out)], "unknown argument --originl"),
         (["make-demo-data", str(tmp_path / "d"), "--rows-per-subject", "3"], "--rows-per-subject 3: need 20 or more"),
         (["tarin"], "unknown command 'tarin' (did you mean train?)"),
+        (["make-tiny-model", str(tmp_path / "m"), "--vocab-from", str(tmp_path), "--hidden-size", "64", "--heads",
+          "5"], "--heads 5: must divide --hidden-size 64"),
+        (["make-tiny-model", str(tmp_path / "m"), "--vocab-from", str(tmp_path / "nope")], "--vocab-from"),
+        (["evaluate", "--original", str(out), "--finetuned", str(out), "--max_seq_length", "8"],
+         "--max_seq_length 8: too short"),  # the rule training uses
+        (["evaluate", "--original", str(out), "--finetuned", str(out), "--max_unk_rate", "nan"], "--max_unk_rate nan"),
+        (["predict", str(out), "--question", "q", "--choices", "a", "b", "--max_seq_length", "4"],
+         "--max_seq_length 4: too short"),
+        (["predict", str(out), "--fill", "今天[MASK]", "--top_k", "0"], "--top_k 0: need 1 or more"),
     ]
     for argv, expected in cases:
         code, _, err = cli(argv, capsys)

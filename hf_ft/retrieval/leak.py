@@ -95,11 +95,13 @@ def find_leaks(passages: list[str], items: list[QARow]) -> LeakReport:
             for item in gram_items.get(int(hashes[position]), ()):
                 hits.setdefault((start + passage, item), set()).add(int(hashes[position]))
         start = end
+    # the exact question: a passage holding every 13-gram of an item's question holds the question
+    question_grams = [set(_window_hashes(_codes(q)).tolist()) for q in questions]
     leaking: dict[int, list[str]] = {}
     for (passage, item), grams in hits.items():
-        if len(grams) >= LEAK_SHARE * sizes[item]:
+        if len(grams) >= LEAK_SHARE * sizes[item] or (question_grams[item] and question_grams[item] <= grams):
             leaking.setdefault(passage, []).append(items[item].id)
-    # the exact check, for every item (and the only one for items too short for 13-grams)
+    # the exact question, for items too short for 13-grams: a substring test
     by_question: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         if q and sizes[i] == 0:
