@@ -83,13 +83,20 @@ def _invisible() -> re.Pattern:
 def normalise_text(text: str) -> str:
     """The text as identity and emptiness see it: NFKC, no format characters, whitespace collapsed. A cell
     made of a zero-width space is empty, and copies that differ by one are duplicates."""
-    return re.sub(r"\s+", " ", _invisible().sub("", unicodedata.normalize("NFKC", text))).strip()
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    if _invisible().search(text):
+        text = _invisible().sub("", text)
+    return " ".join(text.split())  # str.split's whitespace is re's \s
 
 
 def content_hash(question: str, options) -> str:
     """Identity of an item for duplicate removal and the held-out proof: normalised question + options."""
-    key = "\x1f".join(normalise_text(t) for t in (question, *options))
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    return _hash_normalised([normalise_text(t) for t in (question, *options)])
+
+
+def _hash_normalised(texts) -> str:
+    return hashlib.sha256("\x1f".join(texts).encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass
@@ -311,10 +318,11 @@ def _text(value) -> str:
     return str(value).strip()
 
 
-def option_problem(options, letters) -> tuple[str, str] | None:
+def option_problem(options, letters, texts=None) -> tuple[str, str] | None:
     """(kind, reason) when a row's options cannot be told apart: one is empty (invisible characters count as
-    nothing), or two are the same text, so the gold one has an equal twin the model cannot prefer."""
-    texts = [normalise_text(o) for o in options]
+    nothing), or two are the same text, so the gold one has an equal twin the model cannot prefer. `texts`:
+    the options already normalised."""
+    texts = texts if texts is not None else [normalise_text(o) for o in options]
     empty = [letter for letter, text in zip(letters, texts) if not text]
     if empty:
         return "empty_option", f"empty option {', '.join(empty)}"
@@ -347,10 +355,11 @@ def validate_records(
         options = tuple(_text(record.get(letter)) for letter in LETTERS)
         raw_answer = _text(record.get("answer"))
         answer = _ANSWER_FORMS.get(raw_answer)
-        if not normalise_text(question):
+        normalised = [normalise_text(t) for t in (question, *options)]
+        if not normalised[0]:
             reject("empty_question", "empty question" + (" (only invisible characters)" if question else ""))
             continue
-        problem = option_problem(options, LETTERS)
+        problem = option_problem(options, LETTERS, normalised[1:])
         if problem:
             reject(*problem)
             continue
@@ -364,7 +373,9 @@ def validate_records(
             reject("duplicate_id", f"id '{row_id}' already used at {seen_ids[row_id]}")
             continue
         seen_ids[row_id] = f"{source}:{where}"
-        rows.append(QARow(row_id, row_subject, question, options, answer, source, line))
+        row = QARow(row_id, row_subject, question, options, answer, source, line)
+        row.__dict__["content_hash"] = _hash_normalised(normalised)  # the cached_property, from the texts at hand
+        rows.append(row)
     return rows, problems
 
 

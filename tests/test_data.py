@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from hf_ft.data import DataError, QARow, handle_problems, read_records
+from hf_ft.data import DataError, QARow, content_hash, handle_problems, read_records
 from hf_ft.sources import LoadedData, load_data_dir, load_files
 from hf_ft.splits import make_splits
 
@@ -180,6 +180,7 @@ def test_invisible_characters_make_a_cell_empty_and_a_copy_a_duplicate(tmp_path)
     assert f"{path}:4: empty option B, D" in message
     first, copy = loaded.pools["all"]
     assert copy.question != first.question and copy.content_hash == first.content_hash
+    assert copy.content_hash == content_hash(copy.question, copy.options)  # validation's hash is the function's
     kept = make_splits(LoadedData({"all": _rows(40) + [first, copy]}, [], {"kind": "files"}, "flat", ["music"]),
                        "resplit", seed=0, validation_fraction=0.1, split_ratios=(0.7, 0.25, 0.05))
     assert kept.duplicates_removed == 1
