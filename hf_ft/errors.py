@@ -118,13 +118,18 @@ def writable_file(path: str | os.PathLike, flag: str, inputs: dict[str, str | os
             raise UserError(f"{flag} {p}: is the {input_flag} file; the output would overwrite it (give another name)")
     if p.is_dir():
         raise UserError(f"{flag} {p}: is a folder; give a file name")
-    parent = p.parent
+    _can_create_under(p.parent, p, flag)
+
+
+def _can_create_under(start, target, flag: str) -> None:
+    """The nearest existing folder at or above `start` is a folder and writable, so `target` can be made."""
+    parent = start
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError(f"{flag} {p}: {parent} is a file, not a folder")
+        raise UserError(f"{flag} {target}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {p}: cannot write in {parent} (permission denied)")
+        raise UserError(f"{flag} {target}: cannot write in {parent} (permission denied)")
 
 
 def is_network_error(error: BaseException) -> bool:
@@ -180,10 +185,4 @@ def writable_folder(path: str | os.PathLike, flag: str) -> None:
         raise UserError(f"{flag} '{path}': empty; name a folder")
     if p.exists() and not p.is_dir():
         raise UserError(f"{flag} {p}: is a file, not a folder")
-    parent = p
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{flag} {p}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {p}: cannot write in {parent} (permission denied)")
+    _can_create_under(p, p, flag)
