@@ -337,8 +337,8 @@ def read_command_line(parser: HfArgumentParser, argv: list[str]) -> tuple[dict, 
             raise ConfigError(f"unknown argument {name}{hint}; `python run_qa.py --help` lists them all")
     if unknown:
         raise ConfigError(f"unexpected value {unknown[0]!r}: every value follows a --flag")
-    given = {name for name in names
-             for a in argv if a in (f"--{name}", f"--no_{name}") or a.startswith(f"--{name}=")}
+    spelled = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}  # --train-file too
+    given = {name for name in names if name in spelled or f"no_{name}" in spelled}
     return vars(namespace), given
 
 
@@ -377,6 +377,66 @@ def refuse_a_metric_the_run_cannot_report(values: dict) -> None:
                           "use --metric_for_best_model loss (the default for mlm)")
 
 
+def best_model_metrics() -> list[str]:
+    """What an evaluation of a multiple-choice run reports (hf_ft/metrics.py), as --metric_for_best_model
+    may name it (with or without `eval_`)."""
+    from .subjects import CATEGORIES
+
+    return ["loss", "accuracy", "accuracy_macro", "tmmlu_average",
+            *[f"accuracy_{c}" for c in CATEGORIES], *[f"accuracy_macro_{c}" for c in CATEGORIES]]
+
+
+# TrainingArguments fields transformers reads as a JSON object; the two marked True may also name a JSON file.
+JSON_OBJECT_FLAGS = {"lr_scheduler_kwargs": False, "gradient_checkpointing_kwargs": False,
+                     "activation_checkpointing_kwargs": False, "accelerator_config": True, "fsdp_config": True}
+
+
+def training_value_problems(values: dict) -> list[str]:
+    """Values transformers would take here and fail on hours later, or that name something that does not
+    exist: a best-model metric the run never reports, a tracker, a JSON option, optimizer arguments."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    from .modeling import _override_items
+
+    problems = []
+    metric = values.get("metric_for_best_model")
+    if metric and values["formulation"] != "mlm" and metric.removeprefix("eval_") not in best_model_metrics():
+        problems.append(f"--metric_for_best_model {metric!r}: not reported by an evaluation (choose from "
+                        f"{', '.join(best_model_metrics())})")
+    trackers = values.get("report_to")
+    for name in (trackers if isinstance(trackers, list) else [trackers] if trackers else []):
+        if name not in (*INTEGRATION_TO_CALLBACK, "all", "none"):
+            problems.append(f"--report_to {name!r}: not a tracker transformers knows ({', '.join(['none', 'all', *sorted(INTEGRATION_TO_CALLBACK)])})")
+    for name in values.get("include_for_metrics") or []:
+        if name not in ("inputs", "loss"):
+            problems.append(f"--include_for_metrics {name!r}: choose from inputs, loss")
+    if values.get("label_names") not in (None, [], ["labels"]):
+        problems.append(f"--label_names {values['label_names']}: hf_ft's collators name the labels `labels`; "
+                        "leave the flag out")
+    for name, may_be_file in JSON_OBJECT_FLAGS.items():
+        value = values.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        if may_be_file and not value.lstrip().startswith("{"):
+            if not Path(value).is_file():
+                problems.append(f"--{name} {value}: neither a JSON object nor a JSON file")
+            continue
+        try:
+            if not isinstance(json.loads(value), dict):
+                raise ValueError
+        except ValueError:
+            problems.append(f"--{name} {value!r}: need a JSON object, e.g. '{{\"key\": 1}}'")
+    optim_args = values.get("optim_args")
+    if optim_args and any("=" not in item for item in optim_args.replace(" ", "").split(",")):
+        problems.append(f"--optim_args {optim_args!r}: need key=value pairs separated by commas")
+    if values.get("config_overrides"):
+        try:
+            _override_items(values["config_overrides"])
+        except UserError as e:
+            problems.append(str(e))
+    return problems
+
+
 def refuse_early_stopping_without_evaluation(values: dict) -> None:
     """Early stopping watches the evaluations of the best-model metric: with none (--eval_strategy no, or no
     validation split) or without loading the best model at the end, it cannot do what it says."""
@@ -395,7 +455,7 @@ TRAINING_RULES = {
     **validation.SHARED,
     **{name: validation.at_least(1) for name in (
         "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-        "max_eval_samples", "max_test_samples")},
+        "max_eval_samples", "max_test_samples", "eval_accumulation_steps")},
     "split_seed": validation.SEED,
     "data_seed": validation.SEED,
     "learning_rate": validation.positive("need a positive learning rate"),
@@ -416,6 +476,9 @@ TRAINING_RULES = {
     "dataloader_num_workers": validation.at_least(0),
     "early_stopping_threshold": validation.Rule(low=0, need="need a finite number of 0 or more"),
     "early_stopping_patience": validation.at_least(1, "need 1 or more evaluations"),
+    "retrieval_k": validation.at_least(1, "need 1 or more passages"),
+    "passage_chars": validation.at_least(20, "need 20 or more characters"),
+    "passage_overlap": validation.at_least(0),
 }
 
 
@@ -428,18 +491,35 @@ CONFLICTS = [
 ]
 
 
+# Flags that do something only next to another: (given, needs one of these, what it is for).
+_CORPUS_SEARCH = ("retrieval_corpus_config", "retrieval_corpus_revision", "retrieval_corpus_split",
+                  "retrieval_text_column", "passage_chars", "passage_overlap", "retrieval_query")
+REQUIRES = [
+    *[(name, ("retrieval_corpus",), "it sets how the corpus is read and searched") for name in _CORPUS_SEARCH],
+    *[(name, ("retrieval_corpus", "retrieval_contexts"), "it sets the passages each question reads")
+      for name in ("retrieval_k", "leak_policy")],
+    ("push_test_items", ("push_to_hub",), "it sets what a push sends"),
+    ("early_stopping_threshold", ("early_stopping_patience",), "it sets what early stopping counts as better"),
+]
+
+
 def refuse_conflicts(given: set) -> None:
-    """Two flags of which one would be silently ignored, refused in one line each before any work."""
+    """Two flags of which one would be silently ignored, or a flag without the one it works with, refused
+    in one line each before any work."""
     problems = [f"--{ignored} with --{source}: {why}; drop one" for source, ignored, why in CONFLICTS
                 if source in given and ignored in given]
+    problems += [f"--{name} without --{' or --'.join(needs)}: has no effect ({why})" for name, needs, why in REQUIRES
+                 if name in given and not any(n in given for n in needs)]
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(validation.refusal(problems))
 
 
-def refuse_nonsense(values: dict, cuda: bool) -> None:
+def refuse_nonsense(values: dict, cuda: bool, given: set) -> None:
     """Settings that cannot make sense, refused before anything heavy starts (one line each)."""
     problems = validation.problems(values, TRAINING_RULES)
     problems += validation.finite_floats(values, [n for n in values if n not in TRAINING_RULES])
+    problems += validation.text_problems(values, given, own=("output_dir",))
+    problems += training_value_problems(values)
     if values["max_steps"] <= 0 and values["num_train_epochs"] <= 0:
         problems.append(f"--num_train_epochs {values['num_train_epochs']}: need a positive number of epochs "
                         "(or --max_steps N)")
@@ -476,11 +556,14 @@ def refuse_nonsense(values: dict, cuda: bool) -> None:
             seeds = [int(s) for s in values["seeds"].split(",") if s.strip()]
             if not seeds or len(set(seeds)) != len(seeds):
                 raise ValueError
+            out_of_range = [s for s in seeds if validation.SEED.problem("seeds", s)]
+            if out_of_range:
+                problems.append(f"--seeds {values['seeds']}: seed {out_of_range[0]}: {validation.SEED.need}")
         except ValueError:
             problems.append(f"--seeds {values['seeds']}: need distinct integers separated by commas, e.g. 1,2,3")
     problems += RetrievalArguments(**{f.name: values[f.name] for f in fields(RetrievalArguments)}).settings().problems()
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(validation.refusal(problems))
 
 
 def parse_args(argv: list[str] | None = None) -> Arguments:
@@ -506,9 +589,9 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
     given |= set(config)
     if "output_dir" not in given:
         raise ConfigError("--output_dir is required")
-    refuse_conflicts(given)
     cuda = processes.cuda_present()
-    refuse_nonsense(values, cuda)
+    refuse_nonsense(values, cuda, given)
+    refuse_conflicts(given)
     plan = deepspeed_config.plan(values["deepspeed"], require=values["require_deepspeed"],
                                  auto_find_batch_size=values["auto_find_batch_size"], fp16=values["fp16"],
                                  cuda=cuda and not values["use_cpu"])
@@ -518,7 +601,7 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
     refuse_a_metric_the_run_cannot_report(values)
     problems = deepspeed_config.mismatches(plan, values)
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(validation.refusal(problems))
     values.update(processes.prepare(plan, values["use_cpu"]))
     model_args, data_args, retrieval_args, run_args, training_args = build_dataclasses(values)
     return Arguments(model_args, data_args, run_args, training_args, plan, retrieval=retrieval_args, given=explicit)

@@ -133,6 +133,32 @@ def rerun_arguments(finetuned_dir: Path, output_dir: Path) -> list[str]:
     return argv + ["--drop_question", "true", "--output_dir", str(output_dir)]
 
 
+RERUN_INPUTS = ("data_dir", "train_file", "validation_file", "test_file", "retrieval_corpus", "retrieval_contexts",
+                "deepspeed", "model_name_or_path", "tokenizer_name")
+
+
+def check_choices_only_can_train(finetuned_dir: Path, output_dir: Path) -> None:
+    """Before any scoring: the choices-only baseline repeats the fine-tuned run's training, so every local
+    input that run read must still be there (unless the baseline has already been trained)."""
+    from .provenance import resolve_recorded
+    from .run_dir import finished_problem
+
+    if (output_dir / "hf_ft_finished.json").is_file() and not finished_problem(output_dir):
+        return
+    record = read_json_if_present(finetuned_dir / RUN_RECORD_FILE) or {}
+    rewritten = record.get("arguments_relative_paths", [])
+    given = resolve_recorded(record.get("arguments") or {}, rewritten, finetuned_dir)
+    for name in RERUN_INPUTS:
+        value = given.get(name)
+        local = isinstance(value, str) and (name in rewritten or Path(value).is_absolute())
+        if local and not Path(value).exists():
+            from .errors import UserError
+
+            raise UserError(f"--audit: the choices-only baseline repeats the training of {finetuned_dir}, whose "
+                            f"--{name} {value} is gone; restore it, or pass --no_audit_choices_only to audit with "
+                            "the surface heuristics and the permutation check only")
+
+
 def choices_only(finetuned_dir: Path, output_dir: Path, rows: list[QARow], batch_size: int, use_cpu: bool):
     """Train (or resume, or reuse) the choices-only model and score it on the items without their question."""
     from .arguments import parse_args

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from . import validation
-from .errors import ArgumentParser, UserError, did_you_mean, run_user_errors
+from .errors import ArgumentParser, UserError, did_you_mean, run_user_errors, writable_folder
 
 USAGE = """usage: hf-ft COMMAND [ARGS]
 
@@ -33,7 +33,7 @@ def train_command(argv: list[str]) -> None:
     train(parse_args(argv))
 
 
-def make_demo_data_command(argv: list[str]) -> None:
+def demo_data_parser() -> ArgumentParser:
     from .demo import ARTIFACTS, make_demo_data
 
     parser = ArgumentParser(prog="hf-ft make-demo-data", description=make_demo_data.__doc__)
@@ -44,30 +44,21 @@ def make_demo_data_command(argv: list[str]) -> None:
                         help="make the options give the answer away in --artifact-subjects")
     parser.add_argument("--artifact-subjects", default="music,agriculture,physical_education,introduction_to_law")
     parser.add_argument("--artifact-rate", type=float, default=0.9, help="share of those subjects' items affected")
-    args = parser.parse_args(argv)
-    if args.rows_per_subject < 20:
-        raise UserError(f"--rows-per-subject {args.rows_per_subject}: need 20 or more")
-    out = make_demo_data(args.out_dir, args.rows_per_subject, args.seed, artifact=args.plant_artifact,
-                         artifact_subjects=args.artifact_subjects.split(","), artifact_rate=args.artifact_rate)
-    print(f"demo data written to {out}")
+    return parser
 
 
-def make_open_book_data_command(argv: list[str]) -> None:
+def open_book_data_parser() -> ArgumentParser:
     from .demo import make_open_book_data
 
     parser = ArgumentParser(prog="hf-ft make-open-book-data", description=make_open_book_data.__doc__)
     parser.add_argument("out_dir")
     parser.add_argument("--rows-per-subject", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.rows_per_subject < 20:
-        raise UserError(f"--rows-per-subject {args.rows_per_subject}: need 20 or more")
-    data, corpus = make_open_book_data(args.out_dir, args.rows_per_subject, args.seed)
-    print(f"open-book demo: questions in {data}, the facts that answer them in {corpus}")
+    return parser
 
 
-def make_tiny_model_command(argv: list[str]) -> None:
-    from .demo import make_tiny_model, pretrain_tiny_model
+def tiny_model_parser() -> ArgumentParser:
+    from .demo import make_tiny_model
 
     parser = ArgumentParser(prog="hf-ft make-tiny-model", description=make_tiny_model.__doc__)
     parser.add_argument("out_dir")
@@ -81,19 +72,51 @@ def make_tiny_model_command(argv: list[str]) -> None:
     parser.add_argument("--pretrain-sentences", type=int, default=0,
                         help="masked-LM pretraining on this many fact sentences (0: leave it randomly initialised)")
     parser.add_argument("--pretrain-epochs", type=int, default=20)
-    args = parser.parse_args(argv)
-    values = {k.replace("_", "-"): v for k, v in vars(args).items()}
-    problems = validation.problems(values, {name: validation.at_least(1) for name in (
-        "hidden-size", "layers", "heads", "intermediate-size")} | {"seed": validation.SEED,
-                                                                    "pretrain-sentences": validation.at_least(0),
-                                                                    "pretrain-epochs": validation.at_least(1)})
-    if not problems and args.hidden_size % args.heads:
+    return parser
+
+
+# What each make-* flag may be (hf_ft/validation.py), keyed as the user types it.
+DEMO_DATA_RULES = {"rows-per-subject": validation.at_least(20), "seed": validation.SEED,
+                   "artifact-rate": validation.share(0, 1)}
+OPEN_BOOK_DATA_RULES = {"rows-per-subject": validation.at_least(20), "seed": validation.SEED}
+TINY_MODEL_RULES = {**{name: validation.at_least(1) for name in ("hidden-size", "layers", "heads",
+                                                                  "intermediate-size", "pretrain-epochs")},
+                    "seed": validation.SEED, "pretrain-sentences": validation.at_least(0)}
+
+
+def make_demo_data_command(argv: list[str]) -> None:
+    from .demo import make_demo_data
+
+    args = validation.parse_checked(demo_data_parser(), argv, DEMO_DATA_RULES)
+    subjects = [s.strip() for s in args.artifact_subjects.split(",") if s.strip()]
+    writable_folder(args.out_dir, "out_dir")
+    out = make_demo_data(args.out_dir, args.rows_per_subject, args.seed, artifact=args.plant_artifact,
+                         artifact_subjects=subjects, artifact_rate=args.artifact_rate)
+    print(f"demo data written to {out}")
+
+
+def make_open_book_data_command(argv: list[str]) -> None:
+    from .demo import make_open_book_data
+
+    args = validation.parse_checked(open_book_data_parser(), argv, OPEN_BOOK_DATA_RULES)
+    writable_folder(args.out_dir, "out_dir")
+    data, corpus = make_open_book_data(args.out_dir, args.rows_per_subject, args.seed)
+    print(f"open-book demo: questions in {data}, the facts that answer them in {corpus}")
+
+
+def make_tiny_model_command(argv: list[str]) -> None:
+    from .demo import make_tiny_model, pretrain_tiny_model
+
+    args = validation.parse_checked(tiny_model_parser(), argv, TINY_MODEL_RULES)
+    problems = []
+    if args.hidden_size % args.heads:
         problems.append(f"--heads {args.heads}: must divide --hidden-size {args.hidden_size}")
     missing = [p for p in args.vocab_from if not Path(p).exists()]
     if missing:
         problems.append(f"--vocab-from {missing[0]}: no such file or folder")
     if problems:
         raise UserError("; ".join(problems))
+    writable_folder(args.out_dir, "out_dir")
     out = make_tiny_model(args.out_dir, args.vocab_from, args.hidden_size, args.layers, args.heads,
                           args.intermediate_size, seed=args.seed)
     if args.pretrain_sentences:
@@ -106,6 +129,19 @@ def make_hub_fixtures_command(argv: list[str]) -> None:
 
     fixtures_main(argv)
 
+
+def _hub_fixtures_parser() -> ArgumentParser:
+    from .hub_fixtures import build_parser
+
+    return build_parser()
+
+
+PARSERS = {  # the make-* commands' arguments (the fuzzer reads every flag from here)
+    "make-demo-data": demo_data_parser,
+    "make-open-book-data": open_book_data_parser,
+    "make-tiny-model": tiny_model_parser,
+    "make-hub-fixtures": _hub_fixtures_parser,
+}
 
 COMMANDS = {
     "train": train_command,

@@ -102,7 +102,7 @@ def make_demo_data(out_dir: str | Path, rows_per_subject: int = 160, seed: int =
     `artifact_rate` of the items: a planted shortcut the evaluate module's audit must find."""
     from .errors import UserError
 
-    unknown = [s for s in artifact_subjects if artifact and s not in DEMO_SUBJECTS]
+    unknown = [s for s in [*(subjects or []), *(artifact_subjects if artifact else [])] if s not in DEMO_SUBJECTS]
     if unknown:
         raise UserError(f"--artifact-subjects: {', '.join(unknown)} not among the demo subjects "
                         f"({', '.join(sorted(DEMO_SUBJECTS))})")

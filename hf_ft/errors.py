@@ -51,8 +51,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments: "):
-            flag = message.split(": ", 1)[1].split()[0].split("=")[0]
-            message = f"unknown argument {flag}{did_you_mean(flag, self.known_flags)}"
+            # argparse joins the leftovers with spaces; the first one is what the user mistyped
+            extra = message.split(": ", 1)[1]
+            first = (extra.split() or [extra])[0]
+            if first.startswith("--"):
+                flag = first.split("=")[0]
+                message = f"unknown argument {flag}{did_you_mean(flag, self.known_flags)}"
+            else:
+                message = f"unexpected value {first!r}: every value follows a --flag (or is one of the positional " \
+                          "arguments, given once)"
         raise UserError(f"{self.prog}: {message}")
 
 

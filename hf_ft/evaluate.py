@@ -110,12 +110,32 @@ def expand_runs(paths: list[str]) -> list[tuple[str, int | None]]:
     for path in paths:
         seed_dirs = sorted(Path(path).glob("seed-*"), key=lambda p: int(p.name.split("-")[1])
                            if p.name.split("-")[1].isdigit() else 0) if Path(path).is_dir() else []
-        seed_dirs = [p for p in seed_dirs if (p / RUN_RECORD_FILE).is_file()]
         if seed_dirs and not (Path(path) / RUN_RECORD_FILE).is_file():
+            check_seeds_complete(Path(path), seed_dirs)
             runs += [(str(p), _seed_of(p)) for p in seed_dirs]
         else:
             runs.append((path, _seed_of(Path(path))))
     return runs
+
+
+def check_seeds_complete(folder: Path, seed_dirs: list[Path]) -> None:
+    """A --seeds folder is compared only whole: every seed its runs planned (their recorded --seeds) is there
+    and finished. A killed seed would otherwise make three seeds look like two, or one."""
+    from .run_dir import finished_problem
+    from .seeds import seed_list
+
+    planned = set()
+    for p in seed_dirs:
+        record = read_json_if_present(p / RUN_RECORD_FILE) or {}
+        spec = record.get("arguments", {}).get("seeds")
+        planned |= set(seed_list(spec)) if spec else set()
+    problems = [f"{p.name}: {finished_problem(p) or 'no hf_ft_run.json'}" for p in seed_dirs
+                if not (p / RUN_RECORD_FILE).is_file() or finished_problem(p)]
+    present = {int(p.name.split("-")[1]) for p in seed_dirs if p.name.split("-")[1].isdigit()}
+    problems += [f"seed-{seed} was never started" for seed in sorted(planned - present)]
+    if problems:
+        raise UserError(f"--finetuned {folder}: a --seeds folder with unfinished seeds ({'; '.join(problems)}); "
+                        "run the same --seeds command again to complete them, or name the finished seed-<n> folders")
 
 
 def _seed_of(path: Path) -> int | None:
@@ -168,6 +188,8 @@ def parse_models(args: EvaluateArguments, runs: list[tuple[str, int | None]]) ->
         entries.append((label, path, "finetuned", seed))
     for spec in args.models or []:
         label, _, path = spec.rpartition("=")
+        if not path.strip():
+            raise UserError(f"--models {spec!r}: no model path after '='; give label=path")
         entries.append((label or path, path, "model", None))
     labels = [e[0] for e in entries]
     if len(set(labels)) != len(labels):
@@ -232,9 +254,12 @@ EVALUATE_RULES = {
 def check_settings(args: EvaluateArguments) -> None:
     """The same ranges as training for the flags they share (hf_ft/validation.py), before any model loads."""
     values = {f.name: getattr(args, f.name) for f in fields(args)}
+    defaults = EvaluateArguments.__dataclass_fields__
+    given = {name for name, value in values.items() if value != defaults[name].default}
     problems = validation.problems(values, EVALUATE_RULES) + validation.finite_floats(values, values)
+    problems += validation.text_problems(values, given)
     if problems:
-        raise UserError("; ".join(dict.fromkeys(problems)))
+        raise UserError(validation.refusal(problems))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,6 +287,15 @@ def run(args: EvaluateArguments) -> dict:
         rows = stratified_sample(rows, args.max_items, args.seed)
     out = Path(args.output_dir or Path(runs[0][0]) / COMPARISON_DIR)
     writable_folder(out, "--output_dir")  # before minutes of scoring, not after
+    if args.audit and args.audit_choices_only:
+        from .audit import check_choices_only_can_train
+
+        check_choices_only_can_train(Path(next(p for _, p, role, _ in entries if role == "finetuned")),
+                                     out / "choices_only")
+    if args.judge_model and not args.judge:
+        from .judge import check_local_judge
+
+        check_local_judge(args.judge_model, args.trust_remote_code)
     is_main = state.is_main_process
     gold = None
     if args.gold_passages:
@@ -349,13 +383,15 @@ def run_judge(args, rows, scores_o, scores_f, out: Path) -> dict:
                       "original_correct": po == r.label, "finetuned_correct": pf == r.label})
     summary, per_item = judge_pairs(judge, items)
     write_jsonl(out / "judge.jsonl", per_item)
+    if summary["requests"] and summary["unparseable_replies"] > summary["requests"] / 2:
+        raise UserError(f"judge {summary['judge']}: {summary['unparseable_replies']} of {summary['requests']} replies "
+                        f"could not be parsed, so its verdict would be noise, not a result (the replies are in "
+                        f"{out / 'judge.jsonl'}); use a chat or instruction model, or drop --judge/--judge_model")
     return summary
 
 
-def parse(argv: list[str] | None) -> EvaluateArguments:
+def build_parser():
     from transformers import HfArgumentParser
-
-    from .errors import did_you_mean
 
     parser = HfArgumentParser(EvaluateArguments, prog="python -m hf_ft.evaluate", allow_abbrev=False)
 
@@ -363,6 +399,13 @@ def parse(argv: list[str] | None) -> EvaluateArguments:
         raise UserError(f"hf_ft.evaluate: {message}")
 
     parser.error = one_line_error
+    return parser
+
+
+def parse(argv: list[str] | None) -> EvaluateArguments:
+    from .errors import did_you_mean
+
+    parser = build_parser()
     names = [f.name for f in fields(EvaluateArguments)]
     flags = {f"--{name}" for name in names} | {f"--no_{name}" for name in names} | {"--help", "-h"}
     for arg in argv if argv is not None else sys.argv[1:]:  # before "required" errors, which would hide a typo

@@ -143,7 +143,9 @@ def build_parser() -> ArgumentParser:
 
 
 def push_command(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    from . import validation
+
+    args = validation.parse_checked(build_parser(), argv, {})
     logging.basicConfig(level=logging.WARNING)
     return push_output_dir(args.output_dir, args.repo_id, args.private, args.dry_run, args.include_checkpoints,
                            args.include_rejected_rows, args.commit_message, args.revision, args.include_test_items)

@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from .data import LETTERS
-from .errors import ArgumentParser, UserError
+from .errors import ArgumentParser, UserError, writable_folder
 
 DATASET_REPO = "datasets/ikala/tmmluplus"
 MODEL_REPO = "models/google-bert/bert-base-chinese"
@@ -290,13 +290,21 @@ def write_fixtures(root: str | Path, scale: float = 1.0, model_size: str = "base
             "root": str(root)}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="hf-ft make-hub-fixtures", description=__doc__)
     parser.add_argument("out_dir", help="the mirrors folder olah serves (datasets/ and models/ go inside)")
     parser.add_argument("--scale", type=float, default=1.0, help="share of TMMLU+'s per-subject sizes (1: full)")
     parser.add_argument("--model-size", choices=["base", "small"], default="base")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from . import validation
+
+    args = validation.parse_checked(build_parser(), argv, {"scale": validation.share(0, 1, open_low=True),
+                                                           "seed": validation.SEED})
+    writable_folder(args.out_dir, "out_dir")
     result = write_fixtures(args.out_dir, args.scale, args.model_size, args.seed)
     print(f"hub fixtures in {args.out_dir}: {DATASET_REPO} (v1.0 {result['dataset']['v1.0'][:12]}, "
           f"v1.1 {result['dataset']['v1.1'][:12]}, main {result['dataset']['main'][:12]}; "

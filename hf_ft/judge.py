@@ -132,6 +132,19 @@ class RemoteJudge:
             return [first, *pool.map(self._ask, prompts[1:])]
 
 
+def check_local_judge(path: str, trust_remote_code: bool = False) -> None:
+    """Before any scoring: a local judge must be a causal LM, which can write a verdict. A masked LM or a
+    classifier would only produce replies nobody can parse."""
+    from .modeling import load_config
+
+    config = load_config(path, trust_remote_code=trust_remote_code)
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+                                 for a in architectures):
+        raise UserError(f"--judge_model {path}: a {', '.join(architectures)}, not a causal LM; a judge writes its "
+                        "verdict, so it needs a generative (chat or instruction) model")
+
+
 class LocalJudge:
     """A causal LM through transformers' text-generation pipeline: loaded once, greedy, in batches."""
 

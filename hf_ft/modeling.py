@@ -59,6 +59,11 @@ def check_model_path(name_or_path: str) -> None:
     if Path(name_or_path).is_dir():
         from .run_dir import require_finished
 
+        seeds = sorted(p.name for p in Path(name_or_path).glob("seed-*") if p.is_dir())
+        if seeds and not (Path(name_or_path) / "config.json").is_file():
+            raise ModelLoadError(f"{name_or_path}: a --seeds folder ({', '.join(seeds)}), not one model: give it to "
+                                 f"--finetuned (every seed is scored), or name one seed folder, e.g. "
+                                 f"{Path(name_or_path) / seeds[0]}")
         require_finished(name_or_path)
 
 

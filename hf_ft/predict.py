@@ -201,6 +201,10 @@ PREDICT_RULES = {**validation.SHARED, "batch_size": validation.at_least(1), "top
 
 
 def run(args) -> object:
+    problems = validation.text_problems(vars(args), validation.given_names(build_parser(), args),
+                                        own=("question", "choices"))
+    if problems:
+        raise UserError(validation.refusal(problems))
     if args.question is not None:
         row = make_question(args.question, args.choices)  # check the input before loading a model
     if args.input:
@@ -213,7 +217,7 @@ def run(args) -> object:
         writable_file(args.output, "--output")
     problems = validation.problems(vars(args), PREDICT_RULES)
     if problems:
-        raise UserError("; ".join(problems))
+        raise UserError(validation.refusal(problems))
     scorer = load_scorer(args.model, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
                          joint_eval_rotations=args.joint_eval_rotations)
     if args.question is not None:

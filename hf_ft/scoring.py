@@ -126,6 +126,11 @@ def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_leng
     if scorer == "auto":
         scorer = "head" if get_formulation(formulation).scores_options else "mlm-pll"
     needs = SCORERS[scorer].needs
+    if needs == "mlm" and formulation is not None and get_formulation(formulation).scores_options:
+        raise UserError(f"--scorer {scorer}: {path} is a multiple-choice model ({formulation}; architectures: "
+                        f"{getattr(config, 'architectures', None)}): its checkpoint has no masked-LM head, so the "
+                        "scores would come from a freshly initialised one; use --scorer head (or auto), or score "
+                        "the pretrained model it came from")
     if needs == "mlm":
         formulation = "mlm"
     elif formulation is None or not get_formulation(formulation).scores_options:

@@ -84,6 +84,8 @@ def _read_layout(files: dict[str, dict[str, Path]], chosen: list[str], display=s
               for split, path in sorted(files[subject].items())]
     results = read_files([path for _, _, path in wanted], [display(path) for _, _, path in wanted], allow_empty=True)
     for (subject, pool, path), result in zip(wanted, results):
+        if not result.records:  # allowed in the layout (a subject may have no rows in a split), never unsaid
+            logger.warning("%s: a header and no rows: %s has no %s questions", display(path), subject, pool)
         check_columns(result)
         rows, bad = validate_records(result.records, result.lines, display(path), subject, seen, result.unit)
         pools[pool].extend(rows)

@@ -9,6 +9,7 @@ the rule follows transformers.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 
 
@@ -77,3 +78,62 @@ SHARED = {
     "max_unk_rate": share(0, 1),
     "seed": SEED,
 }
+
+
+def parse_checked(parser, argv, rules: dict[str, Rule]):
+    """Parse a command's arguments and check them against `rules` (keyed by the flag as the user types it,
+    without the dashes: `rows-per-subject`); every float is finite. One line for all problems, before work."""
+    from .errors import UserError
+
+    args = parser.parse_args(argv)
+    names = {action.dest: (action.option_strings[-1].lstrip("-") if action.option_strings else action.dest)
+             for action in parser._actions}
+    values = {names.get(dest, dest): value for dest, value in vars(args).items()}
+    given = {names.get(dest, dest) for dest in given_names(parser, args)}
+    found = problems(values, rules) + finite_floats(values, [n for n in values if n not in rules])
+    found += text_problems(values, given)
+    if found:
+        raise UserError(refusal(found))
+    return args
+
+
+def _printable(text: str) -> bool:
+    return not any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in text)
+
+
+def _visible(text: str) -> bool:
+    return any(not (c.isspace() or unicodedata.category(c) == "Cf") for c in text)
+
+
+def text_problems(values: dict, given, own=()) -> list[str]:
+    """Every text setting (and every item of a list of texts): no control characters (a NUL in a path or a
+    revision is a library traceback), and one the user gave is not empty or only invisible characters (an
+    empty --run_name or --hub_model_id is a mistake, not a request for the default). `own`: flags whose
+    emptiness the entry point reports itself, in its own words."""
+    given = set(given) - set(own)
+    found = []
+    for name, value in values.items():
+        texts = value if isinstance(value, (list, tuple)) else [value]
+        for text in texts:
+            if not isinstance(text, str):
+                continue
+            if not _printable(text):
+                found.append(f"--{name} {text!r}: contains a control character")
+            elif name in given and not _visible(text):
+                found.append(f"--{name} {text!r}: empty; leave the flag out for its default")
+            else:
+                continue
+            break
+    return found
+
+
+def given_names(parser, args) -> set[str]:
+    """The arguments of an argparse namespace that differ from their defaults: what the user gave."""
+    return {name for name, value in vars(args).items() if value != parser.get_default(name)}
+
+
+def refusal(found: list[str]) -> str:
+    """One problem: its line. Several: a count, then one indented line each (the boundary prints it as one
+    `error:` line with the details under it)."""
+    found = list(dict.fromkeys(found))
+    return found[0] if len(found) == 1 else f"{len(found)} settings cannot work:\n" + "\n".join(f"  {p}" for p in found)

@@ -124,6 +124,29 @@ def test_evaluate_a_seeds_folder(seeds_run, tiny_model, tmp_path, capsys):
     assert (tmp_path / "c" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_seeds_folder_is_compared_only_whole(seeds_run, tiny_model, tmp_path, capsys):
+    """A killed seed must not turn three seeds into two; a --seeds folder is not one model; a label needs a
+    path. Each is one line before any model is scored."""
+    import shutil
+
+    out, _, _ = seeds_run
+    copy = tmp_path / "seeds"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoint-*", "comparison"))
+    (copy / "seed-2" / "hf_ft_finished.json").unlink()  # seed 2 was killed before it finished
+    shutil.rmtree(copy / "seed-3")  # and seed 3 never started
+    code, _, err = cli(["evaluate", "--original", str(tiny_model), "--finetuned", str(copy), "--use_cpu"], capsys)
+    assert code == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: --finetuned {copy}: a --seeds folder with unfinished seeds")
+    assert "seed-2: its run has not finished" in line and "seed-3 was never started" in line
+    code, _, err = cli(["evaluate", "--original", str(out), "--finetuned", str(out / "seed-1"), "--use_cpu"], capsys)
+    assert code == 2 and f"error: {out}: a --seeds folder (seed-1, seed-2, seed-3), not one model" in err
+    code, _, err = cli(["evaluate", "--original", str(tiny_model), "--finetuned", str(out / "seed-1"),
+                        "--models", "mine=", "--use_cpu"], capsys)
+    assert code == 2 and "error: --models 'mine=': no model path after '='; give label=path" in err
+    assert not (copy / "comparison").exists() and not (out / "seed-1" / "comparison" / "comparison.json").exists()
+
+
 def test_several_models_side_by_side(trained_run, seeds_run, tiny_model, tmp_path, capsys):
     out, _ = trained_run
     seeds, _, _ = seeds_run

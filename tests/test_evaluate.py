@@ -10,6 +10,7 @@ import pytest
 
 from conftest import TRAIN_ARGS, cli, python, run_cli, train_in_process
 from hf_ft.evaluate import EvaluateArguments, run
+from hf_ft.errors import UserError
 from hf_ft.stats import mcnemar_exact, paired_bootstrap_ci, paired_comparison
 
 
@@ -223,13 +224,17 @@ def test_local_judge_with_a_tiny_causal_lm(trained_run, tiny_model, tmp_path):
                     ).save_pretrained(judge_dir)
     tokenizer.save_pretrained(judge_dir)
     out, _ = trained_run
-    report = run(EvaluateArguments(original=str(tiny_model), finetuned=str(out), output_dir=str(tmp_path / "c"),
-                                   use_cpu=True, judge_model=str(judge_dir), judge_max_items=5))
-    judge = report["judge"]
-    assert judge["requests"] == 10 and judge["items"] == 5
-    assert judge["unparseable_replies"] == 10  # a random LM says nothing parseable: counted, not guessed
-    assert judge["undecided"] == 5 and judge["mean_score_original"] is None
-    assert len((tmp_path / "c" / "judge.jsonl").read_text().splitlines()) == 5
+    # A random LM says nothing parseable: a judge that fails on most items is an error, not a report.
+    with pytest.raises(UserError, match=r"judge .*: 10 of 10 replies could not be parsed"):
+        run(EvaluateArguments(original=str(tiny_model), finetuned=str(out), output_dir=str(tmp_path / "c"),
+                              use_cpu=True, judge_model=str(judge_dir), judge_max_items=5))
+    assert len((tmp_path / "c" / "judge.jsonl").read_text().splitlines()) == 5  # its replies, to look at
+    assert not (tmp_path / "c" / "comparison.json").exists()
+    # A masked LM as the judge is refused before any model is scored.
+    with pytest.raises(UserError, match=r"--judge_model .*: a BertForMaskedLM, not a causal LM"):
+        run(EvaluateArguments(original=str(tiny_model), finetuned=str(out), output_dir=str(tmp_path / "d"),
+                              use_cpu=True, judge_model=str(tiny_model)))
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.slow
@@ -247,3 +252,27 @@ def test_task_mlm_adapts_and_is_compared_with_the_mlm_scorer(demo_data, tiny_mod
                                    use_cpu=True))
     assert report["original"]["scorer"] == report["finetuned"]["scorer"] == "mlm-pll"
     assert report["paired"]["overall"]["difference_ci95"][0] > 0
+
+
+def test_a_model_asked_to_do_what_it_cannot_is_refused_before_scoring(trained_run, tiny_model, tmp_path):
+    """The masked-LM scorer on a multiple-choice checkpoint (its MLM head would be freshly initialised), and
+    an audit whose recorded training data is gone (its choices-only baseline cannot be trained): each is one
+    line that names what to do, before any item is scored."""
+    import shutil
+
+    from hf_ft.scoring import load_scorer
+
+    out, _ = trained_run
+    with pytest.raises(UserError, match=r"--scorer mlm-pll: .* is a multiple-choice model \(per_choice.*use --scorer "
+                                        r"head \(or auto\)"):
+        load_scorer(str(out), scorer="mlm-pll", use_cpu=True)
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoint-*", "comparison"))
+    record = json.loads((copy / "hf_ft_run.json").read_text())
+    record["arguments"]["data_dir"] = str(tmp_path / "moved-away")
+    (copy / "hf_ft_run.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"--audit: the choices-only baseline repeats the training of .*, whose "
+                                        r"--data_dir .*moved-away is gone; .* --no_audit_choices_only"):
+        run(EvaluateArguments(original=str(tiny_model), finetuned=str(copy), output_dir=str(tmp_path / "c"),
+                              use_cpu=True, audit=True))
+    assert not (tmp_path / "c" / "comparison.json").exists()

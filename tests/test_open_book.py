@@ -207,13 +207,27 @@ def test_gold_passage_files_are_read_or_named_by_line(tmp_path, line, message):
 
 @pytest.mark.parametrize("extra, message", [
     (["--retrieval_k", "0"], "--retrieval_k 0: need 1 or more passages"),
-    (["--passage_overlap", "300"], "--passage_overlap 300: need 0 or more, below --passage_chars"),
+    (["--passage_overlap", "300"], "--passage_overlap 300: need less than --passage_chars 200"),
+    (["--passage_overlap", "-1"], "--passage_overlap -1: need 0 or more"),
     (["--retrieval_contexts", "x.jsonl"], "give one (a corpus to search, or contexts"),
 ])
 def test_retrieval_settings_that_cannot_make_sense_are_refused(extra, message, tmp_path, demo_data, tiny_model,
                                                                capsys):
     code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
                         "--output_dir", str(tmp_path / "o"), "--retrieval_corpus", str(demo_data), *extra], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--retrieval_k", "3"], "--retrieval_k without --retrieval_corpus or --retrieval_contexts: has no effect"),
+    (["--retrieval-corpus-revision", "v1"], "--retrieval_corpus_revision without --retrieval_corpus: has no effect"),
+    (["--push_test_items"], "--push_test_items without --push_to_hub: has no effect"),
+])
+def test_a_flag_without_the_one_it_works_with_is_refused(extra, message, tmp_path, demo_data, tiny_model, capsys):
+    """Closed book, a retrieval flag would be ignored; a dashed alias counts as given like the flag itself."""
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                        "--output_dir", str(tmp_path / "o"), *extra], capsys)
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 

@@ -41,6 +41,17 @@ def one_line(err: str) -> str:
     (["--hub_token", "hf_secret"], "--hub_token is not accepted"),
     (["--push_to_hub", "--hub_model_id", "a b/c"], "--hub_model_id 'a b/c' is not a valid repository id"),
     (["--seeds", "1,1"], "--seeds 1,1: need distinct integers"),
+    (["--seeds", "1,99999999999"], "--seeds 1,99999999999: seed 99999999999: need a whole number in [0, 2^32)"),
+    (["--eval_accumulation_steps", "0"], "--eval_accumulation_steps 0: need 1 or more"),
+    (["--metric_for_best_model", "acc"], "--metric_for_best_model 'acc': not reported by an evaluation"),
+    (["--report_to", "-"], "--report_to '-': not a tracker transformers knows"),
+    (["--lr_scheduler_kwargs", "1,2"], "--lr_scheduler_kwargs '1,2': need a JSON object"),
+    (["--optim_args", "-1"], "--optim_args '-1': need key=value pairs"),
+    (["--label_names", "answer"], "--label_names ['answer']: hf_ft's collators name the labels `labels`"),
+    (["--run_name", "\u200b"], r"--run_name '\u200b': empty; leave the flag out for its default"),
+    (["--model_revision", "ma\x00in"], r"--model_revision 'ma\x00in': contains a control character"),
+    (["--config_overrides", "99"], "--config_overrides '99': '99' is not key=value"),
+    (["--data_dir", "d", "--train-file", "x.csv"], "--train_file with --data_dir: a run reads one source"),
     (["--formulation", "both"], "invalid choice: 'both'"),
     (["--eval_strategy", "steps", "--eval_steps", "-5"], "--eval_steps -5.0: need a positive number"),
     # the siblings of a check (NaN passes a `<= 0` test; a seed numpy cannot take; a count given a fraction)
@@ -113,6 +124,15 @@ def test_errors_of_other_entry_points(trained_run, tmp_path, capsys):
         (["predict", str(out), "--question", "q", "--choices", "a", "b", "--max_seq_length", "4"],
          "--max_seq_length 4: too short"),
         (["predict", str(out), "--fill", "今天[MASK]", "--top_k", "0"], "--top_k 0: need 1 or more"),
+        # the make-* commands: declared rules, the output folder checked first, stray values named
+        (["make-demo-data", str(tmp_path / "d"), "--artifact-rate", "nan"], "--artifact-rate nan: need a share in"),
+        (["make-demo-data", str(out / "README.md")], f"out_dir {out / 'README.md'}: is a file, not a folder"),
+        (["make-demo-data", str(tmp_path / "d"), "--plant-artifact", "longest", "--artifact-subjects", "physics"],
+         "--artifact-subjects: physics not among the demo subjects"),
+        (["make-hub-fixtures", str(tmp_path / "h"), "--scale", "0"], "--scale 0.0: need a share in (0, 1]"),
+        (["make-open-book-data", str(tmp_path / "b"), "--seed", "-2"], "--seed -2: need a whole number"),
+        (["make-tiny-model", str(tmp_path / "m"), "--vocab-from", str(tmp_path), "--layers", "0"], "--layers 0"),
+        (["push", str(out), "--repo_id", "me/x", "--dry_run", "--private", " "], "unexpected value ' ': every value"),
     ]
     for argv, expected in cases:
         code, _, err = cli(argv, capsys)

@@ -52,12 +52,8 @@ class RetrievalSettings:
         if self.corpus and self.contexts:
             out.append("--retrieval_corpus and --retrieval_contexts: give one (a corpus to search, or contexts "
                        "retrieved elsewhere)")
-        if self.k < 1:
-            out.append(f"--retrieval_k {self.k}: need 1 or more passages")
-        if self.passage_chars < 20:
-            out.append(f"--passage_chars {self.passage_chars}: need 20 or more characters")
-        if not 0 <= self.passage_overlap < self.passage_chars:
-            out.append(f"--passage_overlap {self.passage_overlap}: need 0 or more, below --passage_chars")
+        if self.passage_overlap >= self.passage_chars:  # the ranges are rules (hf_ft/arguments.py); this relates two
+            out.append(f"--passage_overlap {self.passage_overlap}: need less than --passage_chars {self.passage_chars}")
         if self.query not in QUERIES:
             out.append(f"--retrieval_query {self.query}: choose {' or '.join(QUERIES)}")
         if self.leak_policy not in POLICIES:
