@@ -148,6 +148,10 @@ class RunArguments:
     require_deepspeed: bool = field(
         default=False, metadata={"help": "Fail instead of falling back to plain PyTorch if DeepSpeed cannot run."}
     )
+    skip_memory_check: bool = field(
+        default=False, metadata={"help": "Train even when the estimated peak memory (printed at the start of every "
+                                         "run) is above 90% of the free RAM or GPU memory."}
+    )
     trust_deepspeed_checkpoint: bool = field(
         default=False,
         metadata={"help": "Resume DeepSpeed from a checkpoint this run did not write. RISK: DeepSpeed unpickles its "

@@ -18,7 +18,7 @@ import torch
 import transformers
 from transformers import EarlyStoppingCallback, set_seed
 
-from . import provenance, run_dir
+from . import memory, provenance, run_dir
 from .arguments import PATH_ARGUMENTS, Arguments
 from .callbacks import CheckpointMarkerCallback, LossCurveCallback
 from .data import LETTERS, handle_problems
@@ -42,7 +42,7 @@ NOT_IDENTITY = {
     "run_name",
     "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node", "dataloader_num_workers",
     "dataloader_persistent_workers", "preprocessing_num_workers", "trust_deepspeed_checkpoint", "seeds",
-    "accelerator_config", "cache_dir",
+    "accelerator_config", "cache_dir", "skip_memory_check",
 }
 
 
@@ -223,6 +223,11 @@ def main(args: Arguments) -> dict:
                             count_truncated(dataset, "context_truncated"),
                             sum(dataset["context_tokens"]) / max(1, len(dataset)))
 
+        # 4b. Memory: the estimate for the largest batch, against what this machine has; a run that cannot fit
+        # stops here, not at a kernel OOM kill hours in.
+        memory.check(memory_shape(model, formulation, train_set, [eval_set, test_set], training_args, args),
+                     on_gpu=training_args.device.type == "cuda", skip=run_args.skip_memory_check)
+
         # 5. The Trainer.
         trainer = build_trainer(
             model, tokenizer, training_args, formulation, train_set,
@@ -282,6 +287,29 @@ def main(args: Arguments) -> dict:
     logger.info("model, tokenizer, results and model card saved to %s; loss curve: %s", output_dir,
                 output_dir / run_dir.CURVE_FILE)
     return {**metrics, **results}
+
+
+def memory_shape(model, formulation: str, train_set, eval_sets, training_args, args: Arguments) -> memory.Shape:
+    """What the memory estimate needs: the model's size and the largest batches the data will produce."""
+    config = model.config
+    lengths = sorted(train_set["length"], reverse=True) if len(train_set) else [0]
+    eval_lengths = [max(d["length"]) for d in eval_sets if len(d)] or [0]
+    options = len(train_set[0]["input_ids"] if formulation == "per_choice" else train_set[0]["option_ids"]) \
+        if len(train_set) and formulation != "mlm" else 1
+    sequences = {"per_choice": (options, options),  # per training example, per evaluated example
+                 "joint": (min(args.data.joint_rotations, options), min(args.data.joint_eval_rotations, options)),
+                 }.get(formulation, (1, 1))
+    return memory.Shape(
+        parameters=sum(p.numel() for p in model.parameters()), hidden=config.hidden_size,
+        layers=config.num_hidden_layers, heads=config.num_attention_heads,
+        intermediate=getattr(config, "intermediate_size", 4 * config.hidden_size), vocab=config.vocab_size,
+        formulation=formulation, choices=sequences[0], eval_choices=sequences[1],
+        batch=training_args.per_device_train_batch_size,
+        accumulation=training_args.gradient_accumulation_steps, length=lengths[0],
+        eval_batch=training_args.per_device_eval_batch_size, eval_length=max(eval_lengths),
+        checkpointing=bool(training_args.gradient_checkpointing),
+        zero_stage=args.deepspeed.stage if args.deepspeed.used else 0, world_size=training_args.world_size,
+        bytes_per_activation=2 if (training_args.bf16 or training_args.fp16) else 4)
 
 
 def train(args: Arguments) -> dict:

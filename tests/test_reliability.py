@@ -4,6 +4,7 @@ that cannot make sense are refused before work starts; outputs are only served w
 import errno
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -299,3 +300,47 @@ def test_max_seq_length_too_short_for_the_longest_option(tmp_path, tiny_model, c
     assert code == 2
     line = one_line(err)
     assert f"--max_seq_length 32: too short for the options of {path}:9" in line and "use 51 or more" in line
+
+
+def test_a_run_that_would_not_fit_stops_before_training_with_the_knobs(tmp_path, demo_data, tiny_model, capsys,
+                                                                         monkeypatch, caplog):
+    """The estimate is printed at the start of every run; above 90% of what the machine has free the run
+    stops in one line naming each knob and what it brings the estimate to; --skip_memory_check runs it."""
+    from hf_ft import memory
+
+    argv = ["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--subjects", "music",
+            "--output_dir", str(tmp_path / "o"), *TRAIN_ARGS, "--max_steps", "1", "--eval_strategy", "no",
+            "--save_strategy", "no", "--load_best_model_at_end", "false", "--per_device_eval_batch_size", "4"]
+    real = memory.available_bytes
+    monkeypatch.setattr(memory, "available_bytes", lambda on_gpu: (1, "available RAM"))  # a full machine
+    code, out, err = cli(argv, capsys)
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and line.startswith("error: this run would need about ") and "Traceback" not in err
+    assert "--per_device_train_batch_size 8 --gradient_accumulation_steps 2 (the same effective batch) →" in line
+    assert "--gradient_checkpointing (about 30% slower) →" in line and "--skip_memory_check" in line
+    assert not list((tmp_path / "o").glob("checkpoint-*")) and not (tmp_path / "o" / "model.safetensors").exists()
+    code, out, err = cli([*argv, "--skip_memory_check"], capsys)
+    assert code == 0, err[-2000:]
+    monkeypatch.setattr(memory, "available_bytes", real)
+    caplog.set_level("INFO", logger="hf_ft.memory")
+    code, out, err = cli([*argv, "--overwrite_output_dir"], capsys)
+    assert code == 0 and re.search(r"memory: estimated peak [\d.]+ GB per process", caplog.text)
+
+
+def test_the_memory_estimate_follows_the_knobs():
+    """Halving the batch halves the activations; checkpointing keeps one layer; ZeRO-3 partitions the states;
+    attention grows with the square of the length."""
+    from dataclasses import replace
+
+    from hf_ft.memory import Shape, activation_bytes, estimate, state_bytes
+
+    base = Shape(parameters=110_000_000, hidden=768, layers=12, heads=12, intermediate=3072, vocab=21128,
+                 formulation="per_choice", choices=4, batch=8, accumulation=1, length=512, eval_batch=8,
+                 eval_length=512)
+    act = activation_bytes(base)
+    assert 12 * 2**30 < act < 40 * 2**30  # bert-base, 32 sequences of 512 tokens: tens of GB
+    assert activation_bytes(replace(base, batch=4)) == pytest.approx(act / 2, rel=0.01)
+    assert activation_bytes(replace(base, checkpointing=True)) < act / 3
+    assert activation_bytes(replace(base, length=256)) < act / 2  # the attention term is quadratic
+    assert state_bytes(replace(base, zero_stage=3, world_size=4)) == (110_000_000, 220_000_000)
+    assert estimate(base, now=2**30).peak == 2**30 + 2 * 12 * 110_000_000 + act
