@@ -161,7 +161,7 @@ def knobs(shape: Shape, now: int, budget: int) -> list[str]:
         options.append((f"--per_device_eval_batch_size {shape.eval_batch // 2}",
                         replace(shape, eval_batch=shape.eval_batch // 2)))
     if not shape.checkpointing:
-        options.append(("--gradient_checkpointing (about 30% slower)", replace(shape, checkpointing=True)))
+        options.append(("--gradient_checkpointing (about 20% slower)", replace(shape, checkpointing=True)))
     if shape.world_size > 1 and shape.zero_stage < 3:
         options.append((f"--deepspeed ds_configs/zero3.json over {shape.world_size} processes",
                         replace(shape, zero_stage=3)))
