@@ -4,7 +4,8 @@ The property, for each command line drawn: no traceback, exit status 0 or 2, and
 line (indented lines may follow it: one per bad row). Each entry point runs in this process, for real, up to
 the moment its heavy work would start (loading weights, writing a fixture): a patched function raises
 `Reached` there, which counts as exit 0. So every check an entry point makes before its work is fuzzed,
-and none of its work is paid for. HF_FT_FUZZ_EXAMPLES sets the budget per test (CI: the default).
+and none of its work is paid for. HF_FT_FUZZ_EXAMPLES sets the budget per test (CI: the default);
+HF_FT_FUZZ_RANDOM=1 draws new examples instead of the fixed, derandomized ones.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from conftest import ROOT  # noqa: E402
 
 EXAMPLES = int(os.environ.get("HF_FT_FUZZ_EXAMPLES", "150"))  # command lines of one or two bad flags, per entry point
 ROUNDS = int(os.environ.get("HF_FT_FUZZ_ROUNDS", "3"))  # passes over every flag, per entry point
-FUZZ = dict(deadline=None, derandomize=bool(os.environ.get("CI")), database=None,
+# The same examples on every run (CI included), so a red run is reproducible; HF_FT_FUZZ_RANDOM=1 explores.
+FUZZ = dict(deadline=None, derandomize=not os.environ.get("HF_FT_FUZZ_RANDOM"), database=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 # The catalogue of bad values. FILE, FOLDER and MISSING become paths made fresh for each example.
