@@ -129,8 +129,11 @@ def check_seeds_complete(folder: Path, seed_dirs: list[Path]) -> None:
         record = read_json_if_present(p / RUN_RECORD_FILE) or {}
         spec = record.get("arguments", {}).get("seeds")
         planned |= set(seed_list(spec)) if spec else set()
-    problems = [f"{p.name}: {finished_problem(p) or 'no hf_ft_run.json'}" for p in seed_dirs
-                if not (p / RUN_RECORD_FILE).is_file() or finished_problem(p)]
+    problems = []
+    for p in seed_dirs:
+        problem = finished_problem(p) or (None if (p / RUN_RECORD_FILE).is_file() else "no hf_ft_run.json")
+        if problem:
+            problems.append(f"{p.name}: {problem}")
     present = {int(p.name.split("-")[1]) for p in seed_dirs if p.name.split("-")[1].isdigit()}
     problems += [f"seed-{seed} was never started" for seed in sorted(planned - present)]
     if problems:

@@ -146,7 +146,7 @@ def process_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
-def knobs(shape: Shape, now: int, budget: int) -> list[str]:
+def knobs(shape: Shape, now: int) -> list[str]:
     """What each knob would bring the estimate to (the ones that help, best first)."""
     options = []
     if shape.batch > 1:
@@ -182,7 +182,7 @@ def check(shape: Shape, on_gpu: bool, skip: bool) -> Estimate:
     if result.peak > STOP_ABOVE * budget:
         line = (f"this run would need about {result.peak / GB:.1f} GB per process at its largest batch, above "
                 f"{STOP_ABOVE:.0%} of the {budget / GB:.1f} GB it can have ({what}); "
-                + "; ".join(knobs(shape, now, budget) or ["no knob brings it under"])
+                + "; ".join(knobs(shape, now) or ["no knob brings it under"])
                 + " (--skip_memory_check runs it anyway)")
         if skip:
             logger.warning("--skip_memory_check: %s", line)
