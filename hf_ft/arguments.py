@@ -123,6 +123,17 @@ class DataArguments:
         default=None, metadata={"help": "Seed of the train/validation(/test) split (default: --seed). --seeds keeps "
                                         "it fixed so every seed is tested on the same questions."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    extra_data: list[str] = field(default_factory=list, metadata={
+        "help": "Extra training sources (other Chinese exam sets), each a hub dataset id or a local path with "
+                "optional settings, e.g. 'ceval/ceval-exam?splits=val,dev' 'haonan-li/cmmlu?cap=5000' "
+                "'dataset-org/c3' (settings: adapter, configs, splits, revision, subjects, exclude, cap, weight, "
+                "convert, columns, license, name; see the README). Simplified text is converted to Taiwan "
+                "Traditional (OpenCC s2twp); every row is checked against all of TMMLU+ first (--contamination); "
+                "extra rows join the training split only."})
+    contamination: str = field(default="drop", metadata={
+        "help": "An extra row that copies a question the run evaluates on (exactly or nearly, in any script): "
+                "`drop` it (counted and recorded), stop with an `error`, or `keep` it (recorded; results on "
+                "those questions are then not held out).", "choices": ["drop", "error", "keep"]})
 
     def ratios(self) -> tuple[float, float, float]:
         try:
@@ -503,6 +514,7 @@ REQUIRES = [
     *[(name, ("retrieval_corpus", "retrieval_contexts"), "it sets the passages each question reads")
       for name in ("retrieval_k", "leak_policy")],
     ("push_test_items", ("push_to_hub",), "it sets what a push sends"),
+    ("contamination", ("extra_data",), "it sets what happens to extra rows that copy evaluated questions"),
     ("early_stopping_threshold", ("early_stopping_patience",), "it sets what early stopping counts as better"),
 ]
 
@@ -566,6 +578,9 @@ def refuse_nonsense(values: dict, cuda: bool, given: set) -> None:
         except ValueError:
             problems.append(f"--seeds {values['seeds']}: need distinct integers separated by commas, e.g. 1,2,3")
     problems += RetrievalArguments(**{f.name: values[f.name] for f in fields(RetrievalArguments)}).settings().problems()
+    from .extra.specs import spec_problems
+
+    problems += spec_problems(values["extra_data"])
     if problems:
         raise ConfigError(validation.refusal(problems))
 

@@ -28,6 +28,36 @@ def example_rng(seed: int, epoch: int, example_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(str(example_id).encode("utf-8"))])
 
 
+# A question may have 2 to 4 options (C3). A batch then carries `choice_mask` (batch × slots, True where an
+# option is), and the slots without one get a logit of -inf: they can never be predicted and add nothing to
+# the loss or its gradient. No fake option is ever shown to the model as a choice to learn to avoid.
+MASK_KEY = "choice_mask"
+MAX_SLOTS = 4  # the 4-way heads hf_ft trains (data.LETTERS)
+
+
+def mask_choices(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits with -inf where the mask has no option (a mask narrower than the logits masks the rest too)."""
+    width = logits.shape[-1]
+    mask = mask.to(logits.device, torch.bool)
+    if mask.shape[-1] < width:
+        mask = torch.nn.functional.pad(mask, (0, width - mask.shape[-1]), value=False)
+    return logits.masked_fill(~mask[..., :width], float("-inf"))
+
+
+def masked_choice_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy over the options a question has (logits masked with -inf), the mean over the batch as the
+    models' own loss; label smoothing spreads its share over the real options only."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    keep = labels != -100
+    log_probs, labels = log_probs[keep], labels[keep]
+    nll = -log_probs.gather(-1, labels[:, None]).squeeze(-1)
+    if smoothing:
+        real = torch.isfinite(log_probs)
+        uniform = -(log_probs.where(real, torch.zeros_like(log_probs))).sum(-1) / real.sum(-1)
+        nll = (1 - smoothing) * nll + smoothing * uniform
+    return nll.mean() if len(nll) else logits.sum() * 0.0
+
+
 @dataclass
 class MultipleChoiceCollator:
     tokenizer: PreTrainedTokenizerBase
@@ -36,9 +66,22 @@ class MultipleChoiceCollator:
     def __post_init__(self):
         self._collate = DataCollatorForMultipleChoice(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
         self._keys = [k for k in _model_inputs(self.tokenizer)] + ["labels"]
+        self._filler = {"input_ids": [self.tokenizer.cls_token_id or 0, self.tokenizer.sep_token_id or 0],
+                        "token_type_ids": [0, 0]}
 
     def __call__(self, features: list[dict]) -> dict:
-        return self._collate([{k: f[k] for k in self._keys if k in f} for f in features])
+        features = [{k: f[k] for k in self._keys if k in f} for f in features]
+        counts = [len(f["input_ids"]) for f in features]
+        width = max(counts)
+        if min(counts) == width:  # one option count (every TMMLU+ batch): transformers' collator as it is
+            return self._collate(features)
+        for f, n in zip(features, counts):  # fill the missing slots with a two-token stand-in, masked below
+            for key in ("input_ids", "token_type_ids"):
+                if key in f:
+                    f[key] = list(f[key]) + [self._filler[key]] * (width - n)
+        batch = self._collate(features)
+        batch[MASK_KEY] = torch.tensor([[j < n for j in range(width)] for n in counts])
+        return batch
 
 
 def rotation_shifts(n_options: int, rotations: int) -> list[int]:
@@ -112,16 +155,19 @@ class JointCollator:
         return [np.roll(base, shift) for shift in rotation_shifts(n, self.rotations)]
 
     def __call__(self, features: list[dict]) -> dict:
-        examples, labels = [], []
+        examples, labels, counts = [], [], []
         for f in features:
             for order in self.orders(len(f["option_ids"]), f.get("id", "")):
                 examples.append(self.build(f["question_ids"], f["option_ids"], order, f.get("context_ids") or ()))
                 labels.append(int(np.nonzero(order == f["labels"])[0][0]) if f["labels"] >= 0 else -100)
+                counts.append(len(f["option_ids"]))
         batch = self.tokenizer.pad(examples, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
                                    return_tensors="pt")
         if not self._with_types:
             batch.pop("token_type_ids", None)
         batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        if min(counts) < MAX_SLOTS:  # the head has a slot for each of 4 options: the empty ones are masked
+            batch[MASK_KEY] = torch.tensor([[j < n for j in range(max(MAX_SLOTS, max(counts)))] for n in counts])
         return batch
 
 

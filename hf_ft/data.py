@@ -289,6 +289,8 @@ def check_columns(result: FileRecords, required: tuple[str, ...] = REQUIRED_COLU
     if "options" in columns and not set(LETTERS) <= columns:
         for r in result.records:
             options = r.pop("options") or {}
+            if isinstance(options, list) and len(options) <= len(LETTERS):  # ["鯨魚", "鯊魚", "章魚"]
+                options = dict(zip(LETTERS, options))
             for letter in LETTERS:
                 r[letter] = options.get(letter) if isinstance(options, dict) else None
         columns = (columns - {"options"}) | set(LETTERS)
@@ -336,9 +338,10 @@ def option_problem(options, letters, texts=None) -> tuple[str, str] | None:
 
 def validate_records(
     records: list[dict], lines: list[int], source: str, subject: str | None, seen_ids: dict[str, str],
-    unit: str = "line", require_answer: bool = True,
+    unit: str = "line", require_answer: bool = True, fewer_options: bool = False,
 ) -> tuple[list[QARow], list[Problem]]:
-    """Check every record; good ones become QARows, bad ones Problems naming the line and the reason."""
+    """Check every record; good ones become QARows, bad ones Problems naming the line and the reason.
+    `fewer_options` (predict): a question may have 2 or 3 options, its last letters left empty."""
     rows, problems = [], []
     stem = Path(source).stem
     for record, line in zip(records, lines):
@@ -353,19 +356,23 @@ def validate_records(
             continue
         question = _text(record.get("question"))
         options = tuple(_text(record.get(letter)) for letter in LETTERS)
+        if fewer_options:
+            while len(options) > 2 and not normalise_text(options[-1]):
+                options = options[:-1]
+        letters = LETTERS[:len(options)]
         raw_answer = _text(record.get("answer"))
         answer = _ANSWER_FORMS.get(raw_answer)
         normalised = [normalise_text(t) for t in (question, *options)]
         if not normalised[0]:
             reject("empty_question", "empty question" + (" (only invisible characters)" if question else ""))
             continue
-        problem = option_problem(options, LETTERS, normalised[1:])
+        problem = option_problem(options, letters, normalised[1:])
         if problem:
             reject(*problem)
             continue
-        if answer is None and (require_answer or raw_answer):
+        if (answer is None or answer not in letters) and (require_answer or raw_answer):
             shown = f"'{raw_answer}'" if raw_answer else "empty"
-            reject("bad_answer", f"answer {shown} is not one of A, B, C, D")
+            reject("bad_answer", f"answer {shown} is not one of {', '.join(letters)}")
             continue
         row_subject = _text(record.get("subject")) or subject or "unknown"
         row_id = _text(record.get("id")) or f"{stem}-{line}"

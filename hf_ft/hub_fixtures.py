@@ -234,6 +234,197 @@ def write_tceval_repo(root: Path, subjects: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# Other Chinese exam sets, in their real layouts (../shared/reference/extra_datasets.md), in Simplified script,
+# with planted copies of TMMLU+ rows that the contamination check must catch.
+
+CEVAL_REPO = "datasets/ceval/ceval-exam"
+CMMLU_REPO = "datasets/haonan-li/cmmlu"
+C3_REPO = "datasets/dataset-org/c3"
+CLUE_REPO = "datasets/clue/clue"
+AGIEVAL_REPO = "datasets/hails/agieval-gaokao-history"
+
+
+def _simplified_row(rng: random.Random, n_options: int = 4) -> dict:
+    from .retrieval.text import to_simplified
+
+    options = []
+    while len(options) < n_options:
+        option = to_simplified(_text(rng, rng.randint(2, 10)))
+        if option not in options:
+            options.append(option)
+    return {"question": to_simplified(_text(rng, rng.randint(20, 60))) + "？", "options": options,
+            "answer": rng.randrange(n_options)}
+
+
+def _tmmluplus_rows(root: Path, revision: str, path: str) -> list[dict]:
+    text = subprocess.run(["git", "-C", str(root / DATASET_REPO), "show", f"{revision}:{path}"], check=True,
+                          capture_output=True, text=True).stdout
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def planted_copies(root: Path) -> dict:
+    """TMMLU+ rows to plant: a v1.1 test row (copied exactly, in Simplified), another one reworded (a near
+    copy), and a v1.0 test row that v1.1 removed (only a check of v1.0 finds it)."""
+    from .retrieval.text import to_simplified
+
+    v10 = _tmmluplus_rows(root, "v1.0", "data/music_test.csv") + _tmmluplus_rows(root, "v1.0", "data/physics_test.csv")
+    v11 = {r["question"] for r in _tmmluplus_rows(root, "v1.1", "data/music_test.csv")
+           + _tmmluplus_rows(root, "v1.1", "data/physics_test.csv")}
+    kept = [r for r in v10 if r["question"] in v11]
+    removed = [r for r in v10 if r["question"] not in v11]
+    if len(kept) < 2 or not removed:
+        raise RuntimeError("the TMMLU+ fixture is too small to plant copies (raise --scale)")
+
+    def simplified(row, reword=False):
+        question = to_simplified(row["question"])
+        if reword:  # other punctuation, a prefix and a changed last character: no exact hash matches
+            question = "下列问题：" + question.replace("，", " ").rstrip("？") + "呢"
+        return {"question": question, "options": [to_simplified(row[c]) for c in LETTERS],
+                "answer": LETTERS.index(row["answer"])}
+
+    return {"exact": simplified(kept[0]), "near": simplified(kept[1], reword=True), "v1_0_only": simplified(removed[0])}
+
+
+def _lettered(row: dict) -> dict:
+    return {"question": row["question"], **dict(zip(LETTERS, row["options"])), "answer": LETTERS[row["answer"]]}
+
+
+def write_ceval_repo(root: Path, copies: dict, seed: int = 1) -> str:
+    """`ceval/ceval-exam`: <subject>/{test,val,dev}-00000-of-00001.parquet, test answers empty (withheld), a
+    card with cc-by-nc-sa-4.0 and a configs block; `law` val holds the exact copy of a TMMLU+ test row."""
+    rng = random.Random(seed)
+    repo = root / CEVAL_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    configs = {}
+    for subject in ("accountant", "law", "marxism"):
+        for split, n in (("test", 6), ("val", 12), ("dev", 5)):
+            rows = [_lettered(_simplified_row(rng)) for _ in range(n)]
+            if subject == "law" and split == "val":
+                rows[3] = _lettered(copies["exact"])
+            for i, row in enumerate(rows):
+                row.update(id=i, explanation="" if split != "dev" else "解析")
+                if split == "test":
+                    row["answer"] = ""
+            _parquet(repo / subject / f"{split}-00000-of-00001.parquet", rows)
+        configs[subject] = {split: f"{subject}/{split}-*" for split in ("test", "val", "dev")}
+    (repo / "README.md").write_text(_configs_readme(configs, "cc-by-nc-sa-4.0"), encoding="utf-8")
+    return _commit(repo, "Convert dataset to Parquet", "2024-01-01T00:00:00+00:00")
+
+
+def write_cmmlu_repo(root: Path, copies: dict, seed: int = 2) -> str:
+    """`haonan-li/cmmlu`: a loading script (cmmlu.py, which datasets >= 4 refuses) and cmmlu_v1_0_1.zip with
+    dev/ and test/<subject>.csv (header `,Question,A,B,C,D,Answer`: an unnamed index column); agronomy's
+    test holds the copy of a v1.0 row that v1.1 removed; chinese_driving_rule is excluded by default."""
+    import zipfile
+
+    rng = random.Random(seed)
+    repo = root / CMMLU_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    with zipfile.ZipFile(repo / "cmmlu_v1_0_1.zip", "w") as archive:
+        for subject in ("agronomy", "chinese_driving_rule"):
+            for split, n in (("dev", 5), ("test", 14)):
+                rows = [_lettered(_simplified_row(rng)) for _ in range(n)]
+                if subject == "agronomy" and split == "test":
+                    rows[5] = _lettered(copies["v1_0_only"])
+                buffer = io.StringIO()
+                writer = csv.writer(buffer, lineterminator="\n")
+                writer.writerow(["", "Question", *LETTERS, "Answer"])
+                writer.writerows([[i, r["question"], *(r[c] for c in LETTERS), r["answer"]] for i, r in enumerate(rows)])
+                archive.writestr(f"{split}/{subject}.csv", buffer.getvalue())
+    (repo / "cmmlu.py").write_text('"""CMMLU (a stub of the loading script: datasets >= 4 runs none)."""\n'
+                                   '_URL = "cmmlu_v1_0_1.zip"\n', encoding="utf-8")
+    (repo / "README.md").write_text("---\nlicense: cc-by-nc-4.0\nlanguage:\n- zh\n---\n# CMMLU (hf_ft fixture)\n",
+                                    encoding="utf-8")
+    return _commit(repo, "v1.0.1", "2024-01-01T00:00:00+00:00")
+
+
+def _c3_question(rng: random.Random, n_options: int) -> dict:
+    row = _simplified_row(rng, n_options)
+    return {"question": row["question"], "choice": row["options"], "answer": row["options"][row["answer"]]}
+
+
+def write_c3_repo(root: Path, copies: dict, seed: int = 3) -> str:
+    """`dataset-org/c3`: configs dialog and mixed, one row per document with `documents` and `questions` (a
+    sequence of {question, answer text, choice}, stored as datasets writes it: a struct of lists), 2-4 options.
+    The near copy of a TMMLU+ test row is one of mixed's training questions."""
+    from .retrieval.text import to_simplified
+
+    rng = random.Random(seed)
+    repo = root / C3_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    configs = {}
+    for config in ("dialog", "mixed"):
+        for split, docs in (("train", 8), ("validation", 3), ("test", 3)):
+            rows = []
+            for d in range(docs):
+                questions = [_c3_question(rng, 2 + (d + q) % 3) for q in range(1 + d % 3)]
+                if config == "mixed" and split == "train" and d == 2:
+                    near = copies["near"]
+                    questions[0] = {"question": near["question"], "choice": near["options"],
+                                    "answer": near["options"][near["answer"]]}
+                rows.append({"documents": [to_simplified(_text(rng, 60)), to_simplified(_text(rng, 40))],
+                             "document_id": f"{config}-{split}-{d}",
+                             "questions": {k: [q[k] for q in questions] for k in ("question", "answer", "choice")}})
+            _parquet(repo / config / f"{split}-00000-of-00001.parquet", rows)
+        configs[config] = {split: f"{config}/{split}-*" for split in ("train", "validation", "test")}
+    (repo / "README.md").write_text(_configs_readme(configs, "other"), encoding="utf-8")
+    return _commit(repo, "Convert dataset to Parquet (#2)", "2024-01-01T00:00:00+00:00")
+
+
+def write_clue_repo(root: Path, seed: int = 4) -> str:
+    """`clue/clue` config c3: one question per row (id, context, question, choice, answer text); test answers
+    withheld."""
+    from .retrieval.text import to_simplified
+
+    rng = random.Random(seed)
+    repo = root / CLUE_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    for split, n in (("train", 10), ("validation", 4), ("test", 4)):
+        rows = []
+        for i in range(n):
+            q = _c3_question(rng, 2 + i % 3)
+            rows.append({"id": i, "context": [to_simplified(_text(rng, 50))], "question": q["question"],
+                         "choice": q["choice"], "answer": q["answer"] if split != "test" else ""})
+        _parquet(repo / "c3" / f"{split}-00000-of-00001.parquet", rows)
+    (repo / "README.md").write_text(_configs_readme(
+        {"c3": {split: f"c3/{split}-*" for split in ("train", "validation", "test")}}, "unknown"), encoding="utf-8")
+    return _commit(repo, "Add c3 data files", "2024-01-01T00:00:00+00:00")
+
+
+def write_agieval_repo(root: Path, seed: int = 5) -> str:
+    """`hails/agieval-gaokao-history`: data/test-00000-of-00001.parquet with query (the whole prompt), choices
+    `(A)…` and gold (a list of indices; one row has two correct answers)."""
+    rng = random.Random(seed)
+    repo = root / AGIEVAL_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    rows = []
+    for i in range(12):
+        row = _simplified_row(rng)
+        choices = [f"({letter}){option}" for letter, option in zip(LETTERS, row["options"])]
+        rows.append({"query": f"问题：{row['question']} 选项：{''.join(choices)}\n答案：从A到D, 我们应选择",
+                     "choices": choices, "gold": [row["answer"]] if i != 7 else [0, 2]})
+    _parquet(repo / "data" / "test-00000-of-00001.parquet", rows)
+    (repo / "README.md").write_text("---\ndataset_info:\n  features:\n  - name: query\n    dtype: string\n---\n",
+                                    encoding="utf-8")
+    return _commit(repo, "Upload dataset", "2024-01-01T00:00:00+00:00")
+
+
+def write_extra_repos(root: Path) -> dict:
+    """Every extra-source fixture; needs the TMMLU+ fixture in `root` (its rows are planted). Returns the
+    commits and the planted copies."""
+    root = Path(root)
+    copies = planted_copies(root)
+    return {"ceval": write_ceval_repo(root, copies), "cmmlu": write_cmmlu_repo(root, copies),
+            "c3": write_c3_repo(root, copies), "clue": write_clue_repo(root), "agieval": write_agieval_repo(root),
+            "copies": copies}
+
+
+# ----------------------------------------------------------------------------------------------
 # The model
 
 

@@ -187,6 +187,23 @@ def retrieval_text(retrieval: dict) -> str:
             f"{retrieval.get('query')}, normalised {retrieval.get('normalisation')}{check}")
 
 
+def extra_source_text(source: dict) -> str:
+    """Where an extra source came from (commit, licence, conversion) and what the run kept of it, as recorded."""
+    c = source.get("counts") or {}
+    where = (f"hub dataset `{source.get('source')}` at commit `{str(source.get('revision'))[:12]}`"
+             if source.get("revision") else f"local `{source.get('source')}`")
+    conversion = (source.get("conversion") or {}).get("applied")
+    copies = c.get("exact_copies", 0) + c.get("near_copies", 0)
+    fate = {"drop": "dropped", "keep": "**kept** (results on those questions are not held out)",
+            "error": "none allowed"}.get(source.get("policy"), "")
+    return (f"{where} ({source.get('adapter')}; licence {source.get('license') or 'not stated'}; splits "
+            f"{', '.join(source.get('splits') or [])}; {'converted with OpenCC ' + conversion if conversion else 'not converted'}): "
+            f"{c.get('read', 0):,} questions read, {c.get('bad_rows', 0)} bad, {c.get('multiple_answers_dropped', 0)} "
+            f"with several answers dropped, {c.get('duplicates_within_extra', 0)} duplicates of other extra rows, "
+            f"{copies} copies of TMMLU+ questions ({c.get('exact_copies', 0)} exact, {c.get('near_copies', 0)} near) "
+            f"{fate}; {c.get('used', 0):,} used for training only")
+
+
 def training_table(run: dict) -> str:
     hyper = dict(run.get("hyperparameters", {}))
     warmup = hyper.pop("warmup_steps", None)
@@ -210,6 +227,8 @@ def training_table(run: dict) -> str:
             f"{stop['max_steps']} steps")))
     if run.get("retrieval"):
         rows.append(("open book (retrieval)", retrieval_text(run["retrieval"])))
+    for source in run.get("extra_data") or []:
+        rows.append((f"extra training data: {source.get('name')}", extra_source_text(source)))
     rows.append(("DeepSpeed", f"ZeRO stage {ds.get('stage')}" + (" with offload" if ds.get("offload") else "")
                  if ds.get("used") else "not used" + (f" ({ds.get('reason')})" if ds.get("reason") else "")))
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows if v is not None)
@@ -231,15 +250,18 @@ def build_model_card(output_dir: str | Path, repo_id: str | None = None, test_it
     formulation = run.get("formulation", "per_choice")
     repo_id = repo_id or run.get("hub_model_id")
     base = run.get("base_model") if isinstance(run.get("base_model"), dict) else {}
+    extra = run.get("extra_data") or []
     licence, licence_note = card_licence(base, {facts["dataset"] or "the data": facts["license"]}
-                                         if facts["from_hub"] else {})
+                                         if facts["from_hub"] else {},
+                                         {s.get("source") or s.get("name"): s.get("license") for s in extra})
     card_data = ModelCardData(
         language=["zh"],
         license=licence,
         library_name="transformers",
         pipeline_tag=get_formulation(formulation).pipeline_tag,
         base_model=base["id"] if base.get("source") == "hub" else None,
-        datasets=[facts["dataset"]] if facts["from_hub"] else None,
+        datasets=([facts["dataset"]] if facts["from_hub"] else []) + [
+            s["source"] for s in extra if s.get("revision") and s.get("source")] or None,
         tags=["hf_ft", "zh-TW", "traditional-chinese", formulation] + (["tmmluplus"] if facts["is_tmmluplus"] else []),
         model_name=repo_id,
         eval_results=(eval_results_for_card(results, facts) or None) if repo_id else None,

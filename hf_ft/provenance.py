@@ -65,15 +65,29 @@ def base_model_record(name_or_path: str, hub_id: str, config, output_dir: str | 
             "license_source": where}
 
 
-def card_licence(base_model: dict, data_licenses: dict[str, str | None]) -> tuple[str, str]:
-    """(licence for the card's metadata, one sentence saying where it comes from)."""
-    restricted = {name: lic for name, lic in data_licenses.items() if lic and lic in NON_COMMERCIAL}
+UNSTATED = (None, "", "other", "unknown")
+
+
+def card_licence(base_model: dict, data_licenses: dict[str, str | None],
+                 extra_licenses: dict[str, str | None] | None = None) -> tuple[str, str]:
+    """(licence for the card's metadata, one sentence saying where it comes from). `extra_licenses`: the extra
+    training sources', whose terms the model carries too; one that states none makes the model's licence
+    unknown rather than the base model's."""
+    extra = dict(extra_licenses or {})
+    restricted = {name: lic for name, lic in {**data_licenses, **extra}.items() if lic and lic in NON_COMMERCIAL}
+    unstated = [name for name, lic in extra.items() if lic in UNSTATED]
     model_licence = base_model.get("license")
     if restricted:
         names = ", ".join(f"{name} ({lic})" for name, lic in restricted.items())
+        also = (f" The licence of {', '.join(unstated)} is not stated on its card; check its terms too."
+                if unstated else "")
         return "other", (f"The training data restricts use: {names} allow non-commercial use only, so this model "
                          f"is for non-commercial use; the base model's licence is "
-                         f"{model_licence or 'unknown'}.")
+                         f"{model_licence or 'unknown'}.{also}")
+    if unstated:
+        return "other", (f"The licence is unknown: the training data includes {', '.join(unstated)}, whose card "
+                         f"states no licence; check its terms before use (the base model's licence is "
+                         f"{model_licence or 'unknown'}).")
     if model_licence:
         return model_licence, f"The licence is the base model's, from {base_model.get('license_source')}."
     return "other", (f"The licence is unknown: {base_model.get('license_source') or 'the base model is not recorded'}"

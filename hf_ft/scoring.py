@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .collators import merge_rotations
+from .collators import MASK_KEY, mask_choices, merge_rotations
 from .formulations import encode, get_formulation, make_collator
 from .data import QARow
 from .errors import UserError
@@ -222,11 +222,9 @@ def _to_device(batch: dict, device) -> dict:
 def score_with_head(scorer: LoadedScorer, rows: list[QARow], batch_size: int, progress: bool,
                     batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
     """Logits of the trained head, on the training preprocessing, in token-budget batches."""
-    if len({len(r.options) for r in rows}) > 1:
-        raise UserError("a trained head scores questions with the same number of options together; "
-                        "split the input by option count")
+    width = max(len(r.options) for r in rows)
     dataset = encode(rows, scorer.tokenizer, scorer.formulation, scorer.max_length, progress=False)
-    copies = get_formulation(scorer.formulation).copies(len(rows[0].options), scorer.joint_eval_rotations)
+    copies = get_formulation(scorer.formulation).copies(width, scorer.joint_eval_rotations)
     lengths = [length * copies for length in dataset["length"]]
     batches = token_budget_batches(lengths, batch_tokens, batch_size)
     collator = make_collator(scorer.formulation, scorer.tokenizer, train=False,
@@ -235,17 +233,22 @@ def score_with_head(scorer: LoadedScorer, rows: list[QARow], batch_size: int, pr
 
     def compute(indices):
         batch = collator([dataset[i] for i in indices])
+        mask = batch.pop(MASK_KEY, None)  # questions with fewer options than others: those slots are -inf
         with torch.inference_mode():
             logits = scorer.model(**_to_device(batch, device)).logits
+            if mask is not None:
+                logits = mask_choices(logits, mask)
         return merge_rotations(logits, scorer.joint_eval_rotations).float().cpu().numpy()
 
     tokens = [max(lengths[i] for i in b) * len(b) for b in batches]
     scorer.passes = len(rows) * copies
     results = run_batches(batches, compute, f"scoring {scorer.path}", progress and len(rows) >= 200,
                           scorer.passes, tokens)
-    scores = np.zeros((len(rows), len(rows[0].options)), dtype=np.float64)
+    scores = np.full((len(rows), width), -np.inf, dtype=np.float64)
     for b, indices in enumerate(batches):
-        scores[indices] = results[b]
+        scores[indices, : results[b].shape[-1]] = results[b][:, :width]
+    for i, row in enumerate(rows):  # a joint head has 4 slots: a question with fewer options scores only its own
+        scores[i, len(row.options):] = -np.inf
     return scores
 
 

@@ -176,12 +176,19 @@ def build_manifest(data: LoadedData, splits: Splits, rejected: Counter, seed: in
     }
 
 
-def write_split_outputs(output_dir: str, data: LoadedData, splits: Splits, rejected: Counter, seed: int) -> dict:
-    """`test_qa_data.json` (the held-out benchmark) and `data_manifest.json` (the proof it was held out)."""
+def write_split_outputs(output_dir: str, data: LoadedData, splits: Splits, rejected: Counter, seed: int,
+                        extra: dict | None = None) -> dict:
+    """`test_qa_data.json` (the held-out benchmark) and `data_manifest.json` (the proof it was held out), with
+    the extra training sources' report when there are any."""
     from .provenance import relative_to
 
     write_json(Path(output_dir) / TEST_ITEMS_FILE, [row.to_item() for row in splits.test])
     manifest = build_manifest(data, splits, rejected, seed)
+    if extra is not None:
+        for source in extra["sources"]:
+            if source.get("path"):
+                source["path"] = relative_to(source["path"], output_dir)
+        manifest["extra_data"] = extra
     for warning in manifest["warnings"]:
         logger.warning("gold letters: %s", warning)
     source = manifest["source"]  # local paths relative to the output folder: the manifest is pushed

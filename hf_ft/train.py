@@ -10,7 +10,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import datasets
@@ -23,6 +23,7 @@ from .arguments import PATH_ARGUMENTS, Arguments
 from .callbacks import CheckpointMarkerCallback, LossCurveCallback
 from .data import LETTERS, handle_problems
 from .errors import UserError
+from .extra.mixing import load_for_run as load_extra_for_run
 from .formulations import count_truncated, encode, get_formulation
 from .metrics import build_compute_metrics
 from .model_card import write_model_card
@@ -61,7 +62,11 @@ def setup_logging(training_args) -> None:
 
 def identity_of(args: Arguments) -> str:
     settings = {}
-    for part in (asdict(args.model), asdict(args.data), asdict(args.run), args.training.to_dict()):
+    data = asdict(args.data)
+    if not data["extra_data"]:  # a run without extra data keeps the identity it had before they existed
+        data.pop("extra_data")
+        data.pop("contamination")
+    for part in (asdict(args.model), data, asdict(args.run), args.training.to_dict()):
         settings.update({k: v for k, v in part.items() if k not in NOT_IDENTITY})
     if args.retrieval.settings().used:  # an open-book run is another run (closed-book identities unchanged)
         settings.update(asdict(args.retrieval))
@@ -158,16 +163,24 @@ def main(args: Arguments) -> dict:
         # 1. Files → validated rows (bad rows stop the run, or are skipped and written down).
         started = time.perf_counter()
         loaded = load_rows(data_args, model_args.cache_dir)
+        extra = None
+        if data_args.extra_data:  # other exam sets: converted, checked against all of TMMLU+, for training only
+            with training_args.main_process_first(desc="reading the extra training data"):
+                extra = load_extra_for_run(data_args, loaded, model_args.cache_dir, training_args.seed)
         if is_main:  # before the run's first output: from here on the folder is this run's
             run_dir.mark_started(output_dir, identity)
-        rejected = handle_problems(loaded.problems, data_args.on_bad_rows, str(output_dir) if is_main else None)
+        rejected = handle_problems(loaded.problems + (extra.problems if extra else []), data_args.on_bad_rows,
+                                   str(output_dir) if is_main else None)
 
         # 2. Rows → deduplicated, seeded splits; the test split and the manifest are written first.
         split_seed = data_args.split_seed if data_args.split_seed is not None else training_args.seed
         splits = make_splits(loaded, data_args.split_scheme, split_seed, data_args.validation_fraction,
                              data_args.ratios(), needs_validation=training_args.eval_strategy != "no")
+        if extra is not None:  # the validation split stays the target task's; the test split is untouched
+            splits = replace(splits, train=splits.train + extra.rows)
         if is_main:
-            manifest = write_split_outputs(str(output_dir), loaded, splits, rejected, split_seed)
+            manifest = write_split_outputs(str(output_dir), loaded, splits, rejected, split_seed,
+                                           extra.report if extra else None)
             logger.info("splits (%s): %s; %d duplicate(s) removed, %d row(s) rejected", splits.scheme,
                         manifest["counts"], splits.duplicates_removed, sum(rejected.values()))
         data_seconds = time.perf_counter() - started
@@ -424,6 +437,7 @@ def run_record(args: Arguments, formulation: str, trainer, max_length: int, base
         "early_stopping": early_stopping,
         "formulation": formulation,
         "retrieval": book.record(training_args.output_dir) if book is not None else None,
+        "extra_data": extra_summary(training_args.output_dir),
         "subjects": args.data.subjects,
         "hub_model_id": trainer.hub_model_id,
         "hyperparameters": hyperparameters,
@@ -431,3 +445,13 @@ def run_record(args: Arguments, formulation: str, trainer, max_length: int, base
         "arguments": arguments,
         "arguments_relative_paths": rewritten,
     }
+
+
+def extra_summary(output_dir) -> list[dict] | None:
+    """What the card says of each extra source: name, where from, commit, licence, conversion and counts."""
+    manifest = run_dir.read_json_if_present(Path(output_dir) / run_dir.MANIFEST_FILE) or {}
+    extra = manifest.get("extra_data")
+    if not extra:
+        return None
+    keys = ("name", "source", "adapter", "revision", "license", "conversion", "counts", "splits", "configs")
+    return [{k: s.get(k) for k in keys} | {"policy": extra["policy"]} for s in extra["sources"]]

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer, TrainerCallback
 
-from .collators import merge_rotations
+from .collators import MASK_KEY, mask_choices, masked_choice_loss, merge_rotations
 from .formulations import get_formulation, make_collator
 from .metrics import build_compute_metrics
 
@@ -87,10 +87,26 @@ class QATrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.add_callback(EpochCallback(self))
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """A batch of questions with different option counts (collators.MASK_KEY): the missing options' logits
+        are -inf and the loss is over the real ones; any other batch is the Trainer's own."""
+        mask = inputs.pop(MASK_KEY, None)
+        if mask is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        outputs["logits"] = mask_choices(outputs["logits"], mask)
+        loss = masked_choice_loss(outputs["logits"], labels, self.args.label_smoothing_factor)
+        outputs["loss"] = loss
+        return (loss, outputs) if return_outputs else loss
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The loss is the mean over all copies; predictions and labels are one row per question (the first
         copy is the unrotated order, so its label is the question's own)."""
+        mask = inputs.pop(MASK_KEY, None) if "labels" not in inputs else None
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if mask is not None and logits is not None:
+            logits = mask_choices(logits[0] if isinstance(logits, tuple) else logits, mask)
         rotations = getattr(self.eval_data_collator, "rotations", 1)  # a JointCollator's; others send one copy
         if rotations > 1 and logits is not None:
             logits = merge_rotations(logits[0] if isinstance(logits, tuple) else logits, rotations)

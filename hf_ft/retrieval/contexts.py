@@ -207,7 +207,9 @@ class OpenBook:
                       for i, s in row_hits] for row_hits in hits]
         out, records = [], []
         for row, passages in zip(rows, found):
-            context = SEPARATOR.join(p["text"] for p in passages)
+            if row.context:  # a reading question's own passage (C3) is its context; nothing is retrieved for it
+                passages = []
+            context = row.context or SEPARATOR.join(p["text"] for p in passages)
             gold = normalise(row.options[row.label]) if row.label >= 0 else ""
             out.append(replace(row, context=context or None))
             records.append({"id": row.id, "passages": [{"id": p.get("id"), "score": p.get("score")} for p in passages],
