@@ -627,17 +627,19 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
 
 
 PATH_ARGUMENTS = ("model_name_or_path", "tokenizer_name", "data_dir", "train_file", "validation_file", "test_file",
-                  "deepspeed", "output_dir", "cache_dir", "retrieval_corpus", "retrieval_contexts")
+                  "deepspeed", "output_dir", "cache_dir", "retrieval_corpus", "retrieval_contexts", "extra_data")
 
 
 def recorded_arguments(values: dict, given: set[str]) -> dict:
     """The arguments the user set, with local paths made absolute, so the run can be repeated from its record
     (the audit's choices-only baseline does). Never a token: --hub_token is refused."""
+    from .provenance import map_paths
+
     recorded = {}
     for name in sorted(given):
         value = values[name]
-        if name in PATH_ARGUMENTS and isinstance(value, str) and Path(value).exists():
-            value = str(Path(value).resolve())
+        if name in PATH_ARGUMENTS:
+            value = map_paths(value, lambda p: str(Path(p).resolve()) if p and Path(p).exists() else p)
         recorded[name] = value
     return recorded
 

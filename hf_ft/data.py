@@ -288,6 +288,8 @@ def check_columns(result: FileRecords, required: tuple[str, ...] = REQUIRED_COLU
     columns = set(result.records[0])
     if "options" in columns and not set(LETTERS) <= columns:
         for r in result.records:
+            if "options" not in r:  # this record has letter columns already
+                continue
             options = r.pop("options") or {}
             if isinstance(options, list) and len(options) <= len(LETTERS):  # ["鯨魚", "鯊魚", "章魚"]
                 options = dict(zip(LETTERS, options))

@@ -179,6 +179,46 @@ def make_open_book_data(out_dir: str | Path, rows_per_subject: int = 200, seed: 
     return data, corpus
 
 
+# Other wordings than TEMPLATES: an extra exam set asks about the same facts, it does not copy the test's questions.
+EXTRA_TEMPLATES = ["{c}包括哪一項？", "哪一項算是{c}？", "選出{c}：", "何者是{c}？"]
+
+
+def make_extra_questions(path: str | Path, n: int = 400, seed: int = 7, subjects: list[str] | None = None,
+                         min_options: int = 2, simplified: bool = True, context: bool = True) -> Path:
+    """A JSONL exam set in another layout, as a C3-style extra source would bring it: the demo task's
+    questions with 2-4 options (`options`, a list), the answer given as the gold option's text, a reading
+    passage as `context`, in Simplified script by default. Questions never repeat a demo row's text."""
+    import json
+
+    from .retrieval.text import to_simplified
+
+    rng = random.Random(seed)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chosen = subjects or sorted(DEMO_SUBJECTS)
+    with open(out, "w", encoding="utf-8") as f:
+        for i in range(n):
+            subject = chosen[i % len(chosen)]
+            row = make_question(rng, subject)
+            category = row["question"].split("「")[-1].split("」")[0]
+            row["question"] = rng.choice(EXTRA_TEMPLATES).format(c=f"「{category}」")
+            options = [row[letter] for letter in LETTERS]
+            gold = options[LETTERS.index(row["answer"])]
+            keep = rng.randint(min_options, 4)
+            distractors = [o for o in options if o != gold]
+            options = rng.sample(distractors, keep - 1) + [gold]
+            rng.shuffle(options)
+            record = {"id": f"extra-{i}", "subject": subject, "question": row["question"],
+                      "options": options, "answer": gold}
+            if context:
+                record["context"] = "".join(rng.choice(FILLER) for _ in range(rng.randint(20, 60))) + "。"
+            if simplified:
+                record = {k: (to_simplified(v) if isinstance(v, str) and k not in ("id", "subject") else
+                              [to_simplified(o) for o in v] if isinstance(v, list) else v) for k, v in record.items()}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return out
+
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

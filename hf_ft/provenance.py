@@ -105,6 +105,20 @@ def relative_to(path: str | os.PathLike, output_dir: str | os.PathLike) -> str:
     return Path(os.path.relpath(Path(path).resolve(), Path(output_dir).resolve())).as_posix()
 
 
+def map_paths(value, change):
+    """`change` applied to the path in an argument's value: a path, or a list of `--extra_data` sources whose
+    path comes before their `?settings`."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            path, mark, settings = str(item).partition("?")
+            out.append(change(path) + mark + settings)
+        return out
+    return value
+
+
 def relative_paths(arguments: dict, names, output_dir: str | os.PathLike) -> tuple[dict, list[str]]:
     """The recorded arguments with every local path among `names` relative to the output folder (the output
     folder itself is left out: it is where the record lies), and the names rewritten."""
@@ -112,14 +126,21 @@ def relative_paths(arguments: dict, names, output_dir: str | os.PathLike) -> tup
     for name, value in arguments.items():
         if name == "output_dir":
             continue
-        if name in names and isinstance(value, str) and os.path.isabs(value):
-            value = relative_to(value, output_dir)
-            rewritten.append(name)
+        if name in names:
+            changed = map_paths(value, lambda p: relative_to(p, output_dir) if os.path.isabs(p) else p)
+            if changed != value:
+                value = changed
+                rewritten.append(name)
         recorded[name] = value
     return recorded, rewritten
 
 
 def resolve_recorded(arguments: dict, rewritten, output_dir: str | os.PathLike) -> dict:
-    """The inverse of `relative_paths`: recorded relative paths as paths again (absolute ones stay)."""
-    return {name: (str((Path(output_dir) / value).resolve()) if name in rewritten and isinstance(value, str)
-                   else value) for name, value in arguments.items()}
+    """The inverse of `relative_paths`: recorded relative paths as paths again (absolute ones stay). In a list
+    of sources only what exists next to the output folder is a path (the rest are hub ids)."""
+    def resolve(value):
+        if isinstance(value, str):
+            return str((Path(output_dir) / value).resolve())
+        return map_paths(value, lambda p: str((Path(output_dir) / p).resolve()) if not os.path.isabs(p)
+                         and (Path(output_dir) / p).exists() else p)
+    return {name: (resolve(value) if name in rewritten else value) for name, value in arguments.items()}

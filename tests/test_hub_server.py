@@ -16,8 +16,8 @@ SCALE = 0.05  # TMMLU+'s per-subject sizes × 0.05: ~1,100 questions over 67 sub
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    from hf_ft.hub_fixtures import (LoopbackHub, write_dataset_repo, write_fixtures, write_model_repo,
-                                    write_tceval_repo, write_wikipedia_repo)
+    from hf_ft.hub_fixtures import (LoopbackHub, write_dataset_repo, write_extra_repos, write_fixtures,
+                                    write_model_repo, write_tceval_repo, write_wikipedia_repo)
 
     root = tmp_path_factory.mktemp("hub")
     shas = write_fixtures(root / "mirrors", scale=SCALE, model_size="small")
@@ -36,10 +36,14 @@ def hub(tmp_path_factory):
     # Retrieval corpora: Chinese Wikipedia's layout, and TCEval-v2 (TMMLU+ v1.0's test split, verbatim).
     wiki = write_wikipedia_repo(root / "mirrors")
     write_tceval_repo(root / "mirrors", ["music", "physics"])
+    # Other exam sets in their real layouts, with planted copies of TMMLU+ rows (hf_ft.hub_fixtures).
+    extra = write_extra_repos(root / "mirrors")
     with LoopbackHub(root / "mirrors", root / "olah") as server:
         server.env = server.client_env(root / "hf_home")
         server.shas = shas["dataset"]
         server.wiki = wiki
+        server.extra = extra
+        server.work = root / "olah"
         yield server
 
 
@@ -226,3 +230,78 @@ def test_the_leak_check_fires_on_tceval(hub, tmp_path):
         line = stopped.stderr.strip().splitlines()[-1]
         assert "cop" in line and "validation or test item" in line.replace("/", " or ") and message in line, line
         assert not (tmp_path / policy / "checkpoint-1").exists()
+
+
+EXTRA_SOURCES = ["ceval/ceval-exam", "haonan-li/cmmlu", "dataset-org/c3", "clue/clue?configs=c3",
+                 "hails/agieval-gaokao-history"]
+
+
+def test_extra_sources_from_the_hub_are_converted_checked_and_on_the_card(hub, tmp_path):
+    """C-Eval (Parquet configs), CMMLU (a loading script and its zip), C3 (nested, 2-4 options, passages), CLUE's
+    c3 and an AGIEval task, each at its resolved commit: converted to Traditional script, the planted copies of
+    TMMLU+ rows dropped (an exact one, a reworded one, and one only v1.0 has), and the pushed card says every
+    source, its licence, and that the model is for non-commercial use."""
+    from fake_hub import GOOD_TOKEN, FakeHub
+    from hf_ft.retrieval.text import to_simplified
+
+    out = tmp_path / "extra"
+    train_small(hub, out, "--model_name_or_path", "bert-base-chinese", "--extra_data", *EXTRA_SOURCES)
+    manifest = json.loads((out / "data_manifest.json").read_text())
+    extra = manifest["extra_data"]
+    assert {r: v["commit"] for r, v in extra["reference"]["revisions"].items()} == \
+        {"v1.0": hub.shas["v1.0"], "v1.1": hub.shas["v1.1"]}  # all of TMMLU+ at both versions, not the run's rows
+    by = {s["name"]: s for s in extra["sources"]}
+    assert {name: by[name]["revision"] for name in ("ceval-exam", "cmmlu", "c3", "clue")} == {
+        "ceval-exam": hub.extra["ceval"], "cmmlu": hub.extra["cmmlu"], "c3": hub.extra["c3"], "clue": hub.extra["clue"]}
+    assert all(s["conversion"] == {"applied": "s2twp", "script_detected": "simplified"} for s in by.values())
+    ceval = by["ceval-exam"]
+    assert ceval["configs"] == ["accountant", "law"] and ceval["splits"] == ["dev", "val"]  # marxism, test: out
+    assert ceval["license"] == "cc-by-nc-sa-4.0" and ceval["counts"]["read"] == 34
+    assert (ceval["counts"]["exact_copies"], ceval["counts"]["near_copies"], ceval["counts"]["used"]) == (1, 0, 33)
+    example = ceval["examples"][0]  # the copy was in Simplified script; the check compared it across scripts
+    assert example["original"] != example["question"] and to_simplified(example["question"]) == example["original"]
+    assert example["copies"].startswith("ikala/tmmluplus@v1.0:data/")
+    cmmlu = by["cmmlu"]
+    assert cmmlu["loading_script"] == "cmmlu.py" and cmmlu["data_file"] == "cmmlu_v1_0_1.zip"
+    assert cmmlu["counts"]["read"] == 19 and cmmlu["counts"]["exact_copies"] == 1  # chinese_driving_rule: out
+    assert cmmlu["license"] == "cc-by-nc-4.0"
+    c3 = by["c3"]
+    assert c3["counts"]["near_copies"] == 1 and set(c3["options"]) == {"2", "3", "4"}
+    assert c3["splits"] == ["train", "validation"] and by["clue"]["splits"] == ["train", "validation"]
+    assert by["agieval-gaokao-history"]["counts"]["multiple_answers_dropped"] == 1
+    assert manifest["counts"]["train"] >= sum(s["counts"]["used"] for s in by.values())
+    record = json.loads((out / "hf_ft_run.json").read_text())
+    assert [s["name"] for s in record["extra_data"]] == list(by)
+    with FakeHub() as server:
+        pushed = run_cli(python("-m", "hf_ft.cli", "push", str(out), "--repo_id", "me/extra"), env={
+            "HF_ENDPOINT": server.endpoint, "HF_HOME": str(tmp_path / "push_home"), "HF_HUB_OFFLINE": "0",
+            "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": GOOD_TOKEN})
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    card = server.commits[0]["files"]["README.md"].decode("utf-8")
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["license"] == "other" and set(meta["datasets"]) == {
+        "ikala/tmmluplus", "ceval/ceval-exam", "haonan-li/cmmlu", "dataset-org/c3", "clue/clue",
+        "hails/agieval-gaokao-history"}
+    assert "ceval/ceval-exam (cc-by-nc-sa-4.0), haonan-li/cmmlu (cc-by-nc-4.0) allow non-commercial use only" in card
+    for name, source in by.items():
+        assert f"extra training data: {name}" in card and source["revision"][:12] in card
+    assert "1 copies of TMMLU+ questions (1 exact, 0 near) dropped; 33 used for training only" in card
+
+
+def test_sources_holding_tmmluplus_are_refused_and_a_gone_one_is_one_line(hub, tmp_path):
+    common = ["run_qa.py", "--output_dir", str(tmp_path / "o"), "--model_name_or_path", "bert-base-chinese",
+              "--max_steps", "1", "--subjects", "music,physics"]
+    tceval = run(python(*common, "--extra_data", "MediaTek-Research/TCEval-v2?configs=tmmluplus-music"), hub)
+    assert tceval.returncode == 2 and "Traceback" not in tceval.stderr
+    assert "TMMLU+ v1.0's test and dev splits verbatim" in tceval.stderr.strip().splitlines()[-1]
+    log = hub.work / "olah.log"
+    before = log.read_text().count("miulab/tmlu")
+    gone = run(python(*common, "--extra_data", "miulab/tmlu?adapter=columns"), hub)  # 401 since 2026-08
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr, gone.stderr[-2000:]
+    line = gone.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: --extra_data miulab/tmlu (revision main): not found on ") and "private" in line
+    assert log.read_text().count("miulab/tmlu") - before == 1  # asked once: no retries
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+    # CMMLU's fixture is faithful: datasets >= 4 refuses its loading script, which is why hf_ft reads the zip
+    script = run(python("-c", "import datasets; datasets.load_dataset('haonan-li/cmmlu', 'agronomy')"), hub)
+    assert script.returncode != 0 and "scripts are no longer supported" in script.stderr, script.stderr[-1500:]

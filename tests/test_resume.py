@@ -70,8 +70,8 @@ def test_resume_from_every_epoch_is_exact(reference, step, tmp_path, demo_data, 
     assert steps_per_epoch  # the reference logged
 
 
-def kill_and_rerun(point: str, out, model, data, reference, after_kill=None) -> str:
-    args = run_args(model, data, out)
+def kill_and_rerun(point: str, out, model, data, reference, after_kill=None, extra=()) -> str:
+    args = run_args(model, data, out, "per_choice", *extra)
     killed = run_cli([sys.executable, str(ROOT / "tests" / "kill_helper.py"), point, "--", *args], timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (out / "hf_ft_finished.json").exists()
@@ -99,6 +99,19 @@ def test_kill_during_a_save_then_rerun(point, per_choice_reference, tmp_path, de
         step = int(point.split(":")[1])
         assert f"skipping {tmp_path / 'out' / f'checkpoint-{step}'}" in log
         assert f"resuming from {tmp_path / 'out' / f'checkpoint-{step - 5}'}" in log
+
+
+def test_a_run_with_extra_data_killed_then_rerun_ends_where_it_would_have(tmp_path, demo_data, tiny_model):
+    """Extra questions (Simplified, 2-4 options, passages) are read, converted, checked and mixed the same way
+    on the rerun, so the resumed run is the uninterrupted one, loss for loss."""
+    from hf_ft.demo import make_extra_questions
+
+    extra = ["--extra_data", f"{make_extra_questions(tmp_path / 'extra.jsonl', n=80, seed=5)}?cap=60"]
+    reference = tmp_path / "reference"
+    train_in_process(run_args(tiny_model, demo_data, reference, "per_choice", *extra))
+    assert json.loads((reference / "data_manifest.json").read_text())["extra_data"]["sources"][0]["counts"]["used"] == 60
+    log = kill_and_rerun("checkpoint:20", tmp_path / "out", tiny_model, demo_data, reference, extra=extra)
+    assert f"resuming from {tmp_path / 'out' / 'checkpoint-15'}" in log
 
 
 def test_kill_at_random_moments_then_rerun(per_choice_reference, tmp_path, demo_data, tiny_model):

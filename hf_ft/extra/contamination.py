@@ -7,8 +7,10 @@ way (OpenCC t2s, NFKC, case, whitespace and punctuation dropped, option letters 
 copy of a Traditional question is caught. Two tests:
 
 - exact: the hash of the normalised question and the normalised options (in any order);
-- near: an extra row's question + gold option holds at least half of a reference item's character 13-grams,
-  or all of its question's (the retrieval leak check's test, `hf_ft.retrieval.leak`, at corpus scale).
+- near: an extra row's question + gold option holds at least half of a reference item's character 13-grams
+  (`hf_ft.retrieval.leak`'s hashing, at corpus scale). A stem alone is not a copy: exam stems such as
+  下列有關憲法之敘述何者正確 are shared by unrelated questions; an item shorter than 13 characters has the
+  exact test only.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def find_copies(extra: list[QARow], reference: list[QARow]) -> dict[int, Match]:
     found = {i: Match("exact", by_key[key]) for i, key in enumerate(exact_keys(extra)) if key in by_key}
     rest = [i for i in range(len(extra)) if i not in found]
     texts = [extra[i].question + (extra[i].options[extra[i].label] if extra[i].label >= 0 else "") for i in rest]
-    report = find_leaks(texts, reference)
+    report = find_leaks(texts, reference, whole_question=False)
     by_id = {r.id: r for r in reference}
     for position, ids in report.leaking_passages.items():
         found[rest[position]] = Match("near", by_id[ids[0]])
@@ -68,8 +70,8 @@ def find_copies(extra: list[QARow], reference: list[QARow]) -> dict[int, Match]:
 
 def method() -> dict:
     return {"normalisation": NORMALISATION + "+option-letters", "exact": "sha256(question + sorted options)",
-            "near": f"question + gold holds >= {LEAK_SHARE:.0%} of a reference item's character {N}-grams, or all of "
-                    "its question's"}
+            "near": f"question + gold holds >= {LEAK_SHARE:.0%} of a reference item's question + gold character "
+                    f"{N}-grams"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,10 +92,10 @@ def _reference_rows(records: list[dict], lines: list, where: str) -> list[QARow]
     return out
 
 
-def _csv_folder(folder: Path, where: str) -> list[QARow]:
+def _csv_folder(folder: Path, where: str, separator: str = ":") -> list[QARow]:
     rows = []
     for path in sorted(folder.rglob("*.csv")):
-        name = f"{where}:{path.relative_to(folder).as_posix()}"
+        name = f"{where}{separator}{path.relative_to(folder).as_posix()}"
         try:
             text = path.read_bytes().decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -111,7 +113,7 @@ def tmmluplus_reference(data_args, cache_dir: str | None) -> tuple[list[QARow], 
     from ..sources import HUB_DATASET
 
     if data_args.data_dir:
-        rows = _csv_folder(Path(data_args.data_dir), str(data_args.data_dir))
+        rows = _csv_folder(Path(data_args.data_dir), Path(data_args.data_dir).resolve().name, "/")
         return rows, {"data_dir": "every CSV file of the folder", "rows": len(rows)}
     if data_args.train_file or data_args.validation_file or data_args.test_file:
         return [], {"files": "the run's own files"}

@@ -38,6 +38,13 @@ def _jsonable(record: dict) -> dict:
             for k, v in record.items()}
 
 
+def _shown(source: str) -> str:
+    """A file as the (pushed) manifest names it: never an absolute local path."""
+    from pathlib import Path
+
+    return Path(source).name if Path(source).is_absolute() else source
+
+
 def adapt(spec: SourceSpec, files) -> tuple[list[QARow], list[Problem], Counter]:
     """Every record of every file through the adapter: rows, the problems (file:line: reason) and counts."""
     adapter = ADAPTERS[spec.adapter]
@@ -107,7 +114,7 @@ def load_extra(specs: list[SourceSpec], reference: list[QARow], reference_record
         rows, bad, counts = adapt(spec, read.files)
         problems += bad
         applied, detected = conversion_of(spec, rows)
-        originals = {r.id: r.question for r in rows[:MAX_EXAMPLES]}
+        originals = {r.id: r.question for r in rows}  # the text as the source wrote it, for the report's examples
         if applied:
             rows = convert_rows(rows, applied)
         counts["bad_rows"] = len(bad)
@@ -134,7 +141,7 @@ def load_extra(specs: list[SourceSpec], reference: list[QARow], reference_record
         source["examples"] = [{"row": f"{rows[i].source}:{rows[i].line}", "question": rows[i].question[:80],
                                "original": source["originals"].get(rows[i].id, rows[i].question)[:80]
                                if source["conversion"]["applied"] else None, "kind": m.kind,
-                               "copies": f"{m.reference.source}:{m.reference.line}",
+                               "copies": f"{_shown(m.reference.source)}:{m.reference.line}",
                                "reference_question": m.reference.question[:80]}
                               for i, m in sorted(mine.items())[:MAX_EXAMPLES]]
         if policy == "drop":

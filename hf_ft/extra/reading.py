@@ -33,7 +33,7 @@ _SPLIT_NAMES = {"train", "validation", "val", "dev", "test"}
 
 @dataclass
 class SourceFile:
-    name: str  # how messages name it: repo@commit:path, or the local path
+    name: str  # how messages name it: repo@commit:path, or source-name:path-inside-the-source
     subject: str
     split: str
     records: list[dict]
@@ -144,8 +144,9 @@ def read_local(spec: SourceSpec) -> SourceRead:
             continue
         if not wanted(subject, spec.subjects, spec.excluded) and not root.is_file():
             continue
-        records, lines = read_file(path, str(path))
-        files.append(checked(SourceFile(str(path), subject, split, records, lines), spec))
+        name = f"{spec.name}:{relative}"  # source:file, as messages and the (pushed) manifest name it
+        records, lines = read_file(path, name)
+        files.append(checked(SourceFile(name, subject, split, records, lines), spec))
     if not files:
         raise DataError(f"{root}: no file left after the split and subject filters")
     from ..provenance import card_license

@@ -60,8 +60,11 @@ class LeakReport:
                 "examples": self.examples[:5]}
 
 
-def find_leaks(passages: list[str], items: list[QARow]) -> LeakReport:
-    """Which passages (texts, in index order) hold a copy of which items."""
+def find_leaks(passages: list[str], items: list[QARow], whole_question: bool = True) -> LeakReport:
+    """Which passages (texts, in index order) hold a copy of which items. With `whole_question`, a passage
+    that holds an item's whole question leaks it too, even without its answer (the right test for a corpus a
+    reader searches; the contamination check of extra questions leaves it out: exam stems such as
+    下列有關憲法之敘述何者正確 are shared by unrelated questions, and a copy there is question and answer)."""
     item_texts = normalise_many([r.question + (r.options[r.label] if r.label >= 0 else "") for r in items])
     questions = normalise_many([r.question for r in items])
     gram_items: dict[int, list[int]] = {}
@@ -99,14 +102,15 @@ def find_leaks(passages: list[str], items: list[QARow]) -> LeakReport:
     question_grams = [set(_window_hashes(_codes(q)).tolist()) for q in questions]
     leaking: dict[int, list[str]] = {}
     for (passage, item), grams in hits.items():
-        if len(grams) >= LEAK_SHARE * sizes[item] or (question_grams[item] and question_grams[item] <= grams):
+        if len(grams) >= LEAK_SHARE * sizes[item] or (whole_question and question_grams[item]
+                                                        and question_grams[item] <= grams):
             leaking.setdefault(passage, []).append(items[item].id)
     # the exact question, for items too short for 13-grams: a substring test
     by_question: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         if q and sizes[i] == 0:
             by_question.setdefault(q, []).append(i)
-    if by_question:
+    if by_question and whole_question:
         for p, text in enumerate(normalised):
             for q, ids in by_question.items():
                 if q in text:
