@@ -113,7 +113,12 @@ def must_help(work: Path, quick: bool) -> dict:
     n_extra = 400 if quick else 2000
     data = make_demo_data(work / "data", rows_per_subject=30, seed=0)
     extra = make_extra_questions(work / "source" / "practice.jsonl", n=n_extra, seed=7)
-    model = make_tiny_model(work / "model", [data], seed=0)
+    # the encoder's vocabulary covers both sets' characters after conversion, as a pretrained one would
+    from hf_ft.extra.script import convert_texts
+
+    converted = work / "converted_source.txt"
+    converted.write_text(convert_texts([extra.read_text(encoding="utf-8")], "s2twp")[0], encoding="utf-8")
+    model = make_tiny_model(work / "model", [data, converted], seed=0)
     common = ["--model_name_or_path", str(model), "--data_dir", str(data), "--max_seq_length", "128",
               "--per_device_train_batch_size", "16", "--learning_rate", "2e-3", "--num_train_epochs",
               "2" if quick else "6", "--use_cpu", "--seed", "0", "--disable_tqdm", "true",

@@ -60,57 +60,88 @@ class LeakReport:
                 "examples": self.examples[:5]}
 
 
+def _windows(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, owner) of every N-character window of `texts` joined by a separator no text contains (NUL: the
+    normalisation drops control characters), leaving out windows that span two texts."""
+    codes = _codes("\x00".join(texts))
+    hashes = _window_hashes(codes)
+    before = np.concatenate([[0], np.cumsum(codes == 0)])  # separators before each position
+    starts = np.arange(len(hashes))
+    inside = before[starts + N] == before[starts]
+    return hashes[inside], before[starts[inside]]
+
+
+def _distinct(*columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The distinct rows of equal-length integer columns (the first column varies slowest)."""
+    if not len(columns[0]):
+        return columns
+    order = np.lexsort(columns[::-1])
+    sorted_columns = [c[order] for c in columns]
+    keep = np.ones(len(order), dtype=bool)
+    keep[1:] = np.any(np.stack([np.diff(c) != 0 for c in sorted_columns]), axis=0)
+    return tuple(c[keep] for c in sorted_columns)
+
+
 def find_leaks(passages: list[str], items: list[QARow], whole_question: bool = True) -> LeakReport:
     """Which passages (texts, in index order) hold a copy of which items. With `whole_question`, a passage
     that holds an item's whole question leaks it too, even without its answer (the right test for a corpus a
     reader searches; the contamination check of extra questions leaves it out: exam stems such as
-    下列有關憲法之敘述何者正確 are shared by unrelated questions, and a copy there is question and answer)."""
+    下列有關憲法之敘述何者正確 are shared by unrelated questions, and a copy there is question and answer).
+
+    Vectorised: the items' distinct (13-gram, item) pairs are one sorted table; each chunk of passages is
+    hashed at once and looked up in it with a binary search, so the work is numpy's, not Python's."""
     item_texts = normalise_many([r.question + (r.options[r.label] if r.label >= 0 else "") for r in items])
-    questions = normalise_many([r.question for r in items])
-    gram_items: dict[int, list[int]] = {}
-    sizes = np.zeros(len(items), dtype=np.int64)
-    short = 0
-    for i, text in enumerate(item_texts):
-        grams = set(_window_hashes(_codes(text)).tolist())
-        sizes[i] = len(grams)
-        short += not grams
-        for g in grams:
-            gram_items.setdefault(g, []).append(i)
-    item_grams = np.fromiter(gram_items, dtype=np.uint64, count=len(gram_items))
+    gram_hash, gram_item = _windows(item_texts)
+    gram_hash, gram_item = _distinct(gram_hash, gram_item.astype(np.int64))
+    sizes = np.bincount(gram_item, minlength=len(items)).astype(np.int64)
+    unique_hash, first, per_hash = np.unique(gram_hash, return_index=True, return_counts=True)
+    short = int(np.sum(sizes == 0))
+    questions = normalise_many([r.question for r in items]) if whole_question else []
     normalised = normalise_many(passages)
-    hits: dict[tuple[int, int], set[int]] = {}
+    pair_grams: dict[tuple[int, int], set[int]] = {}
+    hit_counts: dict[tuple[int, int], int] = {}
     start = 0
-    while start < len(normalised):  # chunks of passages, joined with a separator no text contains
+    while start < len(normalised):  # chunks of passages
         end, chars = start, 0
         while end < len(normalised) and (chars < _CHUNK_CHARS or end == start):
             chars += len(normalised[end]) + 1
             end += 1
-        joined = "\x00".join(normalised[start:end])
-        codes = _codes(joined)
-        owner = np.cumsum(codes == 0)[: max(0, len(codes) - N + 1)]  # passage (in chunk) of each window
-        hashes = _window_hashes(codes)
-        found = np.nonzero(np.isin(hashes, item_grams))[0]
-        ends = np.cumsum(codes == 0)[np.minimum(found + N - 1, len(codes) - 1)]
-        for position, end_owner in zip(found.tolist(), ends.tolist()):
-            passage = int(owner[position])
-            if end_owner != passage:  # the window spans two passages
-                continue
-            for item in gram_items.get(int(hashes[position]), ()):
-                hits.setdefault((start + passage, item), set()).add(int(hashes[position]))
+        hashes, owner = _windows(normalised[start:end])
+        order = np.argsort(hashes, kind="stable")  # sorted keys: the binary search walks memory in order
+        place = np.empty(len(hashes), dtype=np.int64)
+        place[order] = np.searchsorted(unique_hash, hashes[order])
+        place = np.minimum(place, max(0, len(unique_hash) - 1))
+        matched = np.nonzero(unique_hash[place] == hashes)[0] if len(unique_hash) else np.zeros(0, dtype=np.int64)
+        if len(matched):
+            counts = per_hash[place[matched]]
+            window = np.repeat(matched, counts)
+            offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            item = gram_item[np.repeat(first[place[matched]], counts) + offset]
+            passage, item, gram = _distinct(owner[window].astype(np.int64) + start, item, hashes[window])
+            if whole_question:
+                for p, i, g in zip(passage.tolist(), item.tolist(), gram.tolist()):
+                    pair_grams.setdefault((p, i), set()).add(g)
+            else:
+                pairs, n = np.unique(passage * len(items) + item, return_counts=True)
+                for key, count in zip(pairs.tolist(), n.tolist()):
+                    hit_counts[divmod(key, len(items))] = count
         start = end
-    # the exact question: a passage holding every 13-gram of an item's question holds the question
-    question_grams = [set(_window_hashes(_codes(q)).tolist()) for q in questions]
     leaking: dict[int, list[str]] = {}
-    for (passage, item), grams in hits.items():
-        if len(grams) >= LEAK_SHARE * sizes[item] or (whole_question and question_grams[item]
-                                                        and question_grams[item] <= grams):
-            leaking.setdefault(passage, []).append(items[item].id)
+    if whole_question:  # the exact question: a passage holding every 13-gram of an item's question holds it
+        question_grams = [set(_window_hashes(_codes(q)).tolist()) for q in questions]
+        for (passage, item), grams in pair_grams.items():
+            if len(grams) >= LEAK_SHARE * sizes[item] or (question_grams[item] and question_grams[item] <= grams):
+                leaking.setdefault(passage, []).append(items[item].id)
+    else:
+        for (passage, item), count in hit_counts.items():
+            if count >= LEAK_SHARE * sizes[item]:
+                leaking.setdefault(passage, []).append(items[item].id)
     # the exact question, for items too short for 13-grams: a substring test
     by_question: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         if q and sizes[i] == 0:
             by_question.setdefault(q, []).append(i)
-    if by_question and whole_question:
+    if by_question:
         for p, text in enumerate(normalised):
             for q, ids in by_question.items():
                 if q in text:

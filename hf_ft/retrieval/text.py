@@ -54,7 +54,9 @@ def normalise_many(texts: list[str], chunk: int = 20_000) -> list[str]:
     out = []
     for start in range(0, len(texts), chunk):
         joined = "\n".join((t or "").replace("\n", " ") for t in texts[start:start + chunk])
-        joined = _t2s().convert(unicodedata.normalize("NFKC", joined)).casefold()
+        if not unicodedata.is_normalized("NFKC", joined):  # most text already is: the check is far cheaper
+            joined = unicodedata.normalize("NFKC", joined)
+        joined = _t2s().convert(joined).casefold()
         codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
         out += codes[~_dropped_table()[codes]].tobytes().decode("utf-32-le").split("\n")
     return out
