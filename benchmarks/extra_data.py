@@ -8,9 +8,9 @@
    reordered, 100 reworded). Target: <= 30 s here; every planted copy found, nothing else.
 2. OpenCC s2twp conversion of those 50,000 rows (question, options, a passage), in chunks, against one
    `convert` call per text.
-3. Must help: the demo task with 30 questions per subject (a starved TMMLU+), alone and with 2,000 extra
-   questions in Simplified script (other wordings, 2-4 options, a passage each), converted and checked, then
-   compared on the same test items with `python -m hf_ft.evaluate --models`.
+3. Must help: the demo task with 60 questions per subject (a starved TMMLU+), alone and with 2,000 extra
+   questions in Simplified script (other wordings of the same facts, a passage each; 4 options, or C3-like 2-4),
+   converted and checked, then compared on the same test items with `python -m hf_ft.evaluate --models`.
 
 Timings are only comparable inside one run on a quiet machine.
 """
@@ -105,19 +105,26 @@ def conversion(quick: bool) -> dict:
             "one_call_per_text_s": round(one_by_one, 2), "speedup": round(one_by_one / chunked, 2)}
 
 
+ROWS_PER_SUBJECT = 60
+
+
 def must_help(work: Path, quick: bool) -> dict:
+    """The demo task starved (60 questions per subject: ~33 train, 16 test), alone and with extra questions
+    of other wordings that teach the same category facts: 4 options each, and C3-like 2-4 options."""
     from hf_ft.arguments import parse_args
     from hf_ft.demo import make_demo_data, make_extra_questions, make_tiny_model
+    from hf_ft.extra.script import convert_texts
     from hf_ft.train import train
 
     n_extra = 400 if quick else 2000
-    data = make_demo_data(work / "data", rows_per_subject=30, seed=0)
-    extra = make_extra_questions(work / "source" / "practice.jsonl", n=n_extra, seed=7)
+    data = make_demo_data(work / "data", rows_per_subject=ROWS_PER_SUBJECT, seed=0)
+    sources = {"extra_4_options": make_extra_questions(work / "source4" / "practice.jsonl", n=n_extra, seed=7,
+                                                       min_options=4),
+               "extra_2_to_4_options": make_extra_questions(work / "source2" / "practice.jsonl", n=n_extra, seed=7)}
     # the encoder's vocabulary covers both sets' characters after conversion, as a pretrained one would
-    from hf_ft.extra.script import convert_texts
-
     converted = work / "converted_source.txt"
-    converted.write_text(convert_texts([extra.read_text(encoding="utf-8")], "s2twp")[0], encoding="utf-8")
+    converted.write_text(convert_texts([p.read_text(encoding="utf-8") for p in sources.values()], "s2twp")[0],
+                         encoding="utf-8")
     model = make_tiny_model(work / "model", [data, converted], seed=0)
     common = ["--model_name_or_path", str(model), "--data_dir", str(data), "--max_seq_length", "128",
               "--per_device_train_batch_size", "16", "--learning_rate", "2e-3", "--num_train_epochs",
@@ -125,26 +132,31 @@ def must_help(work: Path, quick: bool) -> dict:
               "--save_strategy", "no", "--eval_strategy", "epoch", "--load_best_model_at_end", "false",
               "--validation_fraction", "0.2"]
     runs = {}
-    for label, more in (("only", []), ("extra", ["--extra_data", f"{extra}?name=practice"])):
+    arms = [("only", [])] + [(label, ["--extra_data", f"{path}?name=practice"]) for label, path in sources.items()]
+    for label, more in arms:
         start = time.perf_counter()
         metrics = train(parse_args([*common, "--output_dir", str(work / label), *more]))
         runs[label] = {"test_accuracy": round(metrics["test_accuracy"], 4), "train_samples": metrics["train_samples"],
                        "seconds": round(time.perf_counter() - start, 1)}
-    source = json.loads((work / "extra" / "data_manifest.json").read_text())["extra_data"]["sources"][0]
+        if more:
+            source = json.loads((work / label / "data_manifest.json").read_text())["extra_data"]["sources"][0]
+            runs[label].update(extra_counts=source["counts"], conversion=source["conversion"],
+                               options=source["options"])
     comparison = work / "comparison"
     result = subprocess.run([sys.executable, "-m", "hf_ft.evaluate", "--original", str(model), "--finetuned",
-                             str(work / "only"), "--models", f"extra={work / 'extra'}", "--reference", "finetuned",
-                             "--output_dir", str(comparison), "--use_cpu"], capture_output=True, text=True)
+                             str(work / "only"), "--models", *(f"{label}={work / label}" for label in sources),
+                             "--reference", "finetuned", "--output_dir", str(comparison), "--use_cpu"],
+                            capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
-    board = json.loads((comparison / "comparison.json").read_text())["leaderboard"]
-    test = next(t for t in board["pairwise"] if t["model"] == "extra")
-    return {"rows_per_subject": 30, "extra_questions": n_extra, "extra_counts": source["counts"],
-            "extra_conversion": source["conversion"], "runs": runs,
-            "leaderboard": {m["label"]: round(m["accuracy"], 4) for m in board["models"]},
-            "extra_vs_only": {"difference": round(test["difference"], 4),
-                              "ci95": [round(x, 4) for x in test["difference_ci95"]],
-                              "mcnemar_p": test["mcnemar"]["p_value"]}}
+    report = json.loads((comparison / "comparison.json").read_text())
+    board = report["leaderboard"]
+    return {"rows_per_subject": ROWS_PER_SUBJECT, "extra_questions": n_extra, "test_items": report["items"],
+            "runs": runs, "leaderboard": {m["label"]: round(m["accuracy"], 4) for m in board["models"]},
+            "vs_only": {t["model"]: {"difference": round(t["difference"], 4),
+                                     "ci95": [round(x, 4) for x in t["difference_ci95"]],
+                                     "mcnemar_p": t["mcnemar"]["p_value"], "holm_p": t["p_holm"]}
+                        for t in board["pairwise"]}}
 
 
 def main() -> None:
