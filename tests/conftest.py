@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`make test`: two workers on two cores) each worker and every process it starts uses one
+# thread: two workers of two threads each would spin at torch's barriers on the same two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[_name] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -40,6 +40,7 @@ def test_preprocessing_and_accuracy_benchmarks(tmp_path):
     assert 0 <= demo["joint"]["test_accuracy_one_pass"] <= 1 and demo["joint"]["eval_rotations"] == 4
 
 
+@pytest.mark.alone
 def test_training_speed_guard(tmp_path):
     """A regression guard: hf_ft's per-choice training against run_swag.py's, mid model, 512 tokens, one process,
     the same stratified sample of each arm's epoch (benchmarks.throughput.sampled_epoch). Measured here at
