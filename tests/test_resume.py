@@ -83,11 +83,18 @@ def kill_and_rerun(point: str, out, model, data, reference, after_kill=None, ext
     return rerun.stdout + rerun.stderr
 
 
+def train_in_a_fresh_process(args: list[str]) -> None:
+    """The uninterrupted run a killed one is compared with, in a new process like the rerun: a long-lived test
+    process (a pytest worker that ran other tests) can differ from a fresh one in the last bit of a loss."""
+    result = run_cli([sys.executable, "run_qa.py", *args], timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def per_choice_reference(tmp_path_factory, demo_data, tiny_model):
     out = tmp_path_factory.mktemp("kill_ref") / "out"
     start = time.perf_counter()
-    train_in_process(run_args(tiny_model, demo_data, out))
+    train_in_a_fresh_process(run_args(tiny_model, demo_data, out))
     return out, time.perf_counter() - start
 
 
@@ -108,7 +115,7 @@ def test_a_run_with_extra_data_killed_then_rerun_ends_where_it_would_have(tmp_pa
 
     extra = ["--extra_data", f"{make_extra_questions(tmp_path / 'extra.jsonl', n=80, seed=5)}?cap=60"]
     reference = tmp_path / "reference"
-    train_in_process(run_args(tiny_model, demo_data, reference, "per_choice", *extra))
+    train_in_a_fresh_process(run_args(tiny_model, demo_data, reference, "per_choice", *extra))
     assert json.loads((reference / "data_manifest.json").read_text())["extra_data"]["sources"][0]["counts"]["used"] == 60
     log = kill_and_rerun("checkpoint:20", tmp_path / "out", tiny_model, demo_data, reference, extra=extra)
     assert f"resuming from {tmp_path / 'out' / 'checkpoint-15'}" in log
@@ -176,7 +183,7 @@ def early_stopping_args(model, data, out):
 @pytest.fixture(scope="module")
 def early_stopped(tmp_path_factory, demo_data, tiny_model):
     out = tmp_path_factory.mktemp("early") / "out"
-    train_in_process(early_stopping_args(tiny_model, demo_data, out))
+    train_in_a_fresh_process(early_stopping_args(tiny_model, demo_data, out))
     return out
 
 
