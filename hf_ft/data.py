@@ -137,13 +137,8 @@ class FileRecords:
     name: str = ""  # how messages name the file (the path, or the hub file)
 
 
-def _text_of(path: Path, name: str) -> str:
-    """Exists, is a file, is UTF-8 and not empty (a missing permission is an OSError, reported at the boundary)."""
-    if path.is_dir():
-        raise DataError(f"{name}: is a folder, not a data file")
-    if not path.is_file():
-        raise DataError(f"{name}: file not found")
-    raw = path.read_bytes()
+def decoded_text(raw: bytes, name: str) -> str:
+    """The bytes as UTF-8 text (a BOM allowed), not empty; otherwise one line naming the file."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -151,6 +146,15 @@ def _text_of(path: Path, name: str) -> str:
     if not text.strip():
         raise DataError(f"{name}: the file is empty")
     return text
+
+
+def _text_of(path: Path, name: str) -> str:
+    """Exists, is a file, is UTF-8 and not empty (a missing permission is an OSError, reported at the boundary)."""
+    if path.is_dir():
+        raise DataError(f"{name}: is a folder, not a data file")
+    if not path.is_file():
+        raise DataError(f"{name}: file not found")
+    return decoded_text(path.read_bytes(), name)
 
 
 def _csv_layout(text: str, name: str, allow_empty: bool = False) -> tuple[list[str], list[int]]:

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import LETTERS, DataError, QARow
+from ..data import LETTERS, DataError, QARow, decoded_text
 from ..errors import UserError, hub_problem
 from ..retrieval.leak import LEAK_SHARE, N, find_leaks
 from ..retrieval.text import NORMALISATION, normalise_many
@@ -97,10 +97,10 @@ def _csv_folder(folder: Path, where: str, separator: str = ":") -> list[QARow]:
     for path in sorted(folder.rglob("*.csv")):
         name = f"{where}{separator}{path.relative_to(folder).as_posix()}"
         try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise DataError(f"{name}: not UTF-8 text; the contamination check cannot read it") from None
-        records, lines = csv_records(text, name)
+            records, lines = csv_records(decoded_text(path.read_bytes(), name), name)
+        except DataError as e:
+            raise DataError(f"{e} (the contamination check of --extra_data reads every file of the TMMLU+ source, "
+                            "not only the run's subjects)") from None
         for record in records:
             record.setdefault("subject", path.stem.rpartition("_")[0])
         rows += _reference_rows(records, lines, name)

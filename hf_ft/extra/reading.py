@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import DataError
+from ..data import DataError, decoded_text
 from ..errors import UserError, hub_problem
 from .adapters import ADAPTERS, required_columns, wanted
 from .specs import SourceSpec
@@ -50,22 +50,12 @@ class SourceRead:
 # One file → records
 
 
-def _decoded(raw: bytes, name: str) -> str:
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{name}: not UTF-8 text (byte {e.start})") from None
-    if not text.strip():
-        raise DataError(f"{name}: the file is empty")
-    return text
-
-
 def csv_records(text: str, name: str) -> tuple[list[dict], list[int]]:
     """Records and the line each starts on. An unnamed first column (CMMLU's index) is kept as ''; a row
     with more cells than the header is a problem of that row, reported with its line (`__cells__`)."""
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = [h.strip() for h in next(reader)]
+        header = [h.strip() for h in next(reader, [])]
         records, lines, start = [], [], reader.line_num + 1
         for cells in reader:
             if cells and any(c.strip() for c in cells):
@@ -90,7 +80,7 @@ def read_file(path: Path, name: str) -> tuple[list[dict], list]:
         except Exception as e:  # noqa: BLE001 - pyarrow's errors are many; the reason is kept
             raise DataError(f"{name}: not a readable parquet file ({str(e).splitlines()[0]})") from None
         return records, [f"row {i}" for i in range(1, len(records) + 1)]
-    text = _decoded(path.read_bytes(), name)
+    text = decoded_text(path.read_bytes(), name)
     if suffix == ".csv":
         return csv_records(text, name)
     from ..data import _read_json
@@ -294,7 +284,7 @@ def _zip_files(path: Path, name: str, spec: SourceSpec) -> list[SourceFile]:
                     (not spec.configs and not wanted(subject, spec.subjects, spec.excluded)):
                 continue
             where = f"{name}/{member}"
-            records, lines = csv_records(_decoded(archive.read(member), where), where)
+            records, lines = csv_records(decoded_text(archive.read(member), where), where)
             files.append(checked(SourceFile(where, subject, split, records, lines), spec))
     if not files:
         raise DataError(f"{name}: no <split>/<subject>.csv files for splits {', '.join(spec.wanted_splits)}")
