@@ -152,6 +152,36 @@ def test_vectorised_index_scores_like_bm25s_own_builder(tmp_path, monkeypatch):
     assert index.search(queries, 5) == mine and index.retriever.backend == "numba"
 
 
+def test_index_matrix_is_the_same_from_worker_processes_and_reloads_its_passages(tmp_path, monkeypatch):
+    """A large corpus is normalised and counted in forked worker processes, chunk by chunk; the matrix must be
+    the one a single process builds (no chunk's terms lost or double-counted across the vocabulary merges),
+    and a reloaded index must hold the passages it was built from."""
+    import random
+
+    from hf_ft.retrieval import index as index_module
+    from hf_ft.retrieval.corpus import Passage, content_hash
+    from hf_ft.retrieval.index import BM25Index, build_scores
+
+    rng = random.Random(3)
+    chars = "的一是不了人我在有他這中大來上國個到說們為子和你地出道也時年得就那要下以生會自著去之過家學對可"
+    texts = ["".join(rng.choice(chars) for _ in range(rng.randint(0, 80))) for _ in range(900)] + ["漢", "A"]
+    single, single_vocab = build_scores(texts, progress=False, workers=1)
+    assert build_scores(["", "。"], progress=False)[0]["indptr"].tolist() == [0]  # a chunk without a term
+    monkeypatch.setattr(index_module, "_CHUNK_CHARS", 3_000)  # ~75 texts a chunk: 13 chunks
+    monkeypatch.setattr(index_module, "_MERGE_FROM", 2_000)  # several merges of the vocabulary
+    assert len(index_module._spans(texts)) > 10
+    forked, forked_vocab = build_scores(texts, progress=False, workers=2)
+    np.testing.assert_array_equal(forked_vocab, single_vocab)
+    for name in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(forked[name], single[name])
+    passages = [Passage(str(i), t, "題" if i % 7 == 0 else "") for i, t in enumerate(texts)]
+    built = BM25Index.build_or_load(passages, content_hash(passages), root=tmp_path, progress=False)
+    again = BM25Index.build_or_load(passages, content_hash(passages), root=tmp_path, progress=False)
+    assert again.passages == passages == built.passages
+    assert again.search(texts[:20], 3) == built.search(texts[:20], 3)
+    assert sorted(f.name for f in tmp_path.iterdir()) == [built.key]  # no scratch or partial folder left
+
+
 def test_training_pool_never_retrieves_the_question_itself_or_a_held_out_one(tmp_path, monkeypatch, demo_data):
     from hf_ft.retrieval.contexts import OpenBook, RetrievalSettings
     from hf_ft.sources import load_data_dir

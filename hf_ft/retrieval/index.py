@@ -21,15 +21,36 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .corpus import Passage
-from .text import NORMALISATION, TERMS, normalise_many
+from .text import NORMALISATION, TERMS, normalise_many, normalised_codes
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3  # 3: passages in an Arrow file, not JSON lines (a million load in a second, not thirteen)
+PASSAGES = "passages.arrow"
 # queries × passages from which numba's compile (~15 s) costs less than numpy's search: numpy ran ~26 ns per
 # query and passage here (127 queries/s at 300k passages, docs/benchmarks.md), so ~13 s of work at this size
 NUMBA_FROM_WORK = 5e8
 K1, B = 1.5, 0.75  # bm25s' defaults (Lucene's BM25)
+
+
+def _save_passages(passages: list[Passage], path: Path) -> None:
+    """The passages as one Arrow IPC file: written and read back in a fraction of a second for a million
+    (JSON lines took 13 s to read), memory-mapped, and no pandas import."""
+    import pyarrow as pa
+
+    table = pa.Table.from_arrays([pa.array([getattr(p, name) for p in passages], pa.string())
+                                  for name in ("id", "text", "title")], names=["id", "text", "title"])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _load_passages(path: Path) -> list[Passage]:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+        columns = [table.column(name).to_pylist() for name in ("id", "text", "title")]
+    return [Passage(*row) for row in zip(*columns)]
 
 
 def cache_root() -> Path:
@@ -56,31 +77,83 @@ def index_key(corpus_hash: str) -> str:
     return hashlib.sha256(params.encode()).hexdigest()[:24]
 
 
-def term_codes(normalised: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The terms of each text as int64 codes (a bigram: both code points, packed; the character of a
-    one-character text: its code point) and the text each belongs to, for many texts at once: the `terms` of
-    text.py, computed with numpy."""
-    codes = np.frombuffer("\x00".join(normalised).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-    owner = np.cumsum(codes == 0)
-    real = codes != 0
+def _terms_of_codes(codes: np.ndarray, separator: int) -> tuple[np.ndarray, np.ndarray]:
+    """The terms of texts given as code points joined by `separator`, as int64 codes (a bigram: both code
+    points, packed; the character of a one-character text: its code point), and the text each belongs to."""
+    codes = codes.astype(np.int64)
+    owner = np.cumsum(codes == separator)
+    real = codes != separator
     pair = real[:-1] & real[1:]
     alone = real & ~np.concatenate([[False], real[:-1]]) & ~np.concatenate([real[1:], [False]])
     bigrams = (codes[:-1][pair] << 21) + codes[1:][pair] + _BIGRAM
     return np.concatenate([codes[alone], bigrams]), np.concatenate([owner[alone], owner[:-1][pair]])
 
 
+def term_codes(normalised: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The `terms` of text.py for each of many normalised texts, computed with numpy (`_terms_of_codes`)."""
+    codes = np.frombuffer("\x00".join(normalised).encode("utf-32-le"), dtype=np.uint32)
+    return _terms_of_codes(codes, 0)
+
+
 _BIGRAM = np.int64(1) << 42
-_CHUNK = 50_000  # texts per chunk: a text's place in its chunk fits the low 16 bits of a (term, text) key
+_CHUNK = 50_000  # texts per chunk at most: a text's place in its chunk fits the low 16 bits of a (term, text) key
+_CHUNK_CHARS = 2_000_000  # characters per chunk
 _TEXT_BITS = 16
+PARALLEL_FROM = 20_000  # passages from which chunks are normalised and counted in worker processes
 
 
-def _chunk_pairs(normalised: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(term, text, tf) for each distinct term of each text, sorted by term then text (one sort of packed
-    (term, text) keys); and each text's length in terms."""
-    terms, owner = term_codes(normalised)
-    lengths = np.bincount(owner, minlength=len(normalised))
-    keys, tf = np.unique((terms << _TEXT_BITS) | owner, return_counts=True)
-    return keys >> _TEXT_BITS, keys & ((1 << _TEXT_BITS) - 1), tf, lengths
+def _chunk_postings(texts: list[str] | None, normalised: bool, scratch: str, number: int,
+                    span: tuple[int, int] | None = None):
+    """One chunk of texts → its postings: a packed (term, text) key for each distinct term of each text,
+    sorted (the CSC order), and its tf, saved in `scratch` for the second pass; returned: the chunk's
+    distinct terms, how many of its texts hold each (df), and each text's length in terms. A worker process
+    takes its chunk as `span` of the texts it inherited (`_FORKED`) and does its own normalising. Written
+    for few large temporaries: on this VM first touching a fresh page costs ~7 µs, as much as the work."""
+    if texts is None:
+        texts = _FORKED[span[0]:span[1]]
+    codes = (np.frombuffer("\n".join(texts).encode("utf-32-le"), dtype=np.uint32) if normalised
+             else normalised_codes(texts))
+    separator = codes == ord("\n")
+    ends = np.flatnonzero(separator)
+    sizes = np.diff(np.concatenate([[0], ends + 1, [len(codes)]]))
+    owner = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)  # the text of each code point
+    pair = ~separator[:-1] & ~separator[1:]
+    keys = codes[:-1][pair].astype(np.int64)
+    keys <<= 21
+    keys |= codes[1:][pair]
+    keys += _BIGRAM
+    keys <<= _TEXT_BITS
+    keys |= owner[:-1][pair]
+    alone = (~separator & np.concatenate([[True], separator[:-1]]) & np.concatenate([separator[1:], [True]])
+             if len(codes) else separator)
+    if alone.any():  # one-character texts keep their character
+        keys = np.concatenate([keys, (codes[alone].astype(np.int64) << _TEXT_BITS) | owner[alone]])
+    lengths = np.bincount(keys & ((1 << _TEXT_BITS) - 1), minlength=len(texts))
+    del codes, separator, owner, pair, alone
+    keys.sort()
+    first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else keys
+    tf = np.diff(np.append(first, len(keys))).astype(np.float32)
+    keys = keys[first]
+    terms = keys >> _TEXT_BITS
+    starts, df = _runs(terms)
+    stem = Path(scratch) / f"chunk-{number}"
+    np.save(f"{stem}-keys.npy", keys)
+    np.save(f"{stem}-tf.npy", tf)
+    return terms[starts], df, lengths
+
+
+_FORKED: list[str] = []  # the texts a forked worker reads its chunks from (no pickling of a corpus)
+
+
+def _chunk_postings_star(args):
+    return _chunk_postings(*args)
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,54 +163,124 @@ def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, np.diff(np.append(first, len(sorted_values)))
 
 
-def build_scores(normalised: list[str], k1: float = K1, b: float = B, progress: bool = True, idf: str = "lucene"):
+def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool, scratch: str, workers: int,
+                progress: bool):
+    """`_chunk_postings` of each span of `texts`, in order: in `workers` forked processes when there are
+    several chunks and cores (OpenCC and numpy's sort hold the GIL, so threads would not help), here
+    otherwise. Forked workers inherit the texts; a spawned one (no fork on this platform) is sent its chunk."""
+    global _FORKED
+    bar = tqdm(total=len(spans), desc="BM25 terms", disable=not progress, leave=False)
+    if workers <= 1 or len(spans) <= 1:
+        for number, (a, b) in enumerate(spans):
+            yield _chunk_postings(texts[a:b], normalised, scratch, number)
+            bar.update()
+        bar.close()
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork: the workers need only numpy and OpenCC, and a spawned one would import the caller's script again
+    # (run_qa.py imports transformers); fork is what torch's DataLoader workers use on Linux too
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    jobs = [(None, normalised, scratch, number, span) if fork else (texts[span[0]:span[1]], normalised, scratch, number)
+            for number, span in enumerate(spans)]
+    _FORKED = texts if fork else []
+    try:
+        with ProcessPoolExecutor(min(workers, len(spans)),
+                                 mp_context=multiprocessing.get_context("fork" if fork else "spawn")) as pool:
+            for result in pool.map(_chunk_postings_star, jobs):
+                yield result
+                bar.update()
+    finally:
+        _FORKED = []
+    bar.close()
+
+
+_MERGE_FROM = 20_000_000  # distinct (chunk, term) pairs gathered before merging them into the vocabulary
+
+
+def _merge_vocabulary(vocab: np.ndarray, df: np.ndarray, pending: list) -> tuple[np.ndarray, np.ndarray]:
+    """The vocabulary and df with the pending chunks' terms added (and `pending` emptied): one sort for many
+    chunks, not one per chunk."""
+    terms = np.concatenate([vocab] + [u for u, _ in pending])
+    counts = np.concatenate([df] + [c for _, c in pending])
+    pending.clear()
+    vocab, inverse = np.unique(terms, return_inverse=True)
+    return vocab, np.bincount(inverse, weights=counts, minlength=len(vocab)).astype(np.int64)
+
+
+def _spans(texts: list[str]) -> list[tuple[int, int]]:
+    """Chunks of texts of about `_CHUNK_CHARS` characters each (at most `_CHUNK` texts): small enough that
+    their arrays are reused from the heap, not fresh pages (which on this VM cost as much as the work)."""
+    spans, start, size = [], 0, 0
+    for i, text in enumerate(texts):
+        size += len(text) + 1
+        if size >= _CHUNK_CHARS or i + 1 - start >= _CHUNK:
+            spans.append((start, i + 1))
+            start, size = i + 1, 0
+    if start < len(texts):
+        spans.append((start, len(texts)))
+    return spans
+
+
+def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool = True, idf: str = "lucene",
+                 normalised: bool = False, workers: int | None = None, scratch: Path | None = None):
     """BM25 (bm25s' Lucene variant: idf = ln(1 + (N - df + .5)/(df + .5)), tf / (tf + k1(1 - b + b·dl/avgdl)))
-    as bm25s' CSC score matrix (documents × terms), built in two vectorised passes over chunks of texts, so a
-    million passages fit in a few GB (bm25s' own builder keeps every token as a Python object). Each pass
-    sorts each chunk's packed (term, text) keys once; everything else is linear.
-    `idf="okapi"`: rank_bm25's BM25Okapi instead (ln((N - df + .5)/(df + .5)), negatives raised to 0.25 × the
-    mean idf, and tf × (k1 + 1)), for the benchmark that checks this implementation against rank_bm25."""
+    as bm25s' CSC score matrix (documents × terms), from raw texts (normalised here) or `normalised` ones.
+    Two vectorised passes over chunks of texts, so a million passages fit in a few GB (bm25s' own builder
+    keeps every token as a Python object). The first pass normalises each chunk and sorts its packed (term,
+    text) keys once, in one process per core (`workers`, default every core) for a large corpus, and leaves
+    the chunk's postings in `scratch`; the second scatters them into the matrix. The matrix does not depend on
+    the chunks or the workers. `idf="okapi"`: rank_bm25's BM25Okapi instead (ln((N - df + .5)/(df + .5)),
+    negatives raised to 0.25 × the mean idf, and tf × (k1 + 1)), for the benchmark that checks this
+    implementation against rank_bm25."""
     assert _CHUNK <= 1 << _TEXT_BITS
-    n = len(normalised)
-    chunks = [normalised[i:i + _CHUNK] for i in range(0, n, _CHUNK)]
-    vocab, df = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    lengths = []
-    for chunk in tqdm(chunks, desc="BM25 vocabulary", disable=not progress, leave=False):
-        terms, _, _, chunk_lengths = _chunk_pairs(chunk)
-        lengths.append(chunk_lengths)
-        first, counts = _runs(terms)
-        unique = terms[first]
-        merged = np.union1d(vocab, unique)
-        merged_df = np.zeros(len(merged), dtype=np.int64)
-        merged_df[np.searchsorted(merged, vocab)] += df
-        merged_df[np.searchsorted(merged, unique)] += counts
-        vocab, df = merged, merged_df
-    lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    average = max(float(lengths.mean()) if n else 1.0, 1e-9)
-    if idf == "okapi":
-        weights = np.log((n - df + 0.5) / (df + 0.5))
-        weights[weights < 0] = 0.25 * weights.mean()
-        idf = (weights * (k1 + 1)).astype(np.float32)
-    else:
-        idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
-    indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
-    np.cumsum(df, out=indptr[1:])
-    data = np.zeros(int(indptr[-1]), dtype=np.float32)
-    indices = np.zeros(int(indptr[-1]), dtype=np.int32)
-    offsets = indptr[:-1].copy()
-    start = 0
-    for chunk in tqdm(chunks, desc="BM25 scores", disable=not progress, leave=False):
-        terms, docs, tf, _ = _chunk_pairs(chunk)  # sorted by term, then text: the CSC order
-        first, counts = _runs(terms)
-        column = np.searchsorted(vocab, terms[first])
-        columns = np.repeat(column, counts)
-        docs, tf = docs + start, tf.astype(np.float32)
-        norm = k1 * (1 - b + b * lengths[docs] / average)
-        place = np.repeat(offsets[column] - first, counts) + np.arange(len(terms))
-        data[place] = idf[columns] * tf / (tf + norm)
-        indices[place] = docs
-        offsets[column] += counts
-        start += len(chunk)
+    n = len(texts)
+    workers = (_available_cores() if n >= PARALLEL_FROM else 1) if workers is None else workers
+    spans = _spans(texts)
+    starts = [a for a, _ in spans]
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        vocab, df = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        lengths, pending = [], []
+        for unique, counts, chunk_lengths in _map_chunks(texts, spans, normalised, folder, workers, progress):
+            lengths.append(chunk_lengths)
+            pending.append((unique, counts))
+            if sum(len(u) for u, _ in pending) > _MERGE_FROM or len(pending) == len(spans):
+                vocab, df = _merge_vocabulary(vocab, df, pending)
+        if pending:  # fewer chunks came back than were planned: cannot happen, but never lose terms
+            vocab, df = _merge_vocabulary(vocab, df, pending)
+        lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        average = max(float(lengths.mean()) if n else 1.0, 1e-9)
+        if idf == "okapi":
+            weights = np.log((n - df + 0.5) / (df + 0.5))
+            weights[weights < 0] = 0.25 * weights.mean()
+            idf = (weights * (k1 + 1)).astype(np.float32)
+        else:
+            idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+        np.cumsum(df, out=indptr[1:])
+        data = np.zeros(int(indptr[-1]), dtype=np.float32)
+        indices = np.zeros(int(indptr[-1]), dtype=np.int32)
+        offsets = indptr[:-1].copy()
+        text_norm = (k1 * (1 - b + b * lengths / average)).astype(np.float32)  # tf's saturation, per text
+        for number, start in enumerate(tqdm(starts, desc="BM25 scores", disable=not progress, leave=False)):
+            stem = Path(folder) / f"chunk-{number}"
+            keys = np.load(f"{stem}-keys.npy")  # sorted by term, then text: the CSC order
+            terms, docs = keys >> _TEXT_BITS, (keys & ((1 << _TEXT_BITS) - 1)) + start
+            del keys
+            tf = np.load(f"{stem}-tf.npy")
+            first, counts = _runs(terms)
+            column = np.searchsorted(vocab, terms[first])
+            place = np.repeat(offsets[column] - first, counts)
+            place += np.arange(len(terms))
+            value = np.repeat(idf[column], counts)
+            value *= tf
+            tf += text_norm[docs]
+            value /= tf
+            data[place] = value
+            indices[place] = docs
+            offsets[column] += counts
+            del terms
     return {"data": data, "indices": indices, "indptr": indptr, "num_docs": n}, vocab
 
 
@@ -159,20 +302,18 @@ class BM25Index:
         import bm25s
 
         logger.info("indexing %d passages (BM25, %s, %s) into %s", len(passages), TERMS, NORMALISATION, folder)
-        normalised = normalise_many([f"{p.title} {p.text}" if p.title else p.text for p in passages])
-        retriever = bm25s.BM25(k1=K1, b=B, method="lucene", idf_method="lucene")
-        retriever.scores, vocab = build_scores(normalised, K1, B, progress)
-        retriever.vocab_dict = {}  # terms.npy holds the vocabulary (millions of bigrams: no JSON dict)
-        retriever.nonoccurrence_array = None  # Lucene BM25 needs none
-        del normalised
         folder.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
         try:
+            retriever = bm25s.BM25(k1=K1, b=B, method="lucene", idf_method="lucene")
+            retriever.scores, vocab = build_scores([f"{p.title} {p.text}" if p.title else p.text for p in passages],
+                                                   K1, B, progress, scratch=partial)
+            retriever.vocab_dict = {}  # terms.npy holds the vocabulary (millions of bigrams: no JSON dict)
+            retriever.nonoccurrence_array = None  # Lucene BM25 needs none
             retriever.save(partial)
             np.save(partial / "terms.npy", vocab)
-            with (partial / "passages.jsonl").open("w", encoding="utf-8") as f:
-                for p in passages:
-                    f.write(json.dumps({"id": p.id, "text": p.text, "title": p.title}, ensure_ascii=False) + "\n")
+            del retriever, vocab
+            _save_passages(passages, partial / PASSAGES)
             (partial / "hf_ft_index.json").write_text(json.dumps(
                 {"format": FORMAT, "corpus_sha256": corpus_hash, "passages": len(passages), "terms": TERMS,
                  "normalisation": NORMALISATION, "k1": K1, "b": B}))
@@ -185,18 +326,19 @@ class BM25Index:
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        return cls.load(folder)
+        return cls.load(folder, passages)
 
     @classmethod
-    def load(cls, folder: Path) -> BM25Index:
+    def load(cls, folder: Path, passages: list[Passage] | None = None) -> BM25Index:
+        """The index in `folder`, its matrix memory-mapped; `passages`: the ones it was just built from (the
+        same content hash), so a fresh build does not read them back."""
         import bm25s
 
         retriever = bm25s.BM25.load(folder, mmap=True)
         vocab = np.load(folder / "terms.npy", mmap_mode="r")
         retriever.unique_token_ids_set = range(len(vocab))  # O(1) membership for bm25s' query filter
-        with (folder / "passages.jsonl").open(encoding="utf-8") as f:
-            passages = [Passage(**json.loads(line)) for line in f]
-        return cls(retriever, vocab, passages, folder.name, folder)
+        return cls(retriever, vocab, _load_passages(folder / PASSAGES) if passages is None else list(passages),
+                   folder.name, folder)
 
     def query_columns(self, queries: list[str]) -> list[list[int]]:
         """Each query's terms as columns of the score matrix (terms the corpus lacks are left out)."""

@@ -46,20 +46,29 @@ def _dropped_table():
     return table
 
 
-def normalise_many(texts: list[str], chunk: int = 20_000) -> list[str]:
-    """`normalise` of each text, for a corpus: one OpenCC call and one numpy filter per chunk of texts joined
-    by newlines (a newline inside a text is dropped by `normalise` anyway; no conversion spans one)."""
+def normalised_codes(texts: list[str], chunk: int = 20_000):
+    """`normalise` of each text as code points (uint32), the texts joined by newlines: one OpenCC call and one
+    numpy filter per chunk of texts (a newline inside a text is dropped by `normalise` anyway; no conversion
+    spans one). The index builds its terms from these directly, without making strings again."""
     import numpy as np
 
-    out = []
+    parts = []
     for start in range(0, len(texts), chunk):
         joined = "\n".join((t or "").replace("\n", " ") for t in texts[start:start + chunk])
         if not unicodedata.is_normalized("NFKC", joined):  # most text already is: the check is far cheaper
             joined = unicodedata.normalize("NFKC", joined)
         joined = _t2s().convert(joined).casefold()
         codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
-        out += codes[~_dropped_table()[codes]].tobytes().decode("utf-32-le").split("\n")
-    return out
+        parts.append(codes[~_dropped_table()[codes]])
+    separator = np.full(1 if parts else 0, ord("\n"), dtype=np.uint32)
+    return np.concatenate([x for part in parts for x in (separator, part)][1:]) if parts else separator
+
+
+def normalise_many(texts: list[str], chunk: int = 20_000) -> list[str]:
+    """`normalise` of each text, for many texts at once (`normalised_codes`)."""
+    if not texts:
+        return []
+    return normalised_codes(texts, chunk).tobytes().decode("utf-32-le").split("\n")
 
 
 def terms(normalised: str) -> list[str]:
