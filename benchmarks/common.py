@@ -130,7 +130,8 @@ def sync(device: str) -> None:
 
 
 class PeakRSS:
-    """Highest resident set size seen while the block runs (sampled every 20 ms)."""
+    """Highest resident set size seen while the block runs (sampled every 20 ms), this process's plus its
+    children's (the index's worker processes): an upper bound, since forked pages they share count twice."""
 
     def __enter__(self):
         self.peak = psutil.Process().memory_info().rss
@@ -142,7 +143,13 @@ class PeakRSS:
     def _sample(self):
         process = psutil.Process()
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, process.memory_info().rss)
+            total = process.memory_info().rss
+            for child in process.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:  # ended between the listing and the reading
+                    pass
+            self.peak = max(self.peak, total)
 
     def __exit__(self, *exc):
         self._stop.set()

@@ -102,15 +102,11 @@ _TEXT_BITS = 16
 PARALLEL_FROM = 20_000  # passages from which chunks are normalised and counted in worker processes
 
 
-def _chunk_postings(texts: list[str] | None, normalised: bool, scratch: str, number: int,
-                    span: tuple[int, int] | None = None):
+def _chunk_postings(texts: list[str], normalised: bool, scratch: str, number: int):
     """One chunk of texts → its postings: a packed (term, text) key for each distinct term of each text,
     sorted (the CSC order), and its tf, saved in `scratch` for the second pass; returned: the chunk's
-    distinct terms, how many of its texts hold each (df), and each text's length in terms. A worker process
-    takes its chunk as `span` of the texts it inherited (`_FORKED`) and does its own normalising. Written
-    for few large temporaries: on this VM first touching a fresh page costs ~7 µs, as much as the work."""
-    if texts is None:
-        texts = _FORKED[span[0]:span[1]]
+    distinct terms, how many of its texts hold each (df), and each text's length in terms. Written for few
+    large temporaries: on this VM first touching a fresh page costs ~7 µs, as much as the work."""
     codes = (np.frombuffer("\n".join(texts).encode("utf-32-le"), dtype=np.uint32) if normalised
              else normalised_codes(texts))
     separator = codes == ord("\n")
@@ -142,13 +138,6 @@ def _chunk_postings(texts: list[str] | None, normalised: bool, scratch: str, num
     return terms[starts], df, lengths
 
 
-_FORKED: list[str] = []  # the texts a forked worker reads its chunks from (no pickling of a corpus)
-
-
-def _chunk_postings_star(args):
-    return _chunk_postings(*args)
-
-
 def _available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -163,12 +152,17 @@ def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, np.diff(np.append(first, len(sorted_values)))
 
 
+def _chunk_file(scratch: str, number: int, what: str) -> Path:
+    return Path(scratch) / f"chunk-{number}-{what}"
+
+
 def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool, scratch: str, workers: int,
                 progress: bool):
-    """`_chunk_postings` of each span of `texts`, in order: in `workers` forked processes when there are
-    several chunks and cores (OpenCC and numpy's sort hold the GIL, so threads would not help), here
-    otherwise. Forked workers inherit the texts; a spawned one (no fork on this platform) is sent its chunk."""
-    global _FORKED
+    """`_chunk_postings` of each span of `texts`, in order: here, or for several chunks and cores in `workers`
+    worker processes (OpenCC and numpy's sort hold the GIL, so threads would not help). A worker is a fresh
+    `python -m hf_ft.retrieval.index` that reads its chunks' texts from `scratch`: it imports only numpy and
+    OpenCC (~0.3 s), and nothing of the caller is copied (a fork would copy the page tables of a process
+    that may hold torch's threads and a corpus of gigabytes)."""
     bar = tqdm(total=len(spans), desc="BM25 terms", disable=not progress, leave=False)
     if workers <= 1 or len(spans) <= 1:
         for number, (a, b) in enumerate(spans):
@@ -176,24 +170,53 @@ def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool
             bar.update()
         bar.close()
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    import subprocess
+    import sys
+    import time
 
-    # fork: the workers need only numpy and OpenCC, and a spawned one would import the caller's script again
-    # (run_qa.py imports transformers); fork is what torch's DataLoader workers use on Linux too
-    fork = "fork" in multiprocessing.get_all_start_methods()
-    jobs = [(None, normalised, scratch, number, span) if fork else (texts[span[0]:span[1]], normalised, scratch, number)
-            for number, span in enumerate(spans)]
-    _FORKED = texts if fork else []
+    for number, (a, b) in enumerate(spans):
+        _chunk_file(scratch, number, "texts.txt").write_text(
+            "\n".join((t or "").replace("\n", " ") for t in texts[a:b]), encoding="utf-8")
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    processes = []
     try:
-        with ProcessPoolExecutor(min(workers, len(spans)),
-                                 mp_context=multiprocessing.get_context("fork" if fork else "spawn")) as pool:
-            for result in pool.map(_chunk_postings_star, jobs):
-                yield result
-                bar.update()
+        for worker in range(min(workers, len(spans))):
+            numbers = ",".join(str(n) for n in range(worker, len(spans), workers))
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "hf_ft.retrieval.index", scratch, numbers, str(int(normalised))],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for number in range(len(spans)):
+            done = _chunk_file(scratch, number, "done")
+            while not done.exists():
+                if any(p.poll() not in (None, 0) for p in processes):
+                    failed = next(p for p in processes if p.poll() not in (None, 0))
+                    raise RuntimeError("a BM25 indexing worker failed: " + failed.stderr.read().decode()[-2000:])
+                time.sleep(0.02)
+            yield tuple(np.load(_chunk_file(scratch, number, f"{what}.npy")) for what in ("vocab", "df", "lengths"))
+            bar.update()
+        for process in processes:
+            if process.wait() != 0:
+                raise RuntimeError("a BM25 indexing worker failed: " + process.stderr.read().decode()[-2000:])
     finally:
-        _FORKED = []
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            process.stderr.close()
     bar.close()
+
+
+def _worker(scratch: str, numbers: str, normalised: str) -> None:
+    """A worker process: `_chunk_postings` of each chunk numbered in `numbers`, its results left in `scratch`
+    (the `done` file written last, so the parent never reads a half-written chunk)."""
+    for number in map(int, numbers.split(",")):
+        texts = _chunk_file(scratch, number, "texts.txt").read_text(encoding="utf-8").split("\n")
+        for what, array in zip(("vocab", "df", "lengths"), _chunk_postings(texts, normalised == "1", scratch, number)):
+            np.save(_chunk_file(scratch, number, f"{what}.npy"), array)
+        _chunk_file(scratch, number, "texts.txt").unlink()
+        _chunk_file(scratch, number, "done").touch()
 
 
 _MERGE_FROM = 20_000_000  # distinct (chunk, term) pairs gathered before merging them into the vocabulary
@@ -374,3 +397,9 @@ class BM25Index:
 
     def size_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+
+if __name__ == "__main__":  # a worker of `_map_chunks`
+    import sys
+
+    _worker(*sys.argv[1:4])
