@@ -65,6 +65,7 @@ train: install
 # Each benchmark measures one thing and writes its own report (see docs/benchmarks.md).
 bench: install
 	$(OFFLINE) $(BIN)/python -m benchmarks.throughput --output bench_throughput.json $(BENCH_ARGS)
+	$(OFFLINE) $(BIN)/python -m benchmarks.contention --output bench_contention.json
 	$(OFFLINE) $(BIN)/python -m benchmarks.preprocessing --output bench_preprocessing.json
 	$(OFFLINE) $(BIN)/python -m benchmarks.retrieval --output bench_retrieval.json
 	$(OFFLINE) $(BIN)/python -m benchmarks.zero_shot --output bench_zero_shot.json

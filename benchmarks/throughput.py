@@ -146,7 +146,8 @@ def training_args(out: Path, steps: int, batch: int, device: str, bf16: bool, de
 
 
 def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, steps: int, batch: int,
-            work: Path, peak_gflops: float, device: str = "cpu", bf16: bool = False, evaluate: bool = True) -> dict:
+            work: Path, peak_gflops: float, device: str = "cpu", bf16: bool = False, evaluate: bool = True,
+            callbacks: tuple = ()) -> dict:
     set_seed(0)
     formulation = arm["formulation"]
     eval_rotations = arm.get("joint_eval_rotations", 1)
@@ -179,6 +180,8 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
     timer = StepTimer(device)
     trainer.add_callback(timer)
     trainer.remove_callback(PrinterCallback)
+    for callback in callbacks:  # a thread policy (benchmarks.contention)
+        trainer.add_callback(callback)
     n_params = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
     tokens_per_example = real_tokens(train_set, formulation) * arm.get("joint_rotations", 1)
     padding = padding_fraction(trainer, n_batches=steps)

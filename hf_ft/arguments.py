@@ -161,7 +161,7 @@ class RunArguments:
     )
     skip_memory_check: bool = field(
         default=False, metadata={"help": "Train even when the estimated peak memory (printed at the start of every "
-                                         "run) is above 90% of the free RAM or GPU memory."}
+                                         "run) is above 90%% of the free RAM or GPU memory."}
     )
     trust_deepspeed_checkpoint: bool = field(
         default=False,

@@ -66,3 +66,20 @@ def test_joint_rotations_must_be_positive(tmp_path, name):
     with pytest.raises(ConfigError, match=f"--{name} 0: need 1 to 4"):
         parse_args(["--output_dir", str(tmp_path), "--formulation", "joint", f"--{name}", "0"])
 
+
+
+def test_help_of_every_entry_point_renders(tmp_path):
+    """`--help` formats every flag's help with argparse's %-formatting: one stray '%' (a "90% of" in a help
+    text) made `python run_qa.py --help` a TypeError. Each entry point's help must render and name its flags."""
+    import subprocess
+    import sys
+
+    from hf_ft.arguments import build_parser
+
+    text = build_parser().format_help()
+    assert "--skip_memory_check" in text and "90% of the free RAM" in " ".join(text.split())
+    for command in ("train", "evaluate", "predict", "push", "make-demo-data", "make-open-book-data",
+                    "make-tiny-model", "make-hub-fixtures"):
+        result = subprocess.run([sys.executable, "-m", "hf_ft.cli", command, "--help"], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0 and "usage:" in result.stdout, (command, result.stderr[-1500:])

@@ -54,3 +54,13 @@ def test_training_speed_guard(tmp_path):
     assert per_choice["train_ratio"] >= 1.7, per_choice
     # hf_ft's length-grouped batches carry less padding than run_swag's random ones
     assert per_choice["padding_fraction"] < baseline["padding_fraction"], (per_choice, baseline)
+
+
+def test_contention_benchmark(tmp_path):
+    # the command line, a competitor started and stopped around each loaded arm, a policy's report
+    report = run_benchmark("contention", tmp_path, "--policies", "free_cores")
+    policy = report["policies"]["free_cores"]
+    assert set(report["policies"]) == {"free_cores"} and policy["env"] == {}
+    for load in ("quiet", "one_competitor"):
+        assert policy[load]["train_samples_per_s"] > 0 and policy[load]["threads_at_end"] >= 1
+    assert policy["loaded_share_of_quiet"] > 0
