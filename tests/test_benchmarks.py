@@ -60,7 +60,7 @@ def test_contention_benchmark(tmp_path):
     # the command line, a competitor started and stopped around each loaded arm, a policy's report
     report = run_benchmark("contention", tmp_path, "--policies", "free_cores")
     policy = report["policies"]["free_cores"]
-    assert set(report["policies"]) == {"free_cores"} and policy["env"] == {}
+    assert set(report["policies"]) == {"free_cores"} and policy["env"] == {"OMP_WAIT_POLICY": "PASSIVE"}
     for load in ("quiet", "one_competitor"):
         assert policy[load]["train_samples_per_s"] > 0 and policy[load]["threads_at_end"] >= 1
     assert policy["loaded_share_of_quiet"] > 0
