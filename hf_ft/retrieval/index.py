@@ -184,28 +184,32 @@ def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool
     try:
         for worker in range(min(workers, len(spans))):
             numbers = ",".join(str(n) for n in range(worker, len(spans), workers))
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "hf_ft.retrieval.index", scratch, numbers, str(int(normalised))],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            with _chunk_file(scratch, worker, "worker.log").open("wb") as log:  # a file: a pipe could fill
+                processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "hf_ft.retrieval.index", scratch, numbers, str(int(normalised))],
+                    env=env, stdout=subprocess.DEVNULL, stderr=log))
         for number in range(len(spans)):
             done = _chunk_file(scratch, number, "done")
             while not done.exists():
-                if any(p.poll() not in (None, 0) for p in processes):
-                    failed = next(p for p in processes if p.poll() not in (None, 0))
-                    raise RuntimeError("a BM25 indexing worker failed: " + failed.stderr.read().decode()[-2000:])
+                failed = [w for w, p in enumerate(processes) if p.poll() not in (None, 0)]
+                if failed:
+                    raise RuntimeError("a BM25 indexing worker failed: " + _worker_log(scratch, failed[0]))
                 time.sleep(0.02)
             yield tuple(np.load(_chunk_file(scratch, number, f"{what}.npy")) for what in ("vocab", "df", "lengths"))
             bar.update()
-        for process in processes:
+        for worker, process in enumerate(processes):
             if process.wait() != 0:
-                raise RuntimeError("a BM25 indexing worker failed: " + process.stderr.read().decode()[-2000:])
+                raise RuntimeError("a BM25 indexing worker failed: " + _worker_log(scratch, worker))
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
             process.wait()
-            process.stderr.close()
     bar.close()
+
+
+def _worker_log(scratch: str, worker: int) -> str:
+    return _chunk_file(scratch, worker, "worker.log").read_text(errors="replace")[-2000:] or "(no output)"
 
 
 def _worker(scratch: str, numbers: str, normalised: str) -> None:
