@@ -29,7 +29,6 @@ from .reading import csv_records
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("drop", "error", "keep")
 TMMLUPLUS_REVISIONS = ("v1.0", "v1.1")
 
 
@@ -51,14 +50,17 @@ def exact_keys(rows: list[QARow]) -> list[str]:
     return keys
 
 
-def find_copies(extra: list[QARow], reference: list[QARow]) -> dict[int, Match]:
-    """Index of each extra row that copies a reference row → the match (exact first, then near)."""
+def find_copies(extra: list[QARow], reference: list[QARow], extra_keys: list[str] | None = None) -> dict[int, Match]:
+    """Index of each extra row that copies a reference row → the match (exact first, then near).
+    `extra_keys`: the extra rows' `exact_keys`, when the caller has them already."""
     if not extra or not reference:
         return {}
     by_key = {}
     for row, key in zip(reference, exact_keys(reference)):
         by_key.setdefault(key, row)
-    found = {i: Match("exact", by_key[key]) for i, key in enumerate(exact_keys(extra)) if key in by_key}
+    keys = exact_keys(extra) if extra_keys is None else extra_keys
+    assert len(keys) == len(extra)
+    found = {i: Match("exact", by_key[key]) for i, key in enumerate(keys) if key in by_key}
     rest = [i for i in range(len(extra)) if i not in found]
     texts = [extra[i].question + (extra[i].options[extra[i].label] if extra[i].label >= 0 else "") for i in rest]
     report = find_leaks(texts, reference, whole_question=False)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 
 from ..data import Problem, QARow
 from ..errors import UserError
+from ..retrieval.leak import POLICIES  # one list for the retrieval leak check and this one
 from .adapters import ADAPTERS, MultipleAnswers, Unusable, to_row, wanted
-from .contamination import POLICIES, exact_keys, find_copies, method, unique
+from .contamination import exact_keys, find_copies, method, unique
 from .reading import read_source
 from .script import convert_rows, script_of
 from .specs import SourceSpec
@@ -123,13 +124,15 @@ def load_extra(specs: list[SourceSpec], reference: list[QARow], reference_record
                            "conversion": {"applied": applied, "script_detected": detected}})
     # one copy of each question across the extra sources (C3 is in dataset-org/c3 and clue/clue alike)
     seen: set[str] = set()
+    everything_keys = []  # the exact keys of the rows kept, reused by the contamination check
     for source in per_source:
         keys = exact_keys(source["rows"])
-        kept = [r for r, k in zip(source["rows"], keys) if not (k in seen or seen.add(k))]
+        kept = [(r, k) for r, k in zip(source["rows"], keys) if not (k in seen or seen.add(k))]
         source["counts"]["duplicates_within_extra"] = len(source["rows"]) - len(kept)
-        source["rows"] = kept
+        source["rows"] = [r for r, _ in kept]
+        everything_keys += [k for _, k in kept]
     everything = [r for s in per_source for r in s["rows"]]
-    copies = find_copies(everything, reference)
+    copies = find_copies(everything, reference, everything_keys)
     start, total = 0, Counter()
     for source in per_source:
         rows = source["rows"]
