@@ -79,14 +79,24 @@ def index_key(corpus_hash: str) -> str:
 
 def _terms_of_codes(codes: np.ndarray, separator: int) -> tuple[np.ndarray, np.ndarray]:
     """The terms of texts given as code points joined by `separator`, as int64 codes (a bigram: both code
-    points, packed; the character of a one-character text: its code point), and the text each belongs to."""
-    codes = codes.astype(np.int64)
-    owner = np.cumsum(codes == separator)
-    real = codes != separator
-    pair = real[:-1] & real[1:]
-    alone = real & ~np.concatenate([[False], real[:-1]]) & ~np.concatenate([real[1:], [False]])
-    bigrams = (codes[:-1][pair] << 21) + codes[1:][pair] + _BIGRAM
-    return np.concatenate([codes[alone], bigrams]), np.concatenate([owner[alone], owner[:-1][pair]])
+    points, packed; the character of a one-character text: its code point), and the text each belongs to.
+    The one term rule, for queries and for the index's chunks alike; written for few large temporaries (on
+    this VM first touching a fresh page costs ~7 µs, as much as the work)."""
+    is_separator = codes == separator
+    sizes = np.diff(np.concatenate([[0], np.flatnonzero(is_separator) + 1, [len(codes)]]))
+    owner = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)  # the text of each code point
+    pair = ~is_separator[:-1] & ~is_separator[1:]
+    terms = codes[:-1][pair].astype(np.int64)
+    terms <<= 21
+    terms |= codes[1:][pair]
+    terms += _BIGRAM
+    owners = owner[:-1][pair]
+    if len(codes):
+        alone = ~is_separator & np.concatenate([[True], is_separator[:-1]]) & np.concatenate([is_separator[1:], [True]])
+        if alone.any():  # a one-character text keeps its character
+            terms = np.concatenate([codes[alone].astype(np.int64), terms])
+            owners = np.concatenate([owner[alone], owners])
+    return terms, owners
 
 
 def term_codes(normalised: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -105,27 +115,15 @@ PARALLEL_FROM = 20_000  # passages from which chunks are normalised and counted 
 def _chunk_postings(texts: list[str], normalised: bool, scratch: str, number: int):
     """One chunk of texts → its postings: a packed (term, text) key for each distinct term of each text,
     sorted (the CSC order), and its tf, saved in `scratch` for the second pass; returned: the chunk's
-    distinct terms, how many of its texts hold each (df), and each text's length in terms. Written for few
-    large temporaries: on this VM first touching a fresh page costs ~7 µs, as much as the work."""
+    distinct terms, how many of its texts hold each (df), and each text's length in terms."""
     codes = (np.frombuffer("\n".join(texts).encode("utf-32-le"), dtype=np.uint32) if normalised
              else normalised_codes(texts))
-    separator = codes == ord("\n")
-    ends = np.flatnonzero(separator)
-    sizes = np.diff(np.concatenate([[0], ends + 1, [len(codes)]]))
-    owner = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)  # the text of each code point
-    pair = ~separator[:-1] & ~separator[1:]
-    keys = codes[:-1][pair].astype(np.int64)
-    keys <<= 21
-    keys |= codes[1:][pair]
-    keys += _BIGRAM
+    keys, owner = _terms_of_codes(codes, ord("\n"))
+    del codes
     keys <<= _TEXT_BITS
-    keys |= owner[:-1][pair]
-    alone = (~separator & np.concatenate([[True], separator[:-1]]) & np.concatenate([separator[1:], [True]])
-             if len(codes) else separator)
-    if alone.any():  # one-character texts keep their character
-        keys = np.concatenate([keys, (codes[alone].astype(np.int64) << _TEXT_BITS) | owner[alone]])
-    lengths = np.bincount(keys & ((1 << _TEXT_BITS) - 1), minlength=len(texts))
-    del codes, separator, owner, pair, alone
+    keys |= owner
+    lengths = np.bincount(owner, minlength=len(texts))
+    del owner
     keys.sort()
     first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else keys
     tf = np.diff(np.append(first, len(keys))).astype(np.float32)
@@ -272,10 +270,9 @@ def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool 
         for unique, counts, chunk_lengths in _map_chunks(texts, spans, normalised, folder, workers, progress):
             lengths.append(chunk_lengths)
             pending.append((unique, counts))
-            if sum(len(u) for u, _ in pending) > _MERGE_FROM or len(pending) == len(spans):
+            if sum(len(u) for u, _ in pending) > _MERGE_FROM:
                 vocab, df = _merge_vocabulary(vocab, df, pending)
-        if pending:  # fewer chunks came back than were planned: cannot happen, but never lose terms
-            vocab, df = _merge_vocabulary(vocab, df, pending)
+        vocab, df = _merge_vocabulary(vocab, df, pending)
         lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
         average = max(float(lengths.mean()) if n else 1.0, 1e-9)
         if idf == "okapi":
