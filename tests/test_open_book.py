@@ -35,6 +35,91 @@ def test_a_corpus_is_normalised_exactly_as_each_text_alone():
     assert terms("台湾的") == ["台湾", "湾的"] and terms("铁") == ["铁"] and terms("") == []
 
 
+def _opencc_keys():
+    """Every key of the dictionaries OpenCC's t2s reads (phrases, characters, compatibility ideographs)."""
+    import tempfile
+    from pathlib import Path
+
+    from hf_ft.retrieval import t2s
+
+    share, tool = t2s._opencc_files()
+    with tempfile.TemporaryDirectory() as folder:
+        return {name: t2s._keys(tool, share / f"{name}.ocd2", Path(folder))
+                for name in ("TSPhrases", "TSCharacters", "TSCharactersExt", "CJK_Compatibility_Ideographs")}
+
+
+def _phrase_dense_texts(keys, count, seed=0):
+    """Texts made to trip a table: whole phrase keys, their prefixes and suffixes (a key cut by a text's edge
+    or by another key), characters of every dictionary, description sequences (whole, cut, at a text's end),
+    letters that fold to several, and plain Han characters."""
+    import random
+
+    rng = random.Random(seed)
+    phrases = keys["TSPhrases"]
+    pieces = (phrases * 4 + [p[:k] for p in phrases for k in range(1, len(p))]
+              + [p[k:] for p in phrases for k in range(1, len(p))] + keys["TSCharacters"] + keys["TSCharactersExt"]
+              + keys["CJK_Compatibility_Ideographs"][:300] + [chr(c) for c in range(0x2FF0, 0x3000)]
+              + ["\u31ef", "⿰氵青", "⿱艹⿰日月", "ß", "Σ", "ΣΑΣ", "ﬁ", "Ａ", " ", "，", "。", "\u0301", "𠀀"]
+              + [chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(2000)])
+    return ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(count)] + ["", "⿰"]
+
+
+def test_t2s_table_is_opencc_character_for_character(tmp_path, monkeypatch):
+    """Normalising a corpus runs OpenCC t2s as a code-point table, and OpenCC itself only on the windows where
+    a phrase key can match: the result must be OpenCC's on every text, on text made of nothing but keys."""
+    import numpy as np
+
+    from hf_ft.retrieval import t2s, text
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    t2s.converter.cache_clear()
+    tables = t2s.converter()
+    assert tables is not None, "the opencc wheel ships its dictionaries and opencc_dict: the table must be used"
+    keys = _opencc_keys()
+    texts = _phrase_dense_texts(keys, 4000)
+    expected = [text._t2s().convert(t) for t in texts]
+    codes = np.frombuffer("\n".join(texts).encode("utf-32-le"), dtype=np.uint32)
+    assert t2s.convert_codes(codes, tables).tobytes().decode("utf-32-le").split("\n") == expected
+    assert text.normalise_many(texts, chunk=333) == [text.normalise(t) for t in texts]
+    starts, ends, _ = t2s._windows(codes, tables, ord("\n"))
+    assert 0 < (ends - starts).sum() < len(codes)  # windows where phrases are, the table everywhere else
+
+    # built once, cached under HF_HOME; a damaged cache is built again, not read
+    cached = list((tmp_path / "hf_ft" / "opencc").glob("t2s-*.npz"))
+    assert len(cached) == 1
+    t2s.converter.cache_clear()
+    assert np.array_equal(t2s.converter().single, tables.single)
+    cached[0].write_bytes(cached[0].read_bytes()[:1000])
+    t2s.converter.cache_clear()
+    assert np.array_equal(t2s.converter().flags, tables.flags)
+
+    # a window whose conversion changes its length is spliced in (no OpenCC t2s key does so today)
+    convert = t2s._convert
+    monkeypatch.setattr(t2s, "_convert", lambda c: np.frombuffer(
+        convert(c).tobytes().decode("utf-32-le").replace("乾隆", "乾隆帝").encode("utf-32-le"), dtype=np.uint32))
+    mixed = ["乾隆年間", "臺灣", "他說乾隆", "乾"]
+    codes = np.frombuffer("\n".join(mixed).encode("utf-32-le"), dtype=np.uint32)
+    assert t2s.convert_codes(codes, tables).tobytes().decode("utf-32-le").split("\n") == [
+        "乾隆帝年间", "台湾", "他说乾隆帝", "干"]
+    monkeypatch.setattr(t2s, "_convert", convert)
+
+    # without OpenCC's dictionaries, OpenCC converts whole texts: the same result
+    monkeypatch.setattr(t2s, "_opencc_files", lambda: None)
+    t2s.converter.cache_clear()
+    assert t2s.converter() is None
+    assert text.normalise_many(texts, chunk=333) == [text.normalise(t) for t in texts]
+    t2s.converter.cache_clear()
+
+
+def test_casefold_table_covers_every_cased_character():
+    """The fold table holds str.casefold below text._CASED_BELOW; above it nothing folds."""
+    import sys
+
+    from hf_ft.retrieval import text
+
+    assert all(chr(c).casefold() == chr(c) for c in range(text._CASED_BELOW, sys.maxunicode + 1))
+
+
 # ----------------------------------------------------------------------------------------------
 # The leak check
 
