@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,21 +28,26 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 3  # 3: passages in an Arrow file, not JSON lines (a million load in a second, not thirteen)
 PASSAGES = "passages.arrow"
+MATRIX_FILES = ("data.csc.index.npy", "indices.csc.index.npy")  # bm25s' names for the score matrix's arrays
 # queries × passages from which numba's compile (~15 s) costs less than numpy's search: numpy ran ~26 ns per
 # query and passage here (127 queries/s at 300k passages, docs/benchmarks.md), so ~13 s of work at this size
 NUMBA_FROM_WORK = 5e8
 K1, B = 1.5, 0.75  # bm25s' defaults (Lucene's BM25)
 
 
-def _save_passages(passages: list[Passage], path: Path) -> None:
+def _save_passages(passages: list[Passage], path: Path, batch: int = 8192) -> None:
     """The passages as one Arrow IPC file: written and read back in a fraction of a second for a million
-    (JSON lines took 13 s to read), memory-mapped, and no pandas import."""
+    (JSON lines took 13 s to read), memory-mapped, and no pandas import. Written in batches, whose buffers
+    are reused (one table of 100k passages took 0.06-0.26 s here, fresh pages costing; batches 0.05 s)."""
     import pyarrow as pa
 
-    table = pa.Table.from_arrays([pa.array([getattr(p, name) for p in passages], pa.string())
-                                  for name in ("id", "text", "title")], names=["id", "text", "title"])
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+    names = ("id", "text", "title")
+    schema = pa.schema([(name, pa.string()) for name in names])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for start in range(0, len(passages), batch):
+            rows = passages[start:start + batch]
+            writer.write_batch(pa.record_batch([pa.array([getattr(p, name) for p in rows], pa.string())
+                                                for name in names], schema=schema))
 
 
 def _load_passages(path: Path) -> list[Passage]:
@@ -113,9 +119,9 @@ PARALLEL_FROM = 20_000  # passages from which chunks are normalised and counted 
 
 
 def _chunk_postings(texts: list[str], normalised: bool, scratch: str, number: int):
-    """One chunk of texts → its postings: a packed (term, text) key for each distinct term of each text,
-    sorted (the CSC order), and its tf, saved in `scratch` for the second pass; returned: the chunk's
-    distinct terms, how many of its texts hold each (df), and each text's length in terms."""
+    """One chunk of texts → its postings, sorted by term, then text (the CSC order), saved in `scratch` for
+    the second pass: each posting's text (its place in the chunk) and tf; and the chunk's distinct terms with
+    how many of its texts hold each (df). Returned: those terms, their df, and each text's length in terms."""
     codes = (np.frombuffer("\n".join(texts).encode("utf-32-le"), dtype=np.uint32) if normalised
              else normalised_codes(texts))
     keys, owner = _terms_of_codes(codes, ord("\n"))
@@ -128,12 +134,13 @@ def _chunk_postings(texts: list[str], normalised: bool, scratch: str, number: in
     first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else keys
     tf = np.diff(np.append(first, len(keys))).astype(np.float32)
     keys = keys[first]
-    terms = keys >> _TEXT_BITS
-    starts, df = _runs(terms)
-    stem = Path(scratch) / f"chunk-{number}"
-    np.save(f"{stem}-keys.npy", keys)
-    np.save(f"{stem}-tf.npy", tf)
-    return terms[starts], df, lengths
+    local = (keys & ((1 << _TEXT_BITS) - 1)).astype(np.uint16)
+    keys >>= _TEXT_BITS
+    starts, df = _runs(keys)
+    unique = keys[starts]
+    for what, array in (("docs", local), ("tf", tf), ("vocab", unique), ("df", df)):
+        np.save(_chunk_file(scratch, number, f"{what}.npy"), array)
+    return unique, df, lengths
 
 
 def _available_cores() -> int:
@@ -155,14 +162,16 @@ def _chunk_file(scratch: str, number: int, what: str) -> Path:
 
 
 def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool, scratch: str, workers: int,
-                progress: bool):
+                progress: bool, meanwhile=None):
     """`_chunk_postings` of each span of `texts`, in order: here, or for several chunks and cores in `workers`
-    worker processes (OpenCC and numpy's sort hold the GIL, so threads would not help). A worker is a fresh
+    worker processes (OpenCC and the string work hold the GIL, so threads would not help). A worker is a fresh
     `python -m hf_ft.retrieval.index` that reads its chunks' texts from `scratch`: it imports only numpy and
     OpenCC (~0.3 s), and nothing of the caller is copied (a fork would copy the page tables of a process
-    that may hold torch's threads and a corpus of gigabytes)."""
+    that may hold torch's threads and a corpus of gigabytes). `meanwhile()` runs here while they work."""
     bar = tqdm(total=len(spans), desc="BM25 terms", disable=not progress, leave=False)
     if workers <= 1 or len(spans) <= 1:
+        if meanwhile is not None:
+            meanwhile()
         for number, (a, b) in enumerate(spans):
             yield _chunk_postings(texts[a:b], normalised, scratch, number)
             bar.update()
@@ -172,12 +181,16 @@ def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool
     import sys
     import time
 
-    for number, (a, b) in enumerate(spans):
-        _chunk_file(scratch, number, "texts.txt").write_text(
-            "\n".join((t or "").replace("\n", " ") for t in texts[a:b]), encoding="utf-8")
+    if not normalised:
+        from .t2s import converter
+
+        converter()  # its tables built and cached once, here, not by each worker
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1",
+           # glibc: a chunk's arrays (< 32 MB) from the heap, kept for the next chunk instead of fresh pages
+           # from the kernel (their faults were 0.3 of a worker's 1.7 s of CPU per 100k passages, then 0.17)
+           "MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
     processes = []
     try:
         for worker in range(min(workers, len(spans))):
@@ -186,6 +199,12 @@ def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool
                 processes.append(subprocess.Popen(
                     [sys.executable, "-m", "hf_ft.retrieval.index", scratch, numbers, str(int(normalised))],
                     env=env, stdout=subprocess.DEVNULL, stderr=log))
+        for number, (a, b) in enumerate(spans):  # written while the workers start; each renamed when whole
+            partial = _chunk_file(scratch, number, "texts.partial")
+            partial.write_text("\n".join((t or "").replace("\n", " ") for t in texts[a:b]), encoding="utf-8")
+            partial.rename(_chunk_file(scratch, number, "texts.txt"))
+        if meanwhile is not None:
+            meanwhile()
         for number in range(len(spans)):
             done = _chunk_file(scratch, number, "done")
             while not done.exists():
@@ -212,11 +231,18 @@ def _worker_log(scratch: str, worker: int) -> str:
 
 def _worker(scratch: str, numbers: str, normalised: str) -> None:
     """A worker process: `_chunk_postings` of each chunk numbered in `numbers`, its results left in `scratch`
-    (the `done` file written last, so the parent never reads a half-written chunk)."""
+    (the `done` file written last, so the parent never reads a half-written chunk). It waits for each chunk's
+    texts, and stops if the parent is gone."""
+    import time
+
+    parent = os.getppid()
     for number in map(int, numbers.split(",")):
+        while not _chunk_file(scratch, number, "texts.txt").exists():
+            if os.getppid() != parent:
+                raise SystemExit("the indexing process is gone")
+            time.sleep(0.005)
         texts = _chunk_file(scratch, number, "texts.txt").read_text(encoding="utf-8").split("\n")
-        for what, array in zip(("vocab", "df", "lengths"), _chunk_postings(texts, normalised == "1", scratch, number)):
-            np.save(_chunk_file(scratch, number, f"{what}.npy"), array)
+        np.save(_chunk_file(scratch, number, "lengths.npy"), _chunk_postings(texts, normalised == "1", scratch, number)[2])
         _chunk_file(scratch, number, "texts.txt").unlink()
         _chunk_file(scratch, number, "done").touch()
 
@@ -237,19 +263,19 @@ def _merge_vocabulary(vocab: np.ndarray, df: np.ndarray, pending: list) -> tuple
 def _spans(texts: list[str]) -> list[tuple[int, int]]:
     """Chunks of texts of about `_CHUNK_CHARS` characters each (at most `_CHUNK` texts): small enough that
     their arrays are reused from the heap, not fresh pages (which on this VM cost as much as the work)."""
-    spans, start, size = [], 0, 0
-    for i, text in enumerate(texts):
-        size += len(text) + 1
-        if size >= _CHUNK_CHARS or i + 1 - start >= _CHUNK:
-            spans.append((start, i + 1))
-            start, size = i + 1, 0
-    if start < len(texts):
-        spans.append((start, len(texts)))
+    ends = np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1)  # after each text
+    spans, start = [], 0
+    while start < len(texts):
+        full = int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _CHUNK_CHARS))  # reaches the size
+        end = min(full + 1, start + _CHUNK, len(texts))
+        spans.append((start, end))
+        start = end
     return spans
 
 
 def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool = True, idf: str = "lucene",
-                 normalised: bool = False, workers: int | None = None, scratch: Path | None = None):
+                 normalised: bool = False, workers: int | None = None, scratch: Path | None = None,
+                 matrix_files: tuple[Path, Path] | None = None, meanwhile=None):
     """BM25 (bm25s' Lucene variant: idf = ln(1 + (N - df + .5)/(df + .5)), tf / (tf + k1(1 - b + b·dl/avgdl)))
     as bm25s' CSC score matrix (documents × terms), from raw texts (normalised here) or `normalised` ones.
     Two vectorised passes over chunks of texts, so a million passages fit in a few GB (bm25s' own builder
@@ -258,7 +284,9 @@ def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool 
     the chunk's postings in `scratch`; the second scatters them into the matrix. The matrix does not depend on
     the chunks or the workers. `idf="okapi"`: rank_bm25's BM25Okapi instead (ln((N - df + .5)/(df + .5)),
     negatives raised to 0.25 × the mean idf, and tf × (k1 + 1)), for the benchmark that checks this
-    implementation against rank_bm25."""
+    implementation against rank_bm25. `matrix_files`: .npy files the matrix's data and indices are written
+    into (memory-mapped; writing them once is ~0.3 s per 100k passages less than building them in memory and
+    saving a copy, as fresh pages cost on this VM). `meanwhile()` runs while worker processes work."""
     assert _CHUNK <= 1 << _TEXT_BITS
     n = len(texts)
     workers = (_available_cores() if n >= PARALLEL_FROM else 1) if workers is None else workers
@@ -267,7 +295,8 @@ def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool 
     with tempfile.TemporaryDirectory(dir=scratch) as folder:
         vocab, df = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         lengths, pending = [], []
-        for unique, counts, chunk_lengths in _map_chunks(texts, spans, normalised, folder, workers, progress):
+        for unique, counts, chunk_lengths in _map_chunks(texts, spans, normalised, folder, workers, progress,
+                                                          meanwhile):
             lengths.append(chunk_lengths)
             pending.append((unique, counts))
             if sum(len(u) for u, _ in pending) > _MERGE_FROM:
@@ -283,28 +312,49 @@ def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool 
             idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
         indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
         np.cumsum(df, out=indptr[1:])
-        data = np.zeros(int(indptr[-1]), dtype=np.float32)
-        indices = np.zeros(int(indptr[-1]), dtype=np.int32)
+        if matrix_files is None:
+            data = np.zeros(int(indptr[-1]), dtype=np.float32)
+            indices = np.zeros(int(indptr[-1]), dtype=np.int32)
+        else:
+            data, indices = (np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(int(indptr[-1]),))
+                             for path, dtype in zip(matrix_files, (np.float32, np.int32)))
         offsets = indptr[:-1].copy()
         text_norm = (k1 * (1 - b + b * lengths / average)).astype(np.float32)  # tf's saturation, per text
-        for number, start in enumerate(tqdm(starts, desc="BM25 scores", disable=not progress, leave=False)):
-            stem = Path(folder) / f"chunk-{number}"
-            keys = np.load(f"{stem}-keys.npy")  # sorted by term, then text: the CSC order
-            terms, docs = keys >> _TEXT_BITS, (keys & ((1 << _TEXT_BITS) - 1)) + start
-            del keys
-            tf = np.load(f"{stem}-tf.npy")
-            first, counts = _runs(terms)
-            column = np.searchsorted(vocab, terms[first])
-            place = np.repeat(offsets[column] - first, counts)
-            place += np.arange(len(terms))
+
+        def score(number: int, start: int, column: np.ndarray, base: np.ndarray, counts: np.ndarray) -> None:
+            """One chunk's postings into the matrix: disjoint places, so chunks are scored side by side."""
+            first = np.cumsum(counts)
+            first -= counts
+            place = np.repeat(base - first, counts)  # each posting's place in the matrix
+            place += np.arange(len(place))
+            docs = np.load(_chunk_file(folder, number, "docs.npy")).astype(np.int32)
+            docs += start
+            tf = np.load(_chunk_file(folder, number, "tf.npy"))
             value = np.repeat(idf[column], counts)
             value *= tf
             tf += text_norm[docs]
             value /= tf
             data[place] = value
             indices[place] = docs
-            offsets[column] += counts
-            del terms
+
+        # threads: numpy lets go of the GIL in all of `score` (1.75x on 2 cores); where each chunk's postings
+        # go depends on the chunks before it, so that is found here, in order, a few chunks ahead
+        threads = max(1, min(workers, len(starts)))
+        with ThreadPoolExecutor(threads) as pool:
+            running = []
+            for number, start in enumerate(tqdm(starts, desc="BM25 scores", disable=not progress, leave=False)):
+                unique, counts = (np.load(_chunk_file(folder, number, f"{what}.npy")) for what in ("vocab", "df"))
+                column = np.searchsorted(vocab, unique)
+                del unique
+                running.append(pool.submit(score, number, start, column, offsets[column], counts))
+                offsets[column] += counts
+                if len(running) > threads:
+                    running.pop(0).result()
+            for future in running:
+                future.result()
+    if matrix_files is not None:
+        data.flush()
+        indices.flush()
     return {"data": data, "indices": indices, "indptr": indptr, "num_docs": n}, vocab
 
 
@@ -330,14 +380,20 @@ class BM25Index:
         partial = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
         try:
             retriever = bm25s.BM25(k1=K1, b=B, method="lucene", idf_method="lucene")
-            retriever.scores, vocab = build_scores([f"{p.title} {p.text}" if p.title else p.text for p in passages],
-                                                   K1, B, progress, scratch=partial)
+            scores, vocab = build_scores(
+                [f"{p.title} {p.text}" if p.title else p.text for p in passages], K1, B, progress, scratch=partial,
+                matrix_files=(partial / MATRIX_FILES[0], partial / MATRIX_FILES[1]),
+                meanwhile=lambda: _save_passages(passages, partial / PASSAGES))
+            # bm25s writes the rest (indptr, parameters); data and indices are already in their files
+            retriever.scores = {**scores, "data": np.zeros(0, np.float32), "indices": np.zeros(0, np.int32)}
             retriever.vocab_dict = {}  # terms.npy holds the vocabulary (millions of bigrams: no JSON dict)
             retriever.nonoccurrence_array = None  # Lucene BM25 needs none
-            retriever.save(partial)
+            retriever.save(partial, data_name=".unused-data.npy", indices_name=".unused-indices.npy")
+            for unused in (".unused-data.npy", ".unused-indices.npy"):
+                (partial / unused).unlink()
+            del scores
             np.save(partial / "terms.npy", vocab)
             del retriever, vocab
-            _save_passages(passages, partial / PASSAGES)
             (partial / "hf_ft_index.json").write_text(json.dumps(
                 {"format": FORMAT, "corpus_sha256": corpus_hash, "passages": len(passages), "terms": TERMS,
                  "normalisation": NORMALISATION, "k1": K1, "b": B}))
