@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .corpus import Passage
 from .text import NORMALISATION, TERMS, normalise_many, normalised_codes
@@ -171,6 +170,8 @@ def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool
     `python -m hf_ft.retrieval.index` that reads its chunks' texts from `scratch`: it imports only numpy and
     OpenCC (~0.3 s), and nothing of the caller is copied (a fork would copy the page tables of a process
     that may hold torch's threads and a corpus of gigabytes). `meanwhile()` runs here while they work."""
+    from tqdm.auto import tqdm  # here: a worker process has no use for it
+
     bar = tqdm(total=len(spans), desc="BM25 terms", disable=not progress, leave=False)
     if workers <= 1 or len(spans) <= 1:
         if meanwhile is not None:
@@ -290,6 +291,8 @@ def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool 
     implementation against rank_bm25. `matrix_files`: .npy files the matrix's data and indices are written
     into (memory-mapped; writing them once is ~0.3 s per 100k passages less than building them in memory and
     saving a copy, as fresh pages cost on this VM). `meanwhile()` runs while worker processes work."""
+    from tqdm.auto import tqdm
+
     assert _CHUNK <= 1 << _TEXT_BITS
     n = len(texts)
     workers = (_available_cores() if n >= PARALLEL_FROM else 1) if workers is None else workers
