@@ -238,10 +238,11 @@ def test_vectorised_index_scores_like_bm25s_own_builder(tmp_path, monkeypatch):
 
 
 def test_index_matrix_is_the_same_from_worker_processes_and_reloads_its_passages(tmp_path, monkeypatch):
-    """A large corpus is normalised and counted in forked worker processes, chunk by chunk; the matrix must be
+    """A large corpus is normalised and counted here and in worker processes, chunk by chunk; the matrix must be
     the one a single process builds (no chunk's terms lost or double-counted across the vocabulary merges),
     and a reloaded index must hold the passages it was built from."""
     import random
+    import sys
 
     from hf_ft.retrieval import index as index_module
     from hf_ft.retrieval.corpus import Passage, content_hash
@@ -259,6 +260,10 @@ def test_index_matrix_is_the_same_from_worker_processes_and_reloads_its_passages
     np.testing.assert_array_equal(forked_vocab, single_vocab)
     for name in ("data", "indices", "indptr"):
         np.testing.assert_array_equal(forked[name], single[name])
+    with monkeypatch.context() as patch:  # a worker that dies is an error, not a wait for ever
+        patch.setattr(sys, "executable", "/bin/false")
+        with pytest.raises(RuntimeError, match="a BM25 indexing worker failed"):
+            build_scores(texts, progress=False, workers=2)
     passages = [Passage(str(i), t, "題" if i % 7 == 0 else "") for i, t in enumerate(texts)]
     built = BM25Index.build_or_load(passages, content_hash(passages), root=tmp_path, progress=False)
     again = BM25Index.build_or_load(passages, content_hash(passages), root=tmp_path, progress=False)

@@ -165,8 +165,9 @@ def _chunk_file(scratch: str, number: int, what: str) -> Path:
 
 def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool, scratch: str, workers: int,
                 progress: bool, meanwhile=None):
-    """`_chunk_postings` of each span of `texts`, in order: here, or for several chunks and cores in `workers`
-    worker processes (OpenCC and the string work hold the GIL, so threads would not help). A worker is a fresh
+    """`_chunk_postings` of each span of `texts`, in order: here, or for several chunks and cores here and in
+    `workers` - 1 worker processes (OpenCC and the string work hold the GIL, so threads would not help; this
+    process takes its share rather than wait: one process start and one texts file less). A worker is a fresh
     `python -m hf_ft.retrieval.index` that reads its chunks' texts from `scratch`: it imports only numpy and
     OpenCC (~0.3 s), and nothing of the caller is copied (a fork would copy the page tables of a process
     that may hold torch's threads and a corpus of gigabytes). `meanwhile()` runs here while they work."""
@@ -195,30 +196,36 @@ def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool
            # glibc: a chunk's arrays (< 32 MB) from the heap, kept for the next chunk instead of fresh pages
            # from the kernel (their faults were 0.3 of a worker's 1.7 s of CPU per 100k passages, then 0.17)
            "MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+    here = range(0, len(spans), workers)  # this process takes every `workers`-th chunk itself
     processes = []
     try:
-        for worker in range(min(workers, len(spans))):
+        for worker in range(1, min(workers, len(spans))):
             numbers = ",".join(str(n) for n in range(worker, len(spans), workers))
             with _chunk_file(scratch, worker, "worker.log").open("wb") as log:  # a file: a pipe could fill
                 processes.append(subprocess.Popen(
                     [sys.executable, "-m", "hf_ft.retrieval.index", scratch, numbers, str(int(normalised))],
                     env=env, stdout=subprocess.DEVNULL, stderr=log))
         for number, (a, b) in enumerate(spans):  # written while the workers start; each renamed when whole
-            partial = _chunk_file(scratch, number, "texts.partial")
-            partial.write_text("\n".join((t or "").replace("\n", " ") for t in texts[a:b]), encoding="utf-8")
-            partial.rename(_chunk_file(scratch, number, "texts.txt"))
+            if number not in here:
+                partial = _chunk_file(scratch, number, "texts.partial")
+                partial.write_text("\n".join((t or "").replace("\n", " ") for t in texts[a:b]), encoding="utf-8")
+                partial.rename(_chunk_file(scratch, number, "texts.txt"))
         if meanwhile is not None:
             meanwhile()
-        for number in range(len(spans)):
+        for number, (a, b) in enumerate(spans):
+            if number in here:
+                yield _chunk_postings(texts[a:b], normalised, scratch, number)
+                bar.update()
+                continue
             done = _chunk_file(scratch, number, "done")
             while not done.exists():
-                failed = [w for w, p in enumerate(processes) if p.poll() not in (None, 0)]
+                failed = [w for w, p in enumerate(processes, 1) if p.poll() not in (None, 0)]
                 if failed:
                     raise RuntimeError("a BM25 indexing worker failed: " + _worker_log(scratch, failed[0]))
-                time.sleep(0.02)
+                time.sleep(0.01)
             yield tuple(np.load(_chunk_file(scratch, number, f"{what}.npy")) for what in ("vocab", "df", "lengths"))
             bar.update()
-        for worker, process in enumerate(processes):
+        for worker, process in enumerate(processes, 1):
             if process.wait() != 0:
                 raise RuntimeError("a BM25 indexing worker failed: " + _worker_log(scratch, worker))
     finally:
