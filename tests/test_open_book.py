@@ -92,6 +92,10 @@ def test_t2s_table_is_opencc_character_for_character(tmp_path, monkeypatch):
     cached[0].write_bytes(cached[0].read_bytes()[:1000])
     t2s.converter.cache_clear()
     assert np.array_equal(t2s.converter().flags, tables.flags)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "not-a-folder"))
+    (tmp_path / "not-a-folder").write_text("")  # nowhere to cache: the tables are used all the same
+    t2s.converter.cache_clear()
+    assert np.array_equal(t2s.converter().single, tables.single)
 
     # a window whose conversion changes its length is spliced in (no OpenCC t2s key does so today)
     convert = t2s._convert

@@ -15,6 +15,7 @@ package ships; the tables are cached under HF_HOME by their hash. Where the tool
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -142,10 +143,15 @@ def converter() -> Tables | None:
     except (OSError, subprocess.CalledProcessError, ValueError) as error:
         logger.info("could not read OpenCC's dictionaries (%s): t2s runs through OpenCC alone", error)
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.npz")
-    np.savez(partial, **{name: getattr(tables, name) for name in Tables.__dataclass_fields__})
-    os.replace(partial, path)  # whole or absent: a reader never sees half a file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(partial, **{name: getattr(tables, name) for name in Tables.__dataclass_fields__})
+        os.replace(partial, path)  # whole or absent: a reader never sees half a file
+    except OSError as error:  # a read-only HF_HOME: used, not cached
+        logger.info("could not cache OpenCC's t2s tables in %s: %s", path.parent, error)
+        with contextlib.suppress(OSError):
+            partial.unlink()
     return tables
 
 
