@@ -77,7 +77,7 @@ def test_t2s_table_is_opencc_character_for_character(tmp_path, monkeypatch):
     assert tables is not None, "the opencc wheel ships its dictionaries and opencc_dict: the table must be used"
     keys = _opencc_keys()
     texts = _phrase_dense_texts(keys, 4000)
-    expected = [text._t2s().convert(t) for t in texts]
+    expected = [t2s.opencc_t2s().convert(t) for t in texts]
     codes = np.frombuffer("\n".join(texts).encode("utf-32-le"), dtype=np.uint32)
     assert t2s.convert_codes(codes, tables).tobytes().decode("utf-32-le").split("\n") == expected
     assert text.normalise_many(texts, chunk=333) == [text.normalise(t) for t in texts]

@@ -189,7 +189,7 @@ def _map_chunks(texts: list[str], spans: list[tuple[int, int]], normalised: bool
     if not normalised:
         from .t2s import converter
 
-        converter()  # its tables built and cached once, here, not by each worker
+        converter()  # its tables built and cached before the workers start, so that they load them
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": "1",
@@ -253,7 +253,8 @@ def _worker(scratch: str, numbers: str, normalised: str) -> None:
                 raise SystemExit("the indexing process is gone")
             time.sleep(0.005)
         texts = _chunk_file(scratch, number, "texts.txt").read_text(encoding="utf-8").split("\n")
-        np.save(_chunk_file(scratch, number, "lengths.npy"), _chunk_postings(texts, normalised == "1", scratch, number)[2])
+        lengths = _chunk_postings(texts, normalised == "1", scratch, number)[2]
+        np.save(_chunk_file(scratch, number, "lengths.npy"), lengths)
         _chunk_file(scratch, number, "texts.txt").unlink()
         _chunk_file(scratch, number, "done").touch()
 
@@ -286,7 +287,7 @@ def _spans(texts: list[str]) -> list[tuple[int, int]]:
 
 def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool = True, idf: str = "lucene",
                  normalised: bool = False, workers: int | None = None, scratch: Path | None = None,
-                 matrix_files: tuple[Path, Path] | None = None, meanwhile=None):
+                 matrix_folder: Path | None = None, meanwhile=None):
     """BM25 (bm25s' Lucene variant: idf = ln(1 + (N - df + .5)/(df + .5)), tf / (tf + k1(1 - b + b·dl/avgdl)))
     as bm25s' CSC score matrix (documents × terms), from raw texts (normalised here) or `normalised` ones.
     Two vectorised passes over chunks of texts, so a million passages fit in a few GB (bm25s' own builder
@@ -295,8 +296,8 @@ def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool 
     the chunk's postings in `scratch`; the second scatters them into the matrix. The matrix does not depend on
     the chunks or the workers. `idf="okapi"`: rank_bm25's BM25Okapi instead (ln((N - df + .5)/(df + .5)),
     negatives raised to 0.25 × the mean idf, and tf × (k1 + 1)), for the benchmark that checks this
-    implementation against rank_bm25. `matrix_files`: .npy files the matrix's data and indices are written
-    into (memory-mapped; writing them once is ~0.3 s per 100k passages less than building them in memory and
+    implementation against rank_bm25. `matrix_folder`: the matrix's data and indices are written into its
+    MATRIX_FILES (memory-mapped; writing them once is ~0.3 s per 100k passages less than building them in memory and
     saving a copy, as fresh pages cost on this VM). `meanwhile()` runs while worker processes work."""
     from tqdm.auto import tqdm
 
@@ -325,12 +326,13 @@ def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool 
             idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
         indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
         np.cumsum(df, out=indptr[1:])
-        if matrix_files is None:
+        if matrix_folder is None:
             data = np.zeros(int(indptr[-1]), dtype=np.float32)
             indices = np.zeros(int(indptr[-1]), dtype=np.int32)
         else:
-            data, indices = (np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(int(indptr[-1]),))
-                             for path, dtype in zip(matrix_files, (np.float32, np.int32)))
+            data, indices = (np.lib.format.open_memmap(matrix_folder / name, mode="w+", dtype=dtype,
+                                                       shape=(int(indptr[-1]),))
+                             for name, dtype in zip(MATRIX_FILES, (np.float32, np.int32)))
         offsets = indptr[:-1].copy()
         text_norm = (k1 * (1 - b + b * lengths / average)).astype(np.float32)  # tf's saturation, per text
 
@@ -365,7 +367,7 @@ def build_scores(texts: list[str], k1: float = K1, b: float = B, progress: bool 
                     running.pop(0).result()
             for future in running:
                 future.result()
-    if matrix_files is not None:
+    if matrix_folder is not None:
         data.flush()
         indices.flush()
     return {"data": data, "indices": indices, "indptr": indptr, "num_docs": n}, vocab
@@ -395,7 +397,7 @@ class BM25Index:
             retriever = bm25s.BM25(k1=K1, b=B, method="lucene", idf_method="lucene")
             scores, vocab = build_scores(
                 [f"{p.title} {p.text}" if p.title else p.text for p in passages], K1, B, progress, scratch=partial,
-                matrix_files=(partial / MATRIX_FILES[0], partial / MATRIX_FILES[1]),
+                matrix_folder=partial,
                 meanwhile=lambda: _save_passages(passages, partial / PASSAGES))
             # bm25s writes the rest (indptr, parameters); data and indices are already in their files
             retriever.scores = {**scores, "data": np.zeros(0, np.float32), "indices": np.zeros(0, np.int32)}

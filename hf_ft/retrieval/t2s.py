@@ -50,6 +50,15 @@ class Tables:
     longest: int
 
 
+@functools.lru_cache(maxsize=1)
+def opencc_t2s():
+    """OpenCC's own t2s converter (the one `opencc` package: opencc-py and opencc-python-reimplemented install
+    a module of the same name)."""
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
 def _opencc_files() -> tuple[Path, Path] | None:
     """OpenCC's data folder and its `opencc_dict` tool, as the official `opencc` wheel lays them out."""
     import opencc
@@ -83,8 +92,6 @@ def _keys(tool: Path, dictionary: Path, folder: Path) -> list[str]:
 
 
 def _build(share: Path, tool: Path) -> Tables:
-    import opencc
-
     normalising, converting = _dictionaries(json.loads((share / "t2s.json").read_text(encoding="utf-8")))
     with tempfile.TemporaryDirectory() as folder:
         phrase_keys = [k for name in dict.fromkeys(converting) for k in _keys(tool, share / name, Path(folder))
@@ -92,7 +99,7 @@ def _build(share: Path, tool: Path) -> Tables:
         normalised_keys = [k for name in normalising for k in _keys(tool, share / name, Path(folder))]
     longest = max([len(k) for k in phrase_keys + normalised_keys], default=1)
     code_points = np.array([c for c in range(_CODE_POINTS) if not (0xD800 <= c < 0xE000) and c != 10])
-    converted = opencc.OpenCC("t2s").convert("\n".join(map(chr, code_points))).split("\n")
+    converted = opencc_t2s().convert("\n".join(map(chr, code_points))).split("\n")
     assert len(converted) == len(code_points), "OpenCC joined characters across a newline"
     single = np.arange(_CODE_POINTS, dtype=np.uint32)
     one = np.array([len(c) == 1 for c in converted])
@@ -112,12 +119,14 @@ def _build(share: Path, tool: Path) -> Tables:
 
 
 def _cache_key(share: Path) -> str:
+    """A hash of OpenCC's version, t2s.json and every dictionary it names."""
     import opencc
 
-    digest = hashlib.sha256(f"{opencc.__version__} {sys.version_info[:2]} format 3".encode())
-    for path in sorted(share.glob("*")):
-        if path.suffix in (".json", ".ocd2"):
-            digest.update(path.name.encode() + path.read_bytes())
+    config = (share / "t2s.json").read_bytes()
+    digest = hashlib.sha256(f"{opencc.__version__} {sys.version_info[:2]} format 3".encode() + config)
+    normalising, converting = _dictionaries(json.loads(config))
+    for name in sorted(set(normalising + converting)):
+        digest.update(name.encode() + (share / name).read_bytes())
     return digest.hexdigest()[:24]
 
 
@@ -194,9 +203,7 @@ def _windows(codes: np.ndarray, tables: Tables, separator: int) -> tuple[np.ndar
 
 
 def _convert(codes: np.ndarray) -> np.ndarray:
-    from .text import _t2s
-
-    return np.frombuffer(_t2s().convert(codes.tobytes().decode("utf-32-le")).encode("utf-32-le"), dtype=np.uint32)
+    return np.frombuffer(opencc_t2s().convert(codes.tobytes().decode("utf-32-le")).encode("utf-32-le"), dtype=np.uint32)
 
 
 def convert_codes(codes: np.ndarray, tables: Tables, separator: int = ord("\n")) -> np.ndarray:
