@@ -220,7 +220,7 @@ def bench_context_cost(work: Path, contexts: list[str], k: int, steps: int) -> d
     torch.manual_seed(0)
     for formulation in ("per_choice", "joint"):
         model = get_formulation(formulation).auto_class.from_pretrained(
-            model_dir, **({"num_labels": 4} if formulation == "joint" else {}))
+            model_dir, use_kernels=False, **({"num_labels": 4} if formulation == "joint" else {}))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         for arm, items in (("closed", rows), ("open", [replace(r, context=c) for r, c in zip(rows, book)])):
             dataset = encode(items, tokenizer, formulation, 512, cache_dir=work / "cache", progress=False)

@@ -154,7 +154,8 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
     model_cls = AutoModelForSequenceClassification if formulation == "joint" else AutoModelForMultipleChoice
     kwargs = {"num_labels": 4} if formulation == "joint" else {}
     transformers.logging.set_verbosity_error()
-    model = model_cls.from_pretrained(model_dir, attn_implementation=arm.get("attention", "sdpa"), **kwargs)
+    model = model_cls.from_pretrained(model_dir, attn_implementation=arm.get("attention", "sdpa"), use_kernels=False,
+                                      **kwargs)
     transformers.logging.set_verbosity_warning()
     if arm["kind"] == "run_swag":
         train_set = run_swag_encode(splits.train, tokenizer, max_length, arm["pad_to_max"])

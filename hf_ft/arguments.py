@@ -18,6 +18,7 @@ from . import deepspeed_config, processes, validation
 from .deepspeed_config import DeepSpeedPlan
 from .errors import UserError, did_you_mean
 from .formulations import FORMULATIONS
+from .modeling import KERNELS_FLAG_HELP, kernels_problem
 from .preprocessing import JOINT_EVAL_ROTATIONS
 from .sources import HUB_DATASET, HUB_DEFAULT_REVISION
 
@@ -35,6 +36,7 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code from the hub. Off unless you turn it on."}
     )
+    use_kernels: bool = field(default=False, metadata={"help": KERNELS_FLAG_HELP})
     formulation: str = field(
         default="per_choice",
         metadata={"help": "per_choice: 4 sequences (question, option) scored by AutoModelForMultipleChoice; "
@@ -550,6 +552,9 @@ def refuse_nonsense(values: dict, cuda: bool, given: set) -> None:
         problems.append(str(e))
     if values["fp16"] and (not cuda or values["use_cpu"]):
         problems.append("--fp16: needs a GPU, and this run is on the CPU; train in fp32 here")
+    kernels = kernels_problem(values["use_kernels"], values["use_cpu"])
+    if kernels:
+        problems.append(kernels)
     if values["remove_unused_columns"]:
         problems.append("--remove_unused_columns true: hf_ft's collators need the extra columns (length, ids)")
     if values["hub_token"]:

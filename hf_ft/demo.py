@@ -272,7 +272,7 @@ def pretrain_tiny_model(model_dir: str | Path, sentences: int = 20000, epochs: i
 
     model_dir = Path(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = BertForMaskedLM.from_pretrained(model_dir)
+    model = BertForMaskedLM.from_pretrained(model_dir, use_kernels=False)
     corpus = datasets.Dataset.from_dict(tokenizer(fact_sentences(sentences, seed=seed + 5)))
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=batch_size,

@@ -26,7 +26,7 @@ from .compare import Scored, build_report
 from .data import QARow, load_items
 from .errors import UserError, run_user_errors, writable_folder
 from .model_card import data_facts, write_model_card
-from .modeling import check_model_path, check_vocabulary
+from .modeling import KERNELS_FLAG_HELP, check_model_path, check_vocabulary, kernels_problem
 from .preprocessing import JOINT_EVAL_ROTATIONS
 from .reports import terminal_table, write_outputs
 from .run_dir import (COMPARISON_DIR, MANIFEST_FILE, RUN_RECORD_FILE, TEST_ITEMS_FILE, read_json_if_present)
@@ -84,6 +84,7 @@ class EvaluateArguments:
         "help": "Refuse a model whose tokenizer maps more than this share of the items' tokens to [UNK]."})
     use_cpu: bool = field(default=False, metadata={"help": "Score on the CPU even when CUDA is available."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the hub."})
+    use_kernels: bool = field(default=False, metadata={"help": KERNELS_FLAG_HELP})
     seed: int = field(default=0, metadata={"help": "Seed of the sample and the bootstrap."})
     judge: str | None = field(default=None, metadata={
         "help": "OpenAI-compatible endpoint for the optional LLM judge, e.g. http://127.0.0.1:8000/v1 "
@@ -261,6 +262,7 @@ def check_settings(args: EvaluateArguments) -> None:
     given = {name for name, value in values.items() if value != defaults[name].default}
     problems = validation.problems(values, EVALUATE_RULES) + validation.finite_floats(values, values)
     problems += validation.text_problems(values, given)
+    problems += [p for p in [kernels_problem(args.use_kernels, args.use_cpu)] if p]
     if problems:
         raise UserError(validation.refusal(problems))
 
@@ -315,7 +317,7 @@ def run(args: EvaluateArguments) -> dict:
     models, seconds, passes, scorers, retrieval = [], {}, {}, {}, {}
     for label, path, role, seed in entries:
         scorer = load_scorer(path, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
-                             joint_eval_rotations=args.joint_eval_rotations)
+                             joint_eval_rotations=args.joint_eval_rotations, use_kernels=args.use_kernels)
         check_vocabulary(scorer.tokenizer, rows, args.max_unk_rate, name=path)
         start = time.perf_counter()
         scores = scorer.score(rows, args.batch_size, batch_tokens=args.batch_tokens)
@@ -376,7 +378,8 @@ def run_judge(args, rows, scores_o, scores_f, out: Path) -> dict:
     from .run_dir import write_jsonl
 
     judge = (RemoteJudge(args.judge, args.judge_model, args.judge_concurrency) if args.judge
-             else LocalJudge(args.judge_model, use_cpu=args.use_cpu, trust_remote_code=args.trust_remote_code))
+             else LocalJudge(args.judge_model, use_cpu=args.use_cpu, trust_remote_code=args.trust_remote_code,
+                                    use_kernels=args.use_kernels))
     limit = len(rows) if args.judge_max_items <= 0 else min(len(rows), args.judge_max_items)
     items = []
     for r, so, sf in zip(rows[:limit], scores_o, scores_f):

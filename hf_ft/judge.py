@@ -149,7 +149,7 @@ class LocalJudge:
     """A causal LM through transformers' text-generation pipeline: loaded once, greedy, in batches."""
 
     def __init__(self, path: str, batch_size: int = 8, max_new_tokens: int = 64, use_cpu: bool = False,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, use_kernels: bool = False):
         from transformers import pipeline
 
         from .modeling import check_model_path
@@ -158,7 +158,7 @@ class LocalJudge:
         check_model_path(path)
         try:
             self.generate = pipeline("text-generation", model=path, device=pick_device(use_cpu),
-                                     trust_remote_code=trust_remote_code)
+                                     trust_remote_code=trust_remote_code, model_kwargs={"use_kernels": use_kernels})
         except Exception as e:  # noqa: BLE001 - any way a judge model fails to load is one line
             raise UserError(f"judge model {path}: cannot load as a causal LM: {str(e).splitlines()[0]}") from None
         tokenizer = self.generate.tokenizer

@@ -37,6 +37,28 @@ class ModelLoadError(UserError):
     pass
 
 
+# transformers 5 loads models with hub kernels on unless USE_HUB_KERNELS=NO: on CUDA, `model.train()` and
+# `model.eval()` then fetch compiled code from the hub and run it (and die offline). hf_ft runs no downloaded code
+# unless asked, so every load passes use_kernels explicitly: False unless --use_kernels.
+KERNELS_FLAG_HELP = ("Let transformers replace layers with hub kernels: compiled code downloaded from the hub "
+                     "(kernels-community/*) and run on the GPU. Needs the network, or a hub cache that already holds "
+                     "them. Off unless you turn it on, whatever USE_HUB_KERNELS says.")
+
+
+def kernels_problem(use_kernels: bool, use_cpu: bool = False) -> str | None:
+    """Why --use_kernels cannot work here (None: it can, or it was not asked for), said before any work."""
+    if not use_kernels:
+        return None
+    if use_cpu:
+        return "--use_kernels with --use_cpu: hub kernels are GPU code; drop one of the two"
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE and not any(Path(hub.HF_HUB_CACHE).glob("models--kernels-community--*")):
+        return (f"--use_kernels: the hub is offline (HF_HUB_OFFLINE=1) and its cache {hub.HF_HUB_CACHE} holds no "
+                "kernels-community kernel; run once online to fetch them, or drop --use_kernels")
+    return None
+
+
 def hub_id(name_or_path: str) -> str:
     """`bert-base-chinese` → `google-bert/bert-base-chinese` unless a local folder of that name exists."""
     if name_or_path in HUB_ALIASES and not Path(name_or_path).exists():
@@ -192,8 +214,10 @@ def apply_config_overrides(config, overrides: str | None) -> None:
 
 
 def load_model(name_or_path: str, formulation: str, revision: str = "main", cache_dir: str | None = None,
-               trust_remote_code: bool = False, config_overrides: str | None = None, **kwargs):
-    """Load `name_or_path` with the head `formulation` needs (a fresh head when it has none yet)."""
+               trust_remote_code: bool = False, config_overrides: str | None = None, use_kernels: bool = False,
+               **kwargs):
+    """Load `name_or_path` with the head `formulation` needs (a fresh head when it has none yet), without hub
+    kernels unless `use_kernels`."""
     config = load_config(name_or_path, revision, cache_dir, trust_remote_code)
     apply_config_overrides(config, config_overrides)
     if formulation == "joint":
@@ -204,7 +228,7 @@ def load_model(name_or_path: str, formulation: str, revision: str = "main", cach
     try:
         model = get_formulation(formulation).auto_class.from_pretrained(
             hub_id(name_or_path), config=config, revision=revision, cache_dir=cache_dir,
-            trust_remote_code=trust_remote_code, **kwargs)
+            trust_remote_code=trust_remote_code, use_kernels=use_kernels, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"{name_or_path}: cannot load as {formulation} model: {_load_problem(e)}") from None
     return model

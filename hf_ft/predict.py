@@ -23,6 +23,7 @@ from scipy.special import softmax
 from . import validation
 from .data import QARow, handle_problems, normalise_text, option_problem, read_records, validate_records
 from .errors import ArgumentParser, UserError, run_user_errors, writable_file
+from .modeling import KERNELS_FLAG_HELP, kernels_problem
 from .preprocessing import JOINT_EVAL_ROTATIONS
 from .run_dir import write_jsonl
 from .scoring import SCORER_CHOICES, LoadedScorer, load_scorer
@@ -195,6 +196,7 @@ def build_parser() -> ArgumentParser:
                         help="longest input in tokens; default: what the run recorded, else 512")
     parser.add_argument("--use_cpu", action="store_true")
     parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--use_kernels", action="store_true", help=KERNELS_FLAG_HELP)
     parser.add_argument("--json", action="store_true", help="single question: print JSON instead of a table")
     return parser
 
@@ -218,10 +220,11 @@ def run(args) -> object:
             raise UserError("--output: writes the predictions of --input or --question; this run has neither")
         writable_file(args.output, "--output")
     problems = validation.problems(vars(args), PREDICT_RULES)
+    problems += [p for p in [kernels_problem(args.use_kernels, args.use_cpu)] if p]
     if problems:
         raise UserError(validation.refusal(problems))
     scorer = load_scorer(args.model, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
-                         joint_eval_rotations=args.joint_eval_rotations)
+                         joint_eval_rotations=args.joint_eval_rotations, use_kernels=args.use_kernels)
     if args.question is not None:
         result = rank(scorer, [row])[0]
         if args.output:

@@ -106,7 +106,7 @@ def run_settings(path: str) -> dict:
 
 def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_length: int | None = None,
                 trust_remote_code: bool = False, revision: str = "main",
-                joint_eval_rotations: int | None = None) -> LoadedScorer:
+                joint_eval_rotations: int | None = None, use_kernels: bool = False) -> LoadedScorer:
     """Choose the scorer from the checkpoint's config (or `scorer`), load the model once, in eval mode.
     `max_length` and `joint_eval_rotations` default to what the run recorded (else 512 and 4): a flag given
     by the user overrides the record, a default never does."""
@@ -138,7 +138,7 @@ def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_leng
                         f"{getattr(config, 'architectures', None)}); score it with --scorer mlm-pll")
     tokenizer = load_tokenizer(path, revision, None, trust_remote_code)
     try:
-        model = load_model(path, formulation, revision, None, trust_remote_code)
+        model = load_model(path, formulation, revision, None, trust_remote_code, use_kernels=use_kernels)
     except ModelLoadError:
         if formulation != "mlm":
             raise

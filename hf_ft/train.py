@@ -62,11 +62,14 @@ def setup_logging(training_args) -> None:
 
 def identity_of(args: Arguments) -> str:
     settings = {}
+    model = asdict(args.model)
+    if not model["use_kernels"]:  # runs from before the flag keep their identity
+        model.pop("use_kernels")
     data = asdict(args.data)
     if not data["extra_data"]:  # a run without extra data keeps the identity it had before they existed
         data.pop("extra_data")
         data.pop("contamination")
-    for part in (asdict(args.model), data, asdict(args.run), args.training.to_dict()):
+    for part in (model, data, asdict(args.run), args.training.to_dict()):
         settings.update({k: v for k, v in part.items() if k not in NOT_IDENTITY})
     if args.retrieval.settings().used:  # an open-book run is another run (closed-book identities unchanged)
         settings.update(asdict(args.retrieval))
@@ -210,7 +213,8 @@ def main(args: Arguments) -> dict:
                             f"tokens; options are never truncated); use {need} or more (the tokenizer allows "
                             f"{tokenizer.model_max_length})")
         model = load_model(model_args.model_name_or_path, formulation, model_args.model_revision,
-                           model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides)
+                           model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides,
+                           use_kernels=model_args.use_kernels)
         base_model = provenance.base_model_record(model_args.model_name_or_path, hub_id(model_args.model_name_or_path),
                                                   model.config, output_dir, model_args.model_revision,
                                                   model_args.cache_dir) if is_main else None
