@@ -33,6 +33,7 @@ CHARS = ("的一是不了人我在有他這中大來上國個到說們為子和�
          "任至清物台象記邊共風戰干接它許八特覺望直服毛林題建南度統色字請交愛讓認算論百吃義科怎元社術結六功指思非流每"
          "青管夫連遠資隊跟帶花快條院變聯言權往展該領傳近留紅治決周保達辦運武半候七必城父強步完革深區即求品士轉量空甚")
 MODEL_SIZES = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
     "mid": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
@@ -80,10 +81,16 @@ def write_layout(out: Path, total_rows: int, seed: int) -> Path:
     return out
 
 
-def build_model(out: Path, size: str) -> tuple[Path, BertTokenizer]:
-    """A randomly initialised BertForMaskedLM of `size` whose vocabulary is the synthetic text's characters."""
+BERT_BASE_CHINESE_VOCAB = 21128
+
+
+def build_model(out: Path, size: str, vocab_size: int | None = None) -> tuple[Path, BertTokenizer]:
+    """A randomly initialised BertForMaskedLM of `size` whose vocabulary is the synthetic text's characters,
+    padded with unused tokens up to `vocab_size` (bert-base-chinese's 21,128: the embedding and the optimizer
+    then hold what they hold for the real model)."""
     out.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "？", *sorted(set(CHARS))]
+    vocab += [f"[unused{i}]" for i in range(max(0, (vocab_size or 0) - len(vocab)))]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer(vocab=str(out / "vocab.txt"), model_max_length=512)
     tokenizer.save_pretrained(out)

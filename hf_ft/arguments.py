@@ -92,6 +92,12 @@ class DataArguments:
         default=512, metadata={"help": "Longest input in tokens (capped at the model's limit); only the question "
                                        "is truncated, never an option."}
     )
+    pad_to_multiple_of: int | None = field(
+        default=None,
+        metadata={"help": "Pad each batch's length up to a multiple of this (e.g. 64): fewer distinct batch shapes, "
+                          "so torch.compile graphs and GPU kernel plans are reused, for some padding. Default: no "
+                          "rounding."},
+    )
     max_unk_rate: float = field(
         default=0.05, metadata={"help": "Refuse a tokenizer that maps more than this share of the data's characters "
                                         "to its unknown token (a model folder without its own vocabulary)."}
@@ -185,6 +191,18 @@ class RunArguments:
         default=False, metadata={"help": "With --push_to_hub: also push the test questions' text and the model's "
                                          "answers (by default only item ids, content hashes and correctness)."}
     )
+    profile_steps: int = field(
+        default=0,
+        metadata={"help": "Profile this many training steps after 5 warm-up steps (torch.profiler, each phase closed "
+                          "by a device sync): data wait, forward+backward, optimizer, device busy time, kernel "
+                          "launches and host-device syncs per step, the costliest operators, and each step's batch "
+                          "shape; written to output_dir/step_profile.json. 0: off."},
+    )
+    cudnn_attention: bool = field(
+        default=False,
+        metadata={"help": "Let SDPA use cuDNN's attention kernel on CUDA. Off by default: it builds an execution plan "
+                          "for every new batch shape (see the README's GPU section)."},
+    )
     seeds: str | None = field(
         default=None,
         metadata={"help": "Train the same configuration once per seed (e.g. `1,2,3`), each run in "
@@ -245,6 +263,9 @@ TASK_DEFAULTS = {
     "greater_is_better": True,
     "report_to": "none",
     "average_tokens_across_devices": False,  # would multiply a choice head's loss by the process count
+    # Trainer's default checks every step's loss for NaN with bool(tensor): a host-device sync per step, which
+    # stops the host from queueing the next step. A NaN loss is logged as NaN instead of being papered over.
+    "logging_nan_inf_filter": False,
     "train_sampling_strategy": "group_by_length",  # uses our `length` column
     "remove_unused_columns": False,  # our collators pick the model inputs; `length` must reach the sampler
     "per_device_eval_batch_size": 32,
@@ -491,6 +512,8 @@ TRAINING_RULES = {
     "adam_beta2": validation.share(0, 1, open_high=True),
     "label_smoothing_factor": validation.share(0, 1, open_high=True),
     "dataloader_num_workers": validation.at_least(0),
+    "profile_steps": validation.at_least(0),
+    "pad_to_multiple_of": validation.Rule(1, 512, "need a whole number from 1 to 512", integer=True),
     "early_stopping_threshold": validation.Rule(low=0, need="need a finite number of 0 or more"),
     "early_stopping_patience": validation.at_least(1, "need 1 or more evaluations"),
     "retrieval_k": validation.at_least(1, "need 1 or more passages"),

@@ -179,10 +179,11 @@ class MaskedLMCollator:
     mlm_probability: float = 0.15
     seed: int = 0
     epoch: int = 0
+    pad_to_multiple_of: int | None = None
 
     def __post_init__(self):
         self._collate = DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.mlm_probability,
-                                                        seed=self.seed)
+                                                        seed=self.seed, pad_to_multiple_of=self.pad_to_multiple_of)
         self._keys = _model_inputs(self.tokenizer)
 
     def set_epoch(self, epoch: int) -> None:

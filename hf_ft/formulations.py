@@ -123,7 +123,8 @@ register(Formulation(
     kind="a joint multiple-choice model"))
 register(Formulation(
     "mlm", AutoModelForMaskedLM, "fill-mask", encode_mlm,
-    lambda tokenizer, train, seed=0, mlm_probability=0.15, **_: MaskedLMCollator(tokenizer, mlm_probability, seed),
+    lambda tokenizer, train, seed=0, mlm_probability=0.15, pad_to_multiple_of=None, **_: MaskedLMCollator(
+        tokenizer, mlm_probability, seed, pad_to_multiple_of=pad_to_multiple_of),
     scores_options=False, copies=lambda options, rotations: options, usage=MLM_USAGE,
     kind="a masked-LM domain adaptation"))
 

@@ -18,7 +18,7 @@ import torch
 import transformers
 from transformers import EarlyStoppingCallback, set_seed
 
-from . import memory, provenance, run_dir
+from . import memory, provenance, run_dir, speed
 from .arguments import PATH_ARGUMENTS, Arguments
 from .callbacks import CheckpointMarkerCallback, LossCurveCallback
 from .data import LETTERS, handle_problems
@@ -43,7 +43,8 @@ NOT_IDENTITY = {
     "run_name",
     "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node", "dataloader_num_workers",
     "dataloader_persistent_workers", "preprocessing_num_workers", "trust_deepspeed_checkpoint", "seeds",
-    "accelerator_config", "cache_dir", "skip_memory_check",
+    "accelerator_config", "cache_dir", "skip_memory_check", "profile_steps", "cudnn_attention",
+    "logging_nan_inf_filter",
 }
 
 
@@ -69,6 +70,8 @@ def identity_of(args: Arguments) -> str:
     if not data["extra_data"]:  # a run without extra data keeps the identity it had before they existed
         data.pop("extra_data")
         data.pop("contamination")
+    if data["pad_to_multiple_of"] is None:  # likewise without rounding
+        data.pop("pad_to_multiple_of")
     for part in (model, data, asdict(args.run), args.training.to_dict()):
         settings.update({k: v for k, v in part.items() if k not in NOT_IDENTITY})
     if args.retrieval.settings().used:  # an open-book run is another run (closed-book identities unchanged)
@@ -242,18 +245,26 @@ def main(args: Arguments) -> dict:
 
         # 4b. Memory: the estimate for the largest batch, against what this machine has; a run that cannot fit
         # stops here, not at a kernel OOM kill hours in.
-        memory.check(memory_shape(model, formulation, train_set, [eval_set, test_set], training_args, args),
+        estimate = memory.check(memory_shape(model, formulation, train_set, [eval_set, test_set], training_args, args),
                      on_gpu=training_args.device.type == "cuda", skip=run_args.skip_memory_check)
 
         # 5. The Trainer.
+        speed.use_cudnn_attention(run_args.cudnn_attention)
+        throughput = speed.ThroughputCallback(
+            training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps *
+            max(1, training_args.world_size),
+            tokens_per_sample(train_set) * (data_args.joint_rotations if formulation == "joint" else 1),
+            6 * speed.non_embedding_parameters(model),
+            torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32)
         trainer = build_trainer(
             model, tokenizer, training_args, formulation, train_set,
             eval_set if training_args.eval_strategy != "no" else None,
             mlm_probability=data_args.mlm_probability, joint_rotations=data_args.joint_rotations,
-            joint_eval_rotations=data_args.joint_eval_rotations,
-            callbacks=[LossCurveCallback(str(output_dir)), CheckpointMarkerCallback(identity)] + (
+            joint_eval_rotations=data_args.joint_eval_rotations, pad_to_multiple_of=data_args.pad_to_multiple_of,
+            callbacks=[LossCurveCallback(str(output_dir)), CheckpointMarkerCallback(identity), throughput] + (
                 [EarlyStoppingCallback(run_args.early_stopping_patience, run_args.early_stopping_threshold)]
-                if run_args.early_stopping_patience else []),
+                if run_args.early_stopping_patience else []) + (
+                [speed.StepProfileCallback(output_dir, run_args.profile_steps)] if run_args.profile_steps else []),
             push=lambda message: push_finished_run(output_dir, training_args, message, run_args.push_test_items),
         )
 
@@ -263,9 +274,11 @@ def main(args: Arguments) -> dict:
         metrics["train_samples"] = len(train_set)
         metrics["deepspeed_stage"] = args.deepspeed.stage if args.deepspeed.used else -1
         metrics.update(data_seconds=round(data_seconds, 2), tokenize_seconds=round(tokenize_seconds, 2),
-                       train_tokens_per_sample=round(tokens_per_sample(train_set), 1))
+                       train_tokens_per_sample=round(tokens_per_sample(train_set), 1),
+                       **throughput.summary(training_args.device))
         if torch.cuda.is_available() and not training_args.use_cpu:
             metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            metrics["estimated_peak_memory_mb"] = round(estimate.peak / 2**20, 1)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()

@@ -169,7 +169,7 @@ class QATrainer(Trainer):
 
 def build_trainer(model, tokenizer, training_args, formulation: str, train_set, eval_set=None, *,
                   mlm_probability: float = 0.15, joint_rotations: int = 1, joint_eval_rotations: int = 1,
-                  callbacks=(), push=None) -> QATrainer:
+                  pad_to_multiple_of: int | None = None, callbacks=(), push=None) -> QATrainer:
     """A QATrainer with hf_ft's collators and metrics for `formulation` (per_choice, joint or mlm)."""
     seed = training_args.seed
     scores_accuracy = get_formulation(formulation).scores_options
@@ -181,9 +181,10 @@ def build_trainer(model, tokenizer, training_args, formulation: str, train_set, 
         eval_dataset=eval_set if has_eval else None,
         processing_class=tokenizer,
         data_collator=make_collator(formulation, tokenizer, train=True, seed=seed, mlm_probability=mlm_probability,
-                                    joint_rotations=joint_rotations),
+                                    joint_rotations=joint_rotations, pad_to_multiple_of=pad_to_multiple_of),
         eval_data_collator=make_collator(formulation, tokenizer, train=False, seed=seed,
-                                         mlm_probability=mlm_probability, joint_eval_rotations=joint_eval_rotations),
+                                         mlm_probability=mlm_probability, joint_eval_rotations=joint_eval_rotations,
+                                         pad_to_multiple_of=pad_to_multiple_of),
         compute_metrics=build_compute_metrics(eval_set["subject"]) if scores_accuracy and has_eval else None,
         callbacks=list(callbacks),
         push=push,
