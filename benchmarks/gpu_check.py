@@ -39,8 +39,8 @@ ARMS = {
     "joint_b32": dict(args=["--formulation", "joint"], note="joint, 4 rotations"),
     "compile_b32_pad64": dict(args=["--torch_compile", "--pad_to_multiple_of", "64"], timeout=170,
                               note="torch.compile (inductor), lengths rounded to 64"),
-    "zero2_b32": dict(args=[], zero=2, note="DeepSpeed ZeRO-2, one GPU"),
-    "zero3_b32": dict(args=[], zero=3, note="DeepSpeed ZeRO-3, one GPU"),
+    "zero2_b32": dict(args=[], zero=2, timeout=120, note="DeepSpeed ZeRO-2, one GPU"),
+    "zero3_b32": dict(args=[], zero=3, timeout=120, note="DeepSpeed ZeRO-3, one GPU"),
     "full_job": dict(args=None, timeout=170, note="the whole job: 3 epochs, evaluation, full test, card"),
 }
 
@@ -126,6 +126,11 @@ def arm_row(name: str, out: Path, stage: dict) -> dict:
         "train_questions_per_second", "train_real_tokens_per_second", "train_mfu", "matmul_peak_tflops",
         "peak_gpu_memory_mb", "estimated_peak_memory_mb", "test_samples_per_second", "eval_samples_per_second",
         "train_step_seconds")})
+    steady_ms, step_s = profile.get("unprofiled_step_ms_mean"), results.get("train_step_seconds")
+    if steady_ms and step_s and results.get("train_questions_per_second"):  # without start-up and profiled steps
+        speedup = step_s * 1e3 / steady_ms
+        row.update({f"steady_{k}": round(results[k] * speedup, 4 if k == "train_mfu" else 1) for k in (
+            "train_questions_per_second", "train_real_tokens_per_second", "train_mfu")})
     phases = profile.get("phase_ms_median", {})
     row.update({
         "data_wait_ms": phases.get("data_wait_ms"), "forward_backward_ms": phases.get("forward_backward_ms"),
@@ -201,7 +206,8 @@ def print_table(report: dict) -> None:
             m = micro_report[key]
             print(f"  micro {key:<9} fwd+bwd: same shape {m['same_shape_ms_median']} ms, "
                   f"new shape {m['new_shape_ms_median']} ms")
-    header = (f"{'arm':<19}{'status':<8}{'q/s':>7}{'tok/s':>9}{'MFU':>7}{'test q/s':>9}{'GPU MB':>8}{'est MB':>8}"
+    header = (f"{'arm':<19}{'status':<8}{'q/s':>7}{'tok/s':>9}{'MFU':>7}{'steady':>7}{'tok/s':>9}{'MFU':>7}"
+              f"{'test q/s':>9}{'GPU MB':>8}{'est MB':>8}"
               f"{'data':>7}{'f+b':>7}{'opt':>7}{'busy':>7}{'gap':>7}{'launch':>7}{'sync':>5}{'shapes':>7}{'wall':>6}")
     print(header)
     print("-" * len(header))
@@ -210,13 +216,16 @@ def print_table(report: dict) -> None:
                                                     "timeout" if "limit" in r["status"] else "FAILED")
         print(f"{r['arm']:<19}{status:<8}{fmt(r.get('train_questions_per_second'), '.0f'):>7}"
               f"{fmt(r.get('train_real_tokens_per_second'), '.0f'):>9}{fmt(r.get('train_mfu'), '.1%'):>7}"
+              f"{fmt(r.get('steady_train_questions_per_second'), '.0f'):>7}"
+              f"{fmt(r.get('steady_train_real_tokens_per_second'), '.0f'):>9}{fmt(r.get('steady_train_mfu'), '.1%'):>7}"
               f"{fmt(r.get('test_samples_per_second'), '.0f'):>9}{fmt(r.get('peak_gpu_memory_mb'), '.0f'):>8}"
               f"{fmt(r.get('estimated_peak_memory_mb'), '.0f'):>8}{fmt(r.get('data_wait_ms'), '.1f'):>7}"
               f"{fmt(r.get('forward_backward_ms'), '.1f'):>7}{fmt(r.get('optimizer_ms'), '.1f'):>7}"
               f"{fmt(r.get('device_busy_ms_per_step'), '.1f'):>7}{fmt(r.get('host_gap_ms_per_step'), '.1f'):>7}"
               f"{fmt(r.get('kernel_launches_per_step'), '.0f'):>7}{fmt(r.get('device_syncs_per_step'), '.0f'):>5}"
               f"{fmt(r.get('distinct_batch_shapes'), 'd'):>7}{r['wall_s']:>6.0f}")
-    print("q/s, tok/s, MFU: training steps only; data/f+b/opt/busy/gap: ms per profiled step (each phase synced); "
+    print("q/s, tok/s, MFU: over all training steps; steady: without the first step and the profiled ones; "
+          "data/f+b/opt/busy/gap: ms per profiled step (each phase synced); "
           "launch, sync: per step; est MB: hf_ft's memory estimate")
 
 

@@ -50,6 +50,10 @@ class Shape:
     offload_parameters: bool = False
     world_size: int = 1
     bytes_per_activation: int = 4  # fp32; 2 under bf16/fp16 autocast
+    # The attention probabilities (batch × heads × length²) are kept for the backward pass on the math path (eager
+    # attention, and SDPA on a CPU with dropout); SDPA's fused CUDA kernels recompute them instead. Measured on an
+    # H200 at bert-base, batch 32 × 4 × 511 tokens, bf16: 27.6 GB peak; 52 GB counted with them, 26 without.
+    attention_probabilities: bool = True
 
 
 def layer_activation_bytes(shape: Shape, sequences: int, length: int) -> int:
@@ -61,7 +65,7 @@ def layer_activation_bytes(shape: Shape, sequences: int, length: int) -> int:
     # intermediate before and after GELU (2i); dropout masks (2h, one byte each)
     per_token = b * (8 * h + 2 * i) + 2 * h
     # attention scores' softmax output and its dropout (two a·s² tensors) and the mask (one byte)
-    attention = sequences * a * length * length * (2 * b + 1)
+    attention = sequences * a * length * length * (2 * b + 1) if shape.attention_probabilities else 0
     return tokens * per_token + attention
 
 

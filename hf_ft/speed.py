@@ -234,6 +234,8 @@ class StepProfileCallback(TrainerCallback):
             if not row["profiled"] and row["step"] > 1:
                 (new_ms if row["new_shape"] else seen_ms).append(row["ms"])
         out["distinct_batch_shapes"] = len(shapes)
+        steady = new_ms + seen_ms  # every step but the first (start-up) and the profiled ones
+        out["unprofiled_step_ms_mean"] = round(statistics.fmean(steady), 3) if steady else None
         out["unprofiled_step_ms_median"] = {
             "new_shape": round(statistics.median(new_ms), 3) if new_ms else None, "new_shape_steps": len(new_ms),
             "seen_shape": round(statistics.median(seen_ms), 3) if seen_ms else None,

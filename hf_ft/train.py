@@ -338,6 +338,8 @@ def memory_shape(model, formulation: str, train_set, eval_sets, training_args, a
         accumulation=training_args.gradient_accumulation_steps, length=lengths[0],
         eval_batch=training_args.per_device_eval_batch_size, eval_length=max(eval_lengths),
         checkpointing=bool(training_args.gradient_checkpointing),
+        attention_probabilities=not (training_args.device.type == "cuda" and
+                                     getattr(config, "_attn_implementation", "eager") in ("sdpa", "flash_attention_2")),
         zero_stage=args.deepspeed.stage if args.deepspeed.used else 0, world_size=training_args.world_size,
         bytes_per_activation=2 if (training_args.bf16 or training_args.fp16) else 4)
 

@@ -379,3 +379,37 @@ def test_context_is_cut_first_then_the_question_and_never_an_option(tiny_model):
         option_ids = tokenizer(option, add_special_tokens=False)["input_ids"]
         start = 2 + len(question)
         assert choice[start:start + len(option_ids)] == option_ids
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("multiple", [None, 8, 64])
+def test_vectorised_padding_equals_the_tokenizers(tiny_model, padding_side, multiple):
+    """collators.pad_batch replaced tokenizer.pad on the training path (19 ms → 1 ms a batch): the same tensors,
+    for per_choice (transformers' DataCollatorForMultipleChoice) and joint (tokenizer.pad), either padding side."""
+    import random
+
+    import torch
+    from transformers import AutoTokenizer, DataCollatorForMultipleChoice
+
+    from hf_ft.collators import MultipleChoiceCollator, pad_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.padding_side = padding_side
+    rng = random.Random(multiple or 1)
+    features = []
+    for i in range(13):
+        ids = [[rng.randint(5, 60) for _ in range(rng.randint(1, 90))] for _ in range(4)]
+        features.append({"input_ids": ids, "token_type_ids": [[rng.randint(0, 1)] * len(x) for x in ids],
+                         "labels": rng.randint(0, 3), "id": str(i), "length": 0, "subject": "music"})
+    ours = MultipleChoiceCollator(tokenizer, multiple)(features)
+    theirs = DataCollatorForMultipleChoice(tokenizer, pad_to_multiple_of=multiple)(
+        [{k: f[k] for k in ("input_ids", "token_type_ids", "labels")} for f in features])
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        assert ours[key].dtype == theirs[key].dtype and torch.equal(ours[key], theirs[key]), key
+    flat = {k: [seq for f in features for seq in f[k]] for k in ("input_ids", "token_type_ids")}
+    reference = tokenizer.pad([{k: flat[k][i] for k in flat} for i in range(len(flat["input_ids"]))], padding=True,
+                              pad_to_multiple_of=multiple, return_tensors="pt")
+    padded = pad_batch(tokenizer, flat, multiple)
+    assert padded.keys() == reference.keys()
+    assert all(torch.equal(padded[k], reference[k]) for k in reference)
