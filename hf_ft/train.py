@@ -330,7 +330,8 @@ def memory_shape(model, formulation: str, train_set, eval_sets, training_args, a
                  "joint": (min(args.data.joint_rotations, options), min(args.data.joint_eval_rotations, options)),
                  }.get(formulation, (1, 1))
     return memory.Shape(
-        parameters=sum(p.numel() for p in model.parameters()), hidden=config.hidden_size,
+        parameters=sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),  # whole under ZeRO-3 too
+        hidden=config.hidden_size,
         layers=config.num_hidden_layers, heads=config.num_attention_heads,
         intermediate=getattr(config, "intermediate_size", 4 * config.hidden_size), vocab=config.vocab_size,
         formulation=formulation, choices=sequences[0], eval_choices=sequences[1],

@@ -185,3 +185,15 @@ def test_gpu_check_reports_a_failing_arm_and_goes_on(tmp_path, monkeypatch):
     assert "per_device_train_batch_size" in (tmp_path / "logs" / "broken.log").read_text()
     row = gpu_check.arm_row("broken", tmp_path / "b", stage)
     assert row["train_questions_per_second"] is None
+
+
+@pytest.mark.parametrize("batch, measured_gb", [(32, 27.57), (128, 105.84)])
+def test_the_gpu_memory_estimate_covers_what_an_h200_measured(batch, measured_gb):
+    """gpu-check at 5e961ca on an H200 (bert-base shape, bf16, SDPA, 4 × 511 tokens): the estimate must not fall
+    below the measured peak (a run the check lets through would then die of OOM), nor waste more than 10%."""
+    from hf_ft.memory import GB, Shape, estimate
+
+    shape = Shape(parameters=102_267_648, hidden=768, layers=12, heads=12, intermediate=3072, vocab=21128,
+                  formulation="per_choice", choices=4, batch=batch, accumulation=1, length=511, eval_batch=32,
+                  eval_length=511, eval_choices=4, bytes_per_activation=2, attention_probabilities=False)
+    assert measured_gb <= estimate(shape, 0).peak / GB <= 1.10 * measured_gb
