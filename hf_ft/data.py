@@ -411,11 +411,18 @@ def handle_problems(problems: list[Problem], on_bad_rows: str, output_dir: str |
     summary = ", ".join(f"{kind}: {n}" for kind, n in sorted(counts.items()))
     logger.warning("skipped %d bad row(s) (%s)", len(problems), summary)
     if output_dir:
-        path = Path(output_dir) / REJECTED_FILE
-        write_jsonl(path, ({"file": p.source, "line": p.line, "reason": p.reason, "kind": p.kind,
-                            "row": p.record} for p in problems))
-        logger.warning("rejected rows written to %s", path)
+        write_rejected_rows(problems, output_dir)
     return counts
+
+
+def write_rejected_rows(problems: list[Problem], output_dir: str | os.PathLike) -> None:
+    """`rejected_rows.jsonl`: every row `--on_bad_rows skip` left out, with its file, line and reason."""
+    if not problems:
+        return
+    path = Path(output_dir) / REJECTED_FILE
+    write_jsonl(path, ({"file": p.source, "line": p.line, "reason": p.reason, "kind": p.kind, "row": p.record}
+                       for p in problems))
+    logger.warning("rejected rows written to %s", path)
 
 
 def load_items(path: str | os.PathLike, on_bad_rows: str = "error") -> list[QARow]:

@@ -241,6 +241,7 @@ def retrieval_summary(scorer, rows: list[QARow], scores, gold: dict[str, set[str
         "accuracy_gold_not_in_context": float(correct[~has_gold].mean()) if (~has_gold).any() else None,
         "items_gold_in_context": int(has_gold.sum()),
         "context_tokens_per_item": float(np.mean(tokens)),
+        "context_leak_check": scorer.context_check,
         "note": "context tokens before truncation to max_seq_length",
     }
 

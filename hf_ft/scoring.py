@@ -66,6 +66,7 @@ class LoadedScorer:
     passes: int = 0  # forward-pass sequences of the last `score` call
     settings: dict | None = None
     retrieved: list | None = None  # per item of the last `score` call: the passages used (open book)
+    context_check: dict | None = None  # the last `score` call's leak check of the assembled contexts
     _book: object = None
 
     def open_book(self):
@@ -76,13 +77,29 @@ class LoadedScorer:
             self._book = OpenBook.from_record(self.settings["retrieval"], self.path)
         return self._book
 
+    def recorded_test_items(self) -> list[QARow]:
+        """The test items the run held out (its test_qa_data.json), if it recorded them."""
+        from .data import load_items
+        from .run_dir import TEST_ITEMS_FILE
+
+        path = Path(self.path) / TEST_ITEMS_FILE
+        return load_items(path) if path.is_file() else []
+
     def score(self, rows: list[QARow], batch_size: int = 32, progress: bool = True,
               batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
         """(n, options) scores; higher is better. Deterministic for the same model and items. An open-book
         model reads each item with the passages its run's retrieval finds (rows that bring no context)."""
-        self.retrieved = None
+        self.retrieved = self.context_check = None
         if self.open_book() is not None and rows and all(r.context is None for r in rows):
             rows, self.retrieved = self.open_book().attach(rows)
+            # what the model reads, checked against these items and the run's own test items (a question given to
+            # predict may be one of them), whatever file they came from
+            held_out = list({r.id: r for r in [*rows, *self.recorded_test_items()]}.values())
+            guarded, self.context_check = self.open_book().guard({"scored": rows}, held_out, self.path)
+            for row, record in zip(guarded["scored"], self.retrieved):
+                if row.context is None and record["passages"]:
+                    record.update(passages=[], gold_in_context=False, removed_by_leak_check=True)
+            rows = guarded["scored"]
             for record, row in zip(self.retrieved, rows):
                 record["context_tokens"] = len(self.tokenizer(row.context or "", add_special_tokens=False,
                                                               verbose=False)["input_ids"])

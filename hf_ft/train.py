@@ -10,7 +10,8 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import asdict, replace
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -21,7 +22,7 @@ from transformers import EarlyStoppingCallback, set_seed
 from . import memory, provenance, run_dir, speed
 from .arguments import PATH_ARGUMENTS, Arguments
 from .callbacks import CheckpointMarkerCallback, LossCurveCallback
-from .data import LETTERS, handle_problems
+from .data import LETTERS, handle_problems, write_rejected_rows
 from .errors import UserError
 from .extra.mixing import load_for_run as load_extra_for_run
 from .formulations import count_truncated, encode, get_formulation
@@ -82,7 +83,8 @@ def identity_of(args: Arguments) -> str:
 def resolve_start(output_dir: Path, identity: str, args: Arguments) -> str | None:
     """Where this run starts: None (from scratch) or a checkpoint. A finished run, another run's unfinished
     folder or foreign files are refused unless --overwrite_output_dir; this run's own unfinished folder is
-    resumed from its newest usable checkpoint (or restarted if it has none)."""
+    resumed from its newest usable checkpoint (or restarted if it has none). Reads only: `begin_run` clears
+    what --overwrite_output_dir replaces, once every check has passed."""
     explicit = args.training.resume_from_checkpoint
     require_marker = args.deepspeed.used and not args.run.trust_deepspeed_checkpoint
     if explicit:
@@ -95,14 +97,7 @@ def resolve_start(output_dir: Path, identity: str, args: Arguments) -> str | Non
         return explicit
     contents = [p for p in output_dir.iterdir() if p.name not in (run_dir.LOCK_FILE, run_dir.STARTED_FILE)] \
         if output_dir.is_dir() else []
-    if args.run.overwrite_output_dir:
-        for path in contents:
-            if path.name.startswith("checkpoint-") and path.is_dir():
-                shutil.rmtree(path)
-        for name in (run_dir.FINISHED_FILE, run_dir.STARTED_FILE):
-            (output_dir / name).unlink(missing_ok=True)
-        return None
-    if not contents:
+    if args.run.overwrite_output_dir or not contents:
         return None
     started = run_dir.read_json_if_present_quietly(output_dir / run_dir.STARTED_FILE)
     hint = "pass --overwrite_output_dir to train into it anyway, or choose another --output_dir"
@@ -140,183 +135,245 @@ def decide_on_main_process(training_args, fn, *args):
     return value
 
 
+@dataclass
+class RunData:
+    """Everything `prepare_data` read and decided, nothing written yet."""
+    loaded: object
+    extra: object
+    splits: object
+    evaluated: dict  # "validation"/"test" → the rows evaluated (a stratified sample when asked)
+    split_seed: int
+    problems: list
+    rejected: Counter
+    book: OpenBook | None = None
+    contexts: dict | None = None  # split → per-row retrieval records
+    context_check: dict | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class RunInputs:
+    tokenizer: object
+    model: object
+    base_model: dict | None
+    max_length: int
+    train_set: object
+    eval_set: object
+    test_set: object
+    seconds: float
+
+
 def main(args: Arguments) -> dict:
-    model_args, data_args, run_args, training_args = args.model, args.data, args.run, args.training
+    """One run: claim the folder, prepare data and inputs (every refusal happens here, before anything is
+    written), begin the run, train, evaluate, finish."""
+    training_args = args.training
     setup_logging(training_args)
     output_dir = Path(training_args.output_dir)
     is_main = training_args.process_index == 0
-    formulation = model_args.formulation
     identity = identity_of(args)
     logger.info("DeepSpeed: %s", f"ZeRO stage {args.deepspeed.stage} ({args.deepspeed.config_path})"
                 if args.deepspeed.used else f"not used ({args.deepspeed.reason})" if args.deepspeed.reason
                 else "not used")
-
-    # 0. The output folder: locked for this run; resume this run's own checkpoint or start afresh.
-    holding = contextlib.ExitStack()
-
-    def claim_output_dir():
-        if training_args.push_to_hub:  # before hours of training, not after
-            from .hub import check_push_access, repo_id_for
-
-            check_push_access(repo_id_for(training_args.hub_model_id, output_dir))
-        holding.enter_context(run_dir.locked(output_dir))
-        return resolve_start(output_dir, identity, args)
-
-    checkpoint = decide_on_main_process(training_args, claim_output_dir)
-    with holding:
+    with contextlib.ExitStack() as holding:
+        checkpoint = decide_on_main_process(training_args, claim_output_dir, output_dir, identity, args, holding)
         set_seed(training_args.seed)
-
-        # 1. Files → validated rows (bad rows stop the run, or are skipped and written down).
-        started = time.perf_counter()
-        loaded = load_rows(data_args, model_args.cache_dir)
-        extra = None
-        if data_args.extra_data:  # other exam sets: converted, checked against all of TMMLU+, for training only
-            with training_args.main_process_first(desc="reading the extra training data"):
-                extra = load_extra_for_run(data_args, loaded, model_args.cache_dir, training_args.seed)
-        if is_main:  # before the run's first output: from here on the folder is this run's
-            run_dir.mark_started(output_dir, identity)
-        rejected = handle_problems(loaded.problems + (extra.problems if extra else []), data_args.on_bad_rows,
-                                   str(output_dir) if is_main else None)
-
-        # 2. Rows → deduplicated, seeded splits; the test split and the manifest are written first.
-        split_seed = data_args.split_seed if data_args.split_seed is not None else training_args.seed
-        splits = make_splits(loaded, data_args.split_scheme, split_seed, data_args.validation_fraction,
-                             data_args.ratios(), needs_validation=training_args.eval_strategy != "no")
-        if extra is not None:  # the validation split stays the target task's; the test split is untouched
-            splits = replace(splits, train=splits.train + extra.rows)
+        data = prepare_data(args)
+        inputs = prepare_inputs(args, data, output_dir, is_main)
         if is_main:
-            manifest = write_split_outputs(str(output_dir), loaded, splits, rejected, split_seed,
-                                           extra.report if extra else None)
-            logger.info("splits (%s): %s; %d duplicate(s) removed, %d row(s) rejected", splits.scheme,
-                        manifest["counts"], splits.duplicates_removed, sum(rejected.values()))
-        data_seconds = time.perf_counter() - started
-        evaluated = {"validation": splits.validation, "test": splits.test}
-        for name, limit in (("validation", data_args.max_eval_samples), ("test", data_args.max_test_samples)):
-            if limit is not None and limit < len(evaluated[name]):
-                evaluated[name] = stratified_sample(evaluated[name], limit, split_seed)
-                logger.info("%s: a stratified sample of %d of %d questions is evaluated", name, limit,
-                            len(getattr(splits, name)))
-
-        # 2b. Open book: the corpus is checked against every held-out item, then each row gets its passages.
-        book = None
-        if args.retrieval.settings().used:
-            with training_args.main_process_first(desc="indexing the retrieval corpus"):
-                book = OpenBook.build(args.retrieval.settings(), splits.train, splits.validation + splits.test,
-                                      model_args.cache_dir)
-            splits, evaluated = attach_contexts(book, splits, evaluated, output_dir if is_main else None)
-
-        # 3. Tokenizer and model; the tokenizer must cover the data's text.
-        tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
-                                   model_args.model_revision, model_args.cache_dir, model_args.trust_remote_code)
-        check_vocabulary(tokenizer, splits.train + splits.validation + splits.test, data_args.max_unk_rate)
-        need, row = required_length(splits.train + splits.validation + splits.test, tokenizer, formulation)
-        if need > min(data_args.max_seq_length, tokenizer.model_max_length):
-            raise UserError(f"--max_seq_length {data_args.max_seq_length}: too short for the options of {row.source}:"
-                            f"{row.line} ({need} tokens with a question of {MIN_QUESTION_TOKENS} and the special "
-                            f"tokens; options are never truncated); use {need} or more (the tokenizer allows "
-                            f"{tokenizer.model_max_length})")
-        model = load_model(model_args.model_name_or_path, formulation, model_args.model_revision,
-                           model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides,
-                           use_kernels=model_args.use_kernels)
-        base_model = provenance.base_model_record(model_args.model_name_or_path, hub_id(model_args.model_name_or_path),
-                                                  model.config, output_dir, model_args.model_revision,
-                                                  model_args.cache_dir) if is_main else None
-        max_length = min(data_args.max_seq_length, tokenizer.model_max_length,
-                         getattr(model.config, "max_position_embeddings", data_args.max_seq_length))
-
-        # 4. Rows → tokenized datasets (the main process tokenizes first; the others read its cache).
-        started = time.perf_counter()
-        with training_args.main_process_first(desc="tokenizing"):
-            def tokenized(rows, sort):
-                return encode(rows, tokenizer, formulation, max_length, num_proc=data_args.preprocessing_num_workers,
-                              sort_by_length=sort, drop_question=data_args.drop_question)
-
-            train_set = tokenized(splits.train, False)
-            eval_set = tokenized(evaluated["validation"], run_args.sort_eval_by_length)
-            test_set = tokenized(evaluated["test"], run_args.sort_eval_by_length)
-        tokenize_seconds = time.perf_counter() - started
-        for name, dataset in (("train", train_set), ("validation", eval_set), ("test", test_set)):
-            logger.info("%s: %d examples, %d truncated to %d tokens", name, len(dataset), count_truncated(dataset),
-                        max_length)
-            if book is not None:
-                logger.info("%s: %d contexts cut to fit; %.1f context tokens per item", name,
-                            count_truncated(dataset, "context_truncated"),
-                            sum(dataset["context_tokens"]) / max(1, len(dataset)))
-
-        # 4b. Memory: the estimate for the largest batch, against what this machine has; a run that cannot fit
-        # stops here, not at a kernel OOM kill hours in.
-        estimate = memory.check(memory_shape(model, formulation, train_set, [eval_set, test_set], training_args, args),
-                     on_gpu=training_args.device.type == "cuda", skip=run_args.skip_memory_check)
-
-        # 5. The Trainer.
-        speed.use_cudnn_attention(run_args.cudnn_attention)
-        throughput = speed.ThroughputCallback(
-            training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps *
-            max(1, training_args.world_size),
-            tokens_per_sample(train_set) * (data_args.joint_rotations if formulation == "joint" else 1),
-            6 * speed.non_embedding_parameters(model),
-            torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32)
-        trainer = build_trainer(
-            model, tokenizer, training_args, formulation, train_set,
-            eval_set if training_args.eval_strategy != "no" else None,
-            mlm_probability=data_args.mlm_probability, joint_rotations=data_args.joint_rotations,
-            joint_eval_rotations=data_args.joint_eval_rotations, pad_to_multiple_of=data_args.pad_to_multiple_of,
-            callbacks=[LossCurveCallback(str(output_dir)), CheckpointMarkerCallback(identity), throughput] + (
-                [EarlyStoppingCallback(run_args.early_stopping_patience, run_args.early_stopping_threshold)]
-                if run_args.early_stopping_patience else []) + (
-                [speed.StepProfileCallback(output_dir, run_args.profile_steps)] if run_args.profile_steps else []),
-            push=lambda message: push_finished_run(output_dir, training_args, message, run_args.push_test_items),
-        )
-
-        # 6. Train (resuming when there is a checkpoint).
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = dict(train_result.metrics)
-        metrics["train_samples"] = len(train_set)
-        metrics["deepspeed_stage"] = args.deepspeed.stage if args.deepspeed.used else -1
-        metrics.update(data_seconds=round(data_seconds, 2), tokenize_seconds=round(tokenize_seconds, 2),
-                       train_tokens_per_sample=round(tokens_per_sample(train_set), 1),
-                       **throughput.summary(training_args.device))
-        if torch.cuda.is_available() and not training_args.use_cpu:
-            metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            metrics["estimated_peak_memory_mb"] = round(estimate.peak / 2**20, 1)
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-
-        # 7. Evaluate the final (best) model on validation and test, with per-subject accuracy.
-        results = {}
-        for split, dataset in (("eval", eval_set), ("test", test_set)):
-            if len(dataset) == 0:
-                continue
-            if get_formulation(formulation).scores_options:
-                trainer.compute_metrics = build_compute_metrics(dataset["subject"], per_subject=True)
-                prediction = trainer.predict(dataset, metric_key_prefix=split)
-                split_metrics = prediction.metrics
-                if split == "test" and is_main:
-                    write_test_predictions(output_dir, dataset, prediction.predictions, evaluated["test"])
-            else:
-                split_metrics = trainer.evaluate(dataset, metric_key_prefix=split)
-            split_metrics[f"{split}_samples"] = len(dataset)
-            trainer.log_metrics(split, split_metrics)
-            results.update(split_metrics)
-        trainer.save_metrics("eval", results)  # eval_results.json, merged into all_results.json
-
-        # 8. The run record, the model card, the final model (save_model runs on every rank: DeepSpeed ZeRO-3
-        # gathers the weights collectively), then the finished marker, last; only then a push.
-        if is_main:
-            run_dir.write_json(output_dir / run_dir.RUN_RECORD_FILE,
-                               run_record(args, formulation, trainer, max_length, base_model, book))
-            write_model_card(output_dir, trainer.hub_model_id)
-        trainer.save_model()
-        trainer.accelerator.wait_for_everyone()
-        if is_main:
-            run_dir.mark_finished(output_dir, identity)
-        trainer.accelerator.wait_for_everyone()  # no rank returns before the run is finished for all of them
-        if training_args.push_to_hub:
-            trainer.push_to_hub()
+            begin_run(output_dir, identity, args, data)
+        trainer, metrics = train_model(args, data, inputs, identity, checkpoint)
+        results = evaluate_model(trainer, args, data, inputs, output_dir, is_main)
+        finish_run(trainer, args, data, inputs, output_dir, identity, is_main)
     logger.info("model, tokenizer, results and model card saved to %s; loss curve: %s", output_dir,
                 output_dir / run_dir.CURVE_FILE)
     return {**metrics, **results}
+
+
+def claim_output_dir(output_dir: Path, identity: str, args: Arguments, holding: contextlib.ExitStack) -> str | None:
+    """The hub checked (before hours of training), the folder locked for this run, where to start decided."""
+    if args.training.push_to_hub:
+        from .hub import check_push_access, repo_id_for
+
+        check_push_access(repo_id_for(args.training.hub_model_id, output_dir))
+    holding.enter_context(run_dir.locked(output_dir))
+    return resolve_start(output_dir, identity, args)
+
+
+def prepare_data(args: Arguments) -> RunData:
+    """Files → validated rows → seeded splits (+ extra sources, + retrieved contexts, checked for leaks)."""
+    data_args, training_args = args.data, args.training
+    started = time.perf_counter()
+    loaded = load_rows(data_args, args.model.cache_dir)
+    extra = None
+    if data_args.extra_data:  # other exam sets: converted, checked against all of TMMLU+, for training only
+        with training_args.main_process_first(desc="reading the extra training data"):
+            extra = load_extra_for_run(data_args, loaded, args.model.cache_dir, training_args.seed)
+    problems = loaded.problems + (extra.problems if extra else [])
+    rejected = handle_problems(problems, data_args.on_bad_rows, None)  # refused here; written by begin_run
+    split_seed = data_args.split_seed if data_args.split_seed is not None else training_args.seed
+    splits = make_splits(loaded, data_args.split_scheme, split_seed, data_args.validation_fraction,
+                         data_args.ratios(), needs_validation=training_args.eval_strategy != "no")
+    if extra is not None:  # the validation split stays the target task's; the test split is untouched
+        splits = replace(splits, train=splits.train + extra.rows)
+    evaluated = {"validation": splits.validation, "test": splits.test}
+    for name, limit in (("validation", data_args.max_eval_samples), ("test", data_args.max_test_samples)):
+        if limit is not None and limit < len(evaluated[name]):
+            evaluated[name] = stratified_sample(evaluated[name], limit, split_seed)
+            logger.info("%s: a stratified sample of %d of %d questions is evaluated", name, limit,
+                        len(getattr(splits, name)))
+    data = RunData(loaded, extra, splits, evaluated, split_seed, problems, rejected)
+    if args.retrieval.settings().used:  # open book: the corpus checked against every held-out item, then attached
+        with training_args.main_process_first(desc="indexing the retrieval corpus"):
+            data.book = OpenBook.build(args.retrieval.settings(), splits.train, splits.validation + splits.test,
+                                       args.model.cache_dir)
+        attach_contexts(data)
+    data.seconds = time.perf_counter() - started
+    return data
+
+
+def prepare_inputs(args: Arguments, data: RunData, output_dir: Path, is_main: bool) -> RunInputs:
+    """Tokenizer and model (the tokenizer must cover the data's text, the length must fit every option), rows →
+    tokenized datasets, and the memory the run will need against what the machine has."""
+    model_args, data_args, training_args = args.model, args.data, args.training
+    formulation = model_args.formulation
+    splits, evaluated = data.splits, data.evaluated
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
+                               model_args.model_revision, model_args.cache_dir, model_args.trust_remote_code)
+    check_vocabulary(tokenizer, splits.train + splits.validation + splits.test, data_args.max_unk_rate)
+    need, row = required_length(splits.train + splits.validation + splits.test, tokenizer, formulation)
+    if need > min(data_args.max_seq_length, tokenizer.model_max_length):
+        raise UserError(f"--max_seq_length {data_args.max_seq_length}: too short for the options of {row.source}:"
+                        f"{row.line} ({need} tokens with a question of {MIN_QUESTION_TOKENS} and the special "
+                        f"tokens; options are never truncated); use {need} or more (the tokenizer allows "
+                        f"{tokenizer.model_max_length})")
+    model = load_model(model_args.model_name_or_path, formulation, model_args.model_revision,
+                       model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides,
+                       use_kernels=model_args.use_kernels)
+    base_model = provenance.base_model_record(model_args.model_name_or_path, hub_id(model_args.model_name_or_path),
+                                              model.config, output_dir, model_args.model_revision,
+                                              model_args.cache_dir) if is_main else None
+    max_length = min(data_args.max_seq_length, tokenizer.model_max_length,
+                     getattr(model.config, "max_position_embeddings", data_args.max_seq_length))
+
+    started = time.perf_counter()
+    with training_args.main_process_first(desc="tokenizing"):  # the others read the main process's cache
+        def tokenized(rows, sort):
+            return encode(rows, tokenizer, formulation, max_length, num_proc=data_args.preprocessing_num_workers,
+                          sort_by_length=sort, drop_question=data_args.drop_question)
+
+        train_set = tokenized(splits.train, False)
+        eval_set = tokenized(evaluated["validation"], args.run.sort_eval_by_length)
+        test_set = tokenized(evaluated["test"], args.run.sort_eval_by_length)
+    seconds = time.perf_counter() - started
+    for name, dataset in (("train", train_set), ("validation", eval_set), ("test", test_set)):
+        logger.info("%s: %d examples, %d truncated to %d tokens", name, len(dataset), count_truncated(dataset),
+                    max_length)
+        if data.book is not None:
+            logger.info("%s: %d contexts cut to fit; %.1f context tokens per item", name,
+                        count_truncated(dataset, "context_truncated"),
+                        sum(dataset["context_tokens"]) / max(1, len(dataset)))
+    # a run that cannot fit stops here, not at a kernel OOM kill hours in
+    memory.check(memory_shape(model, formulation, train_set, [eval_set, test_set], training_args, args),
+                 on_gpu=training_args.device.type == "cuda", skip=args.run.skip_memory_check)
+    return RunInputs(tokenizer, model, base_model, max_length, train_set, eval_set, test_set, seconds)
+
+
+def begin_run(output_dir: Path, identity: str, args: Arguments, data: RunData) -> None:
+    """The run's first writes, once every check has passed: what --overwrite_output_dir replaces is cleared, the
+    folder is marked as this run's, then the rejected rows, the held-out items and the manifest, the contexts."""
+    if args.run.overwrite_output_dir and not args.training.resume_from_checkpoint:
+        for path in output_dir.iterdir():
+            if path.name.startswith("checkpoint-") and path.is_dir():
+                shutil.rmtree(path)
+        for name in (run_dir.FINISHED_FILE, run_dir.STARTED_FILE):
+            (output_dir / name).unlink(missing_ok=True)
+    run_dir.mark_started(output_dir, identity)
+    write_rejected_rows(data.problems, output_dir)
+    manifest = write_split_outputs(str(output_dir), data.loaded, data.splits, data.rejected, data.split_seed,
+                                   data.extra.report if data.extra else None)
+    logger.info("splits (%s): %s; %d duplicate(s) removed, %d row(s) rejected", data.splits.scheme,
+                manifest["counts"], data.splits.duplicates_removed, sum(data.rejected.values()))
+    if data.book is not None:
+        write_contexts(data, output_dir)
+
+
+def train_model(args: Arguments, data: RunData, inputs: RunInputs, identity: str, checkpoint: str | None):
+    """The Trainer, built and run (resuming when there is a checkpoint); its metrics with throughput added."""
+    model_args, data_args, run_args, training_args = args.model, args.data, args.run, args.training
+    formulation = model_args.formulation
+    output_dir = Path(training_args.output_dir)
+    speed.use_cudnn_attention(run_args.cudnn_attention)
+    throughput = speed.ThroughputCallback(
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps *
+        max(1, training_args.world_size),
+        tokens_per_sample(inputs.train_set) * (data_args.joint_rotations if formulation == "joint" else 1),
+        6 * speed.non_embedding_parameters(inputs.model),
+        torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32)
+    callbacks = [LossCurveCallback(str(output_dir)), CheckpointMarkerCallback(identity), throughput]
+    if run_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(run_args.early_stopping_patience, run_args.early_stopping_threshold))
+    if run_args.profile_steps:
+        callbacks.append(speed.StepProfileCallback(output_dir, run_args.profile_steps))
+    trainer = build_trainer(
+        inputs.model, inputs.tokenizer, training_args, formulation, inputs.train_set,
+        inputs.eval_set if training_args.eval_strategy != "no" else None,
+        mlm_probability=data_args.mlm_probability, joint_rotations=data_args.joint_rotations,
+        joint_eval_rotations=data_args.joint_eval_rotations, pad_to_multiple_of=data_args.pad_to_multiple_of,
+        callbacks=callbacks,
+        push=lambda message: push_finished_run(output_dir, training_args, message, run_args.push_test_items))
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(train_result.metrics)
+    metrics["train_samples"] = len(inputs.train_set)
+    metrics["deepspeed_stage"] = args.deepspeed.stage if args.deepspeed.used else -1
+    metrics.update(data_seconds=round(data.seconds, 2), tokenize_seconds=round(inputs.seconds, 2),
+                   train_tokens_per_sample=round(tokens_per_sample(inputs.train_set), 1),
+                   **throughput.summary(training_args.device))
+    if torch.cuda.is_available() and not training_args.use_cpu:
+        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    return trainer, metrics
+
+
+def evaluate_model(trainer, args: Arguments, data: RunData, inputs: RunInputs, output_dir: Path,
+                   is_main: bool) -> dict:
+    """The final (best) model on validation and test, with per-subject accuracy; the test predictions written."""
+    results = {}
+    for split, dataset in (("eval", inputs.eval_set), ("test", inputs.test_set)):
+        if len(dataset) == 0:
+            continue
+        if get_formulation(args.model.formulation).scores_options:
+            trainer.compute_metrics = build_compute_metrics(dataset["subject"], per_subject=True)
+            prediction = trainer.predict(dataset, metric_key_prefix=split)
+            split_metrics = prediction.metrics
+            if split == "test" and is_main:
+                write_test_predictions(output_dir, dataset, prediction.predictions, data.evaluated["test"])
+        else:
+            split_metrics = trainer.evaluate(dataset, metric_key_prefix=split)
+        split_metrics[f"{split}_samples"] = len(dataset)
+        trainer.log_metrics(split, split_metrics)
+        results.update(split_metrics)
+    trainer.save_metrics("eval", results)  # eval_results.json, merged into all_results.json
+    return results
+
+
+def finish_run(trainer, args: Arguments, data: RunData, inputs: RunInputs, output_dir: Path, identity: str,
+               is_main: bool) -> None:
+    """The run record, the model card, the final model (save_model runs on every rank: DeepSpeed ZeRO-3 gathers
+    the weights collectively), then the finished marker, last; only then one push."""
+    if is_main:
+        run_dir.write_json(output_dir / run_dir.RUN_RECORD_FILE,
+                           run_record(args, args.model.formulation, trainer, inputs.max_length, inputs.base_model,
+                                      data.book, data.context_check))
+        write_model_card(output_dir, trainer.hub_model_id)
+    trainer.save_model()
+    trainer.accelerator.wait_for_everyone()
+    if is_main:
+        run_dir.mark_finished(output_dir, identity)
+    trainer.accelerator.wait_for_everyone()  # no rank returns before the run is finished for all of them
+    if args.training.push_to_hub:
+        trainer.push_to_hub()
 
 
 def memory_shape(model, formulation: str, train_set, eval_sets, training_args, args: Arguments) -> memory.Shape:
@@ -389,34 +446,49 @@ def write_test_predictions(output_dir: Path, dataset, logits, rows) -> None:
          "correct": predicted[row.id] == row.answer} for row in rows))
 
 
-def attach_contexts(book, splits, evaluated: dict, output_dir: Path | None):
-    """Every split's rows with their passages (training questions never retrieve themselves); on the main
-    process the passages used per item go to retrieved_contexts.jsonl and the retrieval to the manifest."""
-    from dataclasses import replace
+def attach_contexts(data: RunData) -> None:
+    """Every split's rows with their passages (training questions never retrieve themselves), then the leak check
+    on what the model reads (each assembled context against every held-out item), then the rule that open book
+    asked for is open book: a run where no question received a context stops, with counts and the reasons."""
+    book, splits = data.book, data.splits
+    attached, records = {}, {}
+    for split, rows in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
+        attached[split], records[split] = book.attach(rows, leave_one_out=split == "train")
+    attached, data.context_check = book.guard(attached, splits.validation + splits.test, "open book")
+    for split in records:
+        for row, record in zip(attached[split], records[split]):
+            if row.context is None and record["passages"]:
+                record.update(passages=[], gold_in_context=False, removed_by_leak_check=True)
+    with_context = {split: sum(r.context is not None for r in rows) for split, rows in attached.items()}
+    if not any(with_context.values()):
+        total = sum(len(rows) for rows in attached.values())
+        raise UserError(f"open book ({book.describe()}): none of the {total} questions received a context; "
+                        f"{book.why_nothing_found(splits.train + splits.validation + splits.test, data.context_check)}")
+    logger.info("open book: questions with a context: %s", with_context)
+    by_id = {r.id: r for r in attached["validation"] + attached["test"]}
+    data.evaluated = {name: [by_id[r.id] for r in rows] for name, rows in data.evaluated.items()}
+    data.splits = replace(splits, train=attached["train"], validation=attached["validation"], test=attached["test"])
+    data.contexts = records
 
+
+def write_contexts(data: RunData, output_dir: Path) -> None:
+    """retrieved_contexts.jsonl (the passages used per item) and the retrieval's record in the manifest."""
     from .retrieval.contexts import CONTEXTS_FILE
 
-    train, train_records = book.attach(splits.train, leave_one_out=True)
-    validation, validation_records = book.attach(splits.validation)
-    test, test_records = book.attach(splits.test)
-    by_id = {r.id: r for r in validation + test}
-    evaluated = {name: [by_id[r.id] for r in rows] for name, rows in evaluated.items()}
-    if output_dir is not None:
-        records = [{"split": split, **r} for split, part in (("train", train_records), ("validation",
-                   validation_records), ("test", test_records)) for r in part]
-        run_dir.write_jsonl(output_dir / CONTEXTS_FILE, records)
-        manifest = run_dir.read_json_if_present(output_dir / run_dir.MANIFEST_FILE) or {}
-        manifest["retrieval"] = {**book.record(output_dir), "gold_in_context": {
-            split: round(sum(r["gold_in_context"] for r in part) / max(1, len(part)), 4)
-            for split, part in (("train", train_records), ("validation", validation_records), ("test", test_records))}}
-        run_dir.write_json(output_dir / run_dir.MANIFEST_FILE, manifest)
-        logger.info("open book: %s; the gold option's text is in the context of %s", book.source.get("kind"),
-                    manifest["retrieval"]["gold_in_context"])
-    return replace(splits, train=train, validation=validation, test=test), evaluated
+    run_dir.write_jsonl(output_dir / CONTEXTS_FILE, ({"split": split, **r} for split, part in data.contexts.items()
+                                                     for r in part))
+    manifest = run_dir.read_json_if_present(output_dir / run_dir.MANIFEST_FILE) or {}
+    manifest["retrieval"] = {**data.book.record(output_dir), "context_leak_check": data.context_check,
+                             "gold_in_context": {split: round(sum(r["gold_in_context"] for r in part) /
+                                                              max(1, len(part)), 4)
+                                                 for split, part in data.contexts.items()}}
+    run_dir.write_json(output_dir / run_dir.MANIFEST_FILE, manifest)
+    logger.info("open book: %s; the gold option's text is in the context of %s", data.book.source.get("kind"),
+                manifest["retrieval"]["gold_in_context"])
 
 
 def run_record(args: Arguments, formulation: str, trainer, max_length: int, base_model: dict,
-               book=None) -> dict:
+               book=None, context_check: dict | None = None) -> dict:
     """What the model card needs to describe the run: no tokens, and no absolute local path (paths are relative
     to the output folder; `arguments_relative_paths` names the arguments that were rewritten)."""
     training_args = args.training
@@ -456,7 +528,8 @@ def run_record(args: Arguments, formulation: str, trainer, max_length: int, base
         "base_model": base_model,
         "early_stopping": early_stopping,
         "formulation": formulation,
-        "retrieval": book.record(training_args.output_dir) if book is not None else None,
+        "retrieval": {**book.record(training_args.output_dir), "context_leak_check": context_check}
+        if book is not None else None,
         "extra_data": extra_summary(training_args.output_dir),
         "subjects": args.data.subjects,
         "hub_model_id": trainer.hub_model_id,

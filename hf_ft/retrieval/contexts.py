@@ -96,6 +96,10 @@ class OpenBook:
             if not passages:
                 raise UserError(f"--retrieval_corpus {settings.corpus}: every passage copies a validation or test "
                                 "item; nothing is left to retrieve from")
+        if not any(normalise(p.text) for p in passages):  # stops at the first passage that has text
+            raise UserError(f"--retrieval_corpus {settings.corpus}: none of its {len(passages)} passages has any text "
+                            f"left after normalisation ({NORMALISATION}), e.g. {passages[0].text[:40]!r}: nothing "
+                            "could be retrieved")
         source["content_sha256"] = corpora.content_hash(passages)
         source["passages"] = len(passages)
         book.index = BM25Index.build_or_load(passages, source["content_sha256"])
@@ -164,7 +168,7 @@ class OpenBook:
     def from_record(cls, record: dict, run_dir=None) -> OpenBook:
         """The run's own retrieval, for evaluate and predict: the cached index, else the recorded corpus again
         (recorded local paths are relative to `run_dir`)."""
-        from .index import cache_root, is_built
+        from .index import cache_problem, cache_root
 
         given = dict(record["settings"])
         for name in record.get("relative_paths", []):
@@ -175,12 +179,18 @@ class OpenBook:
         if settings.contexts:
             return cls(settings, precomputed=corpora.read_precomputed(settings.contexts), source=source)
         folder = cache_root() / str(source.get("index_key"))
-        if is_built(folder):
-            return cls(settings, BM25Index.load(folder), source=source)
+        problem = cache_problem(folder, str(source.get("content_sha256")), source.get("passages"))
+        if problem is None:
+            try:
+                return cls(settings, BM25Index.load(folder), source=source)
+            except Exception as e:  # noqa: BLE001 - damaged beyond what cache_problem reads
+                problem = f"it does not load ({type(e).__name__})"
         if source.get("kind") == "training_pool":
-            raise UserError(f"the run's training-pool index ({folder}) is gone from the cache: run the training "
+            raise UserError(f"the run's training-pool index ({folder}) cannot be used ({problem}): run the training "
                             "command again (it resumes from the finished run and rebuilds the index), or set "
                             "HF_HOME to where it was built")
+        logger.warning("the run's BM25 index (%s) cannot be used: %s; rebuilding it from the recorded corpus",
+                       folder, problem)
         passages, _ = cls._read_corpus(settings, [], None)
         book = cls(settings, source=source)
         if corpora.content_hash(passages) != source.get("read_sha256"):
@@ -190,6 +200,65 @@ class OpenBook:
         passages = [p for p in passages if p.id not in dropped]
         book.index = BM25Index.build_or_load(passages, source["content_sha256"])
         return book
+
+    def describe(self) -> str:
+        return (f"--retrieval_contexts {self.settings.contexts}" if self.settings.contexts
+                else f"--retrieval_corpus {self.settings.corpus}")
+
+    def why_nothing_found(self, rows: list[QARow], context_check: dict | None) -> str:
+        """The first reasons no question received a context, for the one-line refusal."""
+        removed = (context_check or {}).get("contexts_removed", 0)
+        if removed:
+            return (f"the leak check removed all {removed} contexts that were found (each held a held-out item); "
+                    "see --leak_policy")
+        if self.precomputed is not None:
+            matched = sum(r.id in self.precomputed for r in rows)
+            if not matched:
+                theirs = next(iter(self.precomputed), "none")
+                return (f"its {len(self.precomputed)} ids match none of the data's question ids (it has e.g. "
+                        f"{theirs!r}, the data {rows[0].id!r} if rows else 'no rows'); ids are "
+                        "<subject>-<split>-<line>, as in the run's test_qa_data.json")
+            return f"the {matched} questions it names have no passages"
+        asked = sum(bool(c) for c in self.index.query_columns([QUERIES[self.settings.query](r) for r in rows]))
+        return (f"{asked} of {len(rows)} questions share a term with its {len(self.index.passages)} passages, and "
+                "none of those scored above zero" if asked else
+                f"no question shares a single term with its {len(self.index.passages)} passages (is it in another "
+                "language or script?)")
+
+    # ------------------------------------------------------------------ what the model reads
+
+    def guard(self, rows: dict[str, list[QARow]], held_out: list[QARow], where: str) -> tuple[dict, dict]:
+        """The leak check on what the model reads: every row's assembled context (its passages joined, so a
+        question and answer split over two neighbouring passages count as one copy) against every held-out item.
+        Under --leak_policy drop a leaking context is removed (that row is read closed-book), under error the
+        run stops, under keep it stays; the record says where each leak was found. Returns the rows and it."""
+        names = [(split, i) for split, part in rows.items() for i, r in enumerate(part) if r.context]
+        texts = [rows[split][i].context for split, i in names]
+        report = find_leaks(texts, held_out) if texts and held_out else None
+        found = [{"item": item, "found_in": f"{split} {rows[split][i].id}"}
+                 for c, items in sorted((report.leaking_passages if report else {}).items())
+                 for split, i in [names[c]] for item in items]
+        policy = self.settings.leak_policy
+        record = {"unit": "assembled context", "policy": policy, "contexts_checked": len(texts),
+                  "items_checked": len(held_out), "contexts_leaking": len(report.leaking_passages) if report else 0,
+                  "items_with_a_copy_in_a_context": len(report.items_hit) if report else 0,
+                  "contexts_removed": 0, "leaks": found[:20]}
+        if not found:
+            return rows, record
+        first = found[0]
+        message = (f"{where}: {record['contexts_leaking']} assembled context(s) hold {record['items_with_a_copy_in_a_context']} "
+                   f"held-out item(s), e.g. item {first['item']} in the context of {first['found_in']}")
+        if policy == "error":
+            raise UserError(message + "; remove the passages, or use --leak_policy drop")
+        if policy == "keep":
+            logger.warning("%s: KEPT (--leak_policy keep): results on those items read the answer key", message)
+            return rows, record
+        leaking = {names[c] for c in report.leaking_passages}
+        rows = {split: [replace(r, context=None) if (split, i) in leaking else r for i, r in enumerate(part)]
+                for split, part in rows.items()}
+        record["contexts_removed"] = len(leaking)
+        logger.warning("%s: those contexts are removed (the rows are read without one)", message)
+        return rows, record
 
     # ------------------------------------------------------------------ retrieving
 

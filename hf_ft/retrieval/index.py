@@ -80,6 +80,41 @@ def is_built(folder: Path) -> bool:
         return False
 
 
+def identity(corpus_hash: str, passages: int) -> dict:
+    """What an index folder must record to be served for a corpus: its content, its size and every setting
+    that changes the index."""
+    return {"format": FORMAT, "corpus_sha256": corpus_hash, "passages": passages, "terms": TERMS,
+            "normalisation": NORMALISATION, "k1": K1, "b": B}
+
+
+def cache_problem(folder: Path, corpus_hash: str, passages: int | None = None) -> str | None:
+    """Why the index cached in `folder` may not be served for the corpus `corpus_hash` (None: it may). A cache is
+    trusted by what it holds, not by its folder's name: the record must match, and the passages it would hand
+    the model must hash to the corpus (a foreign or stale index would feed passages the leak check never saw)."""
+    try:
+        recorded = json.loads((folder / "hf_ft_index.json").read_text())
+    except FileNotFoundError:
+        return "no complete index there"
+    except (OSError, ValueError) as e:
+        return f"its record is unreadable ({type(e).__name__})"
+    expected = identity(corpus_hash, recorded.get("passages") if passages is None else passages)
+    differing = [k for k in expected if recorded.get(k) != expected[k]]
+    if differing:
+        return f"it was built with other {', '.join(differing)}"
+    missing = [name for name in (PASSAGES, "terms.npy", *MATRIX_FILES) if not (folder / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        held = _load_passages(folder / PASSAGES)
+    except Exception as e:  # noqa: BLE001 - any way the file fails to read is a damaged cache
+        return f"{PASSAGES} is damaged ({type(e).__name__})"
+    from .corpus import content_hash
+
+    if len(held) != recorded["passages"] or content_hash(held) != corpus_hash:
+        return f"{PASSAGES} does not hold the corpus it records"
+    return None
+
+
 def index_key(corpus_hash: str) -> str:
     params = json.dumps([corpus_hash, NORMALISATION, TERMS, K1, B, FORMAT])
     return hashlib.sha256(params.encode()).hexdigest()[:24]
@@ -386,8 +421,14 @@ class BM25Index:
                       progress: bool = True) -> BM25Index:
         key = index_key(corpus_hash)
         folder = (root or cache_root()) / key
-        if is_built(folder):
-            return cls.load(folder)
+        if folder.exists():
+            problem = cache_problem(folder, corpus_hash, len(passages))
+            if problem is None:
+                try:
+                    return cls.load(folder)
+                except Exception as e:  # noqa: BLE001 - a matrix file bm25s cannot read: rebuilt below
+                    problem = f"it does not load ({type(e).__name__}: {str(e)[:80]})"
+            logger.warning("the BM25 index cached in %s is not used: %s; rebuilding it", folder, problem)
         import bm25s
 
         logger.info("indexing %d passages (BM25, %s, %s) into %s", len(passages), TERMS, NORMALISATION, folder)
@@ -409,9 +450,7 @@ class BM25Index:
             del scores
             np.save(partial / "terms.npy", vocab)
             del retriever, vocab
-            (partial / "hf_ft_index.json").write_text(json.dumps(
-                {"format": FORMAT, "corpus_sha256": corpus_hash, "passages": len(passages), "terms": TERMS,
-                 "normalisation": NORMALISATION, "k1": K1, "b": B}))
+            (partial / "hf_ft_index.json").write_text(json.dumps(identity(corpus_hash, len(passages))))
             if folder.exists():  # an older format's or a broken cache under the same key: replaced
                 shutil.rmtree(folder, ignore_errors=True)
             try:

@@ -1,0 +1,239 @@
+"""The leak guarantee under inputs of other shapes than the happy path: an index cache is trusted by what it holds,
+the unit checked is the context the model reads, test files that arrive later are checked too, and open book
+asked for never silently becomes closed book. Property-based: for random corpora with planted held-out items
+split at random places over neighbouring passages, no context that reaches the model holds one."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import TRAIN_ARGS, cli, train_in_process
+
+CHARS = "的一是不了人我在有他這中大來上國個到說們為子和你地出道也時年得就那要下以生會自著去之過家學對可她裡後小麼心多"
+
+
+def _row(i, question, options=("甲乙", "丙丁", "戊己", "庚辛"), answer="A", subject="music", split="test"):
+    from hf_ft.data import QARow
+
+    return QARow(f"{subject}_{split}-{i}", subject, question, tuple(options), answer, f"{split}.csv", i + 2)
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(CHARS) for _ in range(n))
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. An index cache is served only when it holds the corpus
+
+
+def _passages(texts):
+    from hf_ft.retrieval.corpus import Passage
+
+    return [Passage(f"p{i}", t) for i, t in enumerate(texts)]
+
+
+def test_a_foreign_index_under_the_corpus_key_is_rebuilt_not_served(tmp_path, monkeypatch, caplog):
+    from hf_ft.retrieval.corpus import content_hash
+    from hf_ft.retrieval.index import BM25Index, index_key
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    mine = _passages(["玉山是臺灣最高的山。", "日月潭位於南投縣。"])
+    foreign = _passages(["這份語料含有測驗題的答案。", "另一段外來的文字。", "第三段。"])
+    built = BM25Index.build_or_load(foreign, content_hash(foreign), progress=False)
+    built.path.rename(built.path.parent / index_key(content_hash(mine)))  # a stale copy under my corpus's key
+    with caplog.at_level("WARNING"):
+        index = BM25Index.build_or_load(mine, content_hash(mine), progress=False)
+    assert [p.text for p in index.passages] == [p.text for p in mine]
+    assert "is not used: it was built with other corpus_sha256, passages; rebuilding it" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["passages", "record", "matrix"])
+def test_a_damaged_index_cache_is_rebuilt(tmp_path, monkeypatch, caplog, damage):
+    from hf_ft.retrieval.corpus import content_hash
+    from hf_ft.retrieval.index import MATRIX_FILES, PASSAGES, BM25Index
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    mine = _passages(["玉山是臺灣最高的山。", "日月潭位於南投縣。", "淡水河流經臺北。"])
+    index = BM25Index.build_or_load(mine, content_hash(mine), progress=False)
+    target = {"passages": PASSAGES, "record": "hf_ft_index.json", "matrix": MATRIX_FILES[0]}[damage]
+    (index.path / target).write_bytes(b"\x00garbage")
+    with caplog.at_level("WARNING"):
+        again = BM25Index.build_or_load(mine, content_hash(mine), progress=False)
+    assert "rebuilding it" in caplog.text
+    assert again.passages[again.search(["玉山"], 1)[0][0][0]].id == "p0"
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The unit is the assembled context
+
+
+def _book_with_contexts(tmp_path, contexts: dict, held_out, policy="drop"):
+    from hf_ft.retrieval.contexts import OpenBook, RetrievalSettings
+
+    path = tmp_path / "contexts.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "passages": [{"id": f"{i}-{n}", "text": t, "score": 1.0}
+                                                                for n, t in enumerate(texts)]},
+                                       ensure_ascii=False) + "\n" for i, texts in contexts.items()), encoding="utf-8")
+    return OpenBook.build(RetrievalSettings(contexts=str(path), leak_policy=policy, k=10), [], held_out)
+
+
+def test_an_item_split_over_two_passages_is_caught_in_the_context(tmp_path):
+    """Each half holds under half the item's 13-grams, so the per-passage check passes both; the context the
+    model reads holds the whole item, and is removed."""
+    rng = random.Random(0)
+    item = _row(0, _text(rng, 40), answer="B")
+    gold = item.options[item.label]
+    halves = [_text(rng, 30) + item.question[:24], item.question[24:] + gold + _text(rng, 30)]
+    reader = _row(5, _text(rng, 30), split="train")
+    book = _book_with_contexts(tmp_path, {reader.id: halves, item.id: [_text(rng, 50)]}, [item])
+    assert book.leak["passages_leaking"] == 0  # the old unit sees nothing
+    attached, _ = book.attach([reader, item])
+    guarded, record = book.guard({"train": attached[:1], "test": attached[1:]}, [item], "test")
+    assert guarded["train"][0].context is None and guarded["test"][0].context is not None
+    assert record["contexts_removed"] == 1 and record["leaks"] == [{"item": item.id, "found_in": f"train {reader.id}"}]
+
+
+def test_leak_policy_error_refuses_and_keep_records(tmp_path):
+    from hf_ft.errors import UserError
+
+    rng = random.Random(1)
+    item = _row(0, _text(rng, 40))
+    halves = [item.question[:20], item.question[20:] + item.options[0]]
+    reader = _row(1, _text(rng, 20), split="train")
+    for policy in ("error", "keep"):
+        book = _book_with_contexts(tmp_path, {reader.id: halves}, [item], policy)
+        attached, _ = book.attach([reader])
+        if policy == "error":
+            with pytest.raises(UserError, match=f"hold 1 held-out item.*item {item.id} in the context of train"):
+                book.guard({"train": attached}, [item], "open book")
+        else:
+            guarded, record = book.guard({"train": attached}, [item], "open book")
+            assert guarded["train"][0].context == attached[0].context and record["contexts_leaking"] == 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**32 - 1), planted=st.integers(1, 4), passages=st.integers(2, 6),
+       question_length=st.integers(8, 60), gold_length=st.integers(1, 12), k=st.integers(1, 6))
+def test_no_context_that_reaches_the_model_holds_a_planted_item(tmp_path_factory, seed, planted, passages,
+                                                               question_length, gold_length, k):
+    """Planted held-out items (question + gold) cut at random places over consecutive passages of random readers'
+    contexts; whatever the cut, what the model reads never holds an item's question and answer."""
+    from hf_ft.retrieval.text import normalise
+
+    rng = random.Random(seed)
+    items = [_row(i, _text(rng, question_length), (_text(rng, gold_length), "乙", "丙", "丁")) for i in range(planted)]
+    contexts = {}
+    readers = [_row(100 + j, _text(rng, 20), split="train") for j in range(planted + 2)]
+    for j, reader in enumerate(readers):
+        texts = [_text(rng, rng.randint(5, 60)) for _ in range(passages)]
+        if j < planted:  # this reader's passages carry item j, cut into pieces at random places
+            whole = items[j].question + items[j].options[0]
+            cuts = sorted(rng.sample(range(1, len(whole)), min(len(whole) - 1, rng.randint(1, passages - 1))))
+            pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)])]
+            start = rng.randint(0, max(0, passages - len(pieces)))
+            for n, piece in enumerate(pieces):
+                at = min(start + n, passages - 1)
+                texts[at] = (texts[at][-rng.randint(0, 5):] if n == 0 else "") + piece + (
+                    texts[at][:rng.randint(0, 5)] if n == len(pieces) - 1 else "")
+        contexts[reader.id] = texts
+    book = _book_with_contexts(tmp_path_factory.mktemp("p"), contexts, items)
+    book.settings.k = passages
+    attached, _ = book.attach(readers)
+    guarded, _ = book.guard({"train": attached}, items, "property")
+    for row in guarded["train"]:
+        read = normalise(row.context or "")
+        for item in items:
+            assert normalise(item.question + item.options[0]) not in read
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Test items that arrive later, and predict
+
+
+def test_evaluate_checks_the_contexts_of_a_test_file_the_training_never_saw(tmp_path, demo_data, tiny_model,
+                                                                           monkeypatch):
+    """An open-book run whose corpus holds a later test file's items whole (the training's check could not know
+    them): scoring that file finds the copies in what the model would read and removes those contexts (the run's
+    --leak_policy drop), saying where."""
+    from hf_ft.scoring import load_scorer
+    from hf_ft.sources import load_data_dir
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    rng = random.Random(3)
+    later = [_row(i, _text(rng, 36), (_text(rng, 4), "乙", "丙", "丁"), subject="music", split="later")
+             for i in range(3)]
+    training = load_data_dir(str(demo_data), "music").pools["dev"]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "facts.txt").write_text("\n".join([*(r.question for r in training[:5]),
+                                                 *(r.question + r.options[0] for r in later)]) + "\n",
+                                      encoding="utf-8")
+    out = tmp_path / "run"
+    train_in_process(["--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--subjects", "music",
+                      "--output_dir", str(out), *TRAIN_ARGS, "--max_steps", "2", "--eval_strategy", "no",
+                      "--save_strategy", "no", "--load_best_model_at_end", "false", "--retrieval_corpus",
+                      str(corpus), "--retrieval_k", "3", "--passage_chars", "60", "--passage_overlap", "0"])
+    scorer = load_scorer(str(out), use_cpu=True)
+    scorer.score(later, progress=False)
+    assert scorer.context_check["contexts_removed"] == len(later)
+    assert all(r.get("removed_by_leak_check") for r in scorer.retrieved)
+    assert {leak["item"] for leak in scorer.context_check["leaks"]} == {r.id for r in later}
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Open book asked for is open book; every refusal before the folder is written
+
+
+def test_contexts_whose_ids_match_nothing_stop_before_the_folder_is_written(tmp_path, demo_data, tiny_model,
+                                                                           capsys):
+    contexts = tmp_path / "contexts.jsonl"
+    contexts.write_text(json.dumps({"id": "q-1", "passages": [{"id": "x", "text": "音樂常識", "score": 1}]},
+                                   ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                        "--subjects", "music", "--output_dir", str(out), *TRAIN_ARGS, "--retrieval_contexts",
+                        str(contexts)], capsys)
+    assert code == 2 and "none of the" in err and "received a context" in err and "match none of the data" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == [".hf_ft.lock"] if out.exists() else True
+
+
+def test_a_corpus_that_normalises_to_nothing_is_refused(tmp_path, demo_data, tiny_model, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "punctuation.txt").write_text("，。！？…… —— 、、\n\u200b\u200b\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                        "--subjects", "music", "--output_dir", str(out), *TRAIN_ARGS, "--retrieval_corpus",
+                        str(corpus)], capsys)
+    assert code == 2 and "has any text left after normalisation" in err, err
+    assert not out.exists() or {p.name for p in out.iterdir()} <= {".hf_ft.lock"}
+
+
+def test_a_refused_run_leaves_the_folder_so_the_corrected_command_runs(tmp_path, demo_data, tiny_model, capsys):
+    """The leak policy `error` refuses after the corpus is read: the folder holds nothing of the run, and the
+    corrected command (--leak_policy drop) trains into it."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    from hf_ft.sources import load_data_dir
+
+    test_rows = load_data_dir(str(demo_data), "music").pools["test"]
+    (corpus / "copy.txt").write_text(test_rows[0].question + test_rows[0].options[test_rows[0].label] + "\n",
+                                     encoding="utf-8")
+    (corpus / "facts.txt").write_text("\n".join("、".join(r.options) for r in load_data_dir(str(demo_data), "music")
+                                                .pools["dev"]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    common = ["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--subjects", "music",
+              "--output_dir", str(out), *TRAIN_ARGS, "--max_steps", "2", "--eval_strategy", "no", "--save_strategy",
+              "no", "--load_best_model_at_end", "false", "--retrieval_corpus", str(corpus)]
+    code, _, err = cli([*common, "--leak_policy", "error"], capsys)
+    assert code == 2 and "copy" in err
+    assert {p.name for p in out.iterdir()} <= {".hf_ft.lock"}
+    code, _, err = cli([*common, "--leak_policy", "drop"], capsys)
+    assert code == 0, err
+    assert (out / "hf_ft_finished.json").is_file()
