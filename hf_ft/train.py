@@ -210,6 +210,8 @@ def prepare_data(args: Arguments) -> RunData:
             extra = load_extra_for_run(data_args, loaded, args.model.cache_dir, training_args.seed)
     problems = loaded.problems + (extra.problems if extra else [])
     rejected = handle_problems(problems, data_args.on_bad_rows, None)  # refused here; written by begin_run
+    if extra is not None:
+        extra.refuse_empty()
     split_seed = data_args.split_seed if data_args.split_seed is not None else training_args.seed
     splits = make_splits(loaded, data_args.split_scheme, split_seed, data_args.validation_fraction,
                          data_args.ratios(), needs_validation=training_args.eval_strategy != "no")

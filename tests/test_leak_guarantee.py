@@ -237,3 +237,54 @@ def test_a_refused_run_leaves_the_folder_so_the_corrected_command_runs(tmp_path,
     code, _, err = cli([*common, "--leak_policy", "drop"], capsys)
     assert code == 0, err
     assert (out / "hf_ft_finished.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Extra sources: checked after every transformation; a source that gives nothing is an error
+
+
+def _simplified_source(path, extra_lines=()):
+    from hf_ft.demo import make_extra_questions
+
+    make_extra_questions(path, n=40, seed=5)
+    lines = path.read_text(encoding="utf-8").splitlines() + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _extra_args(demo_data, tiny_model, out, *extra):
+    return ["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--subjects", "music",
+            "--output_dir", str(out), *TRAIN_ARGS, "--max_steps", "2", "--eval_strategy", "no", "--save_strategy",
+            "no", "--load_best_model_at_end", "false", *extra]
+
+
+def test_options_that_conversion_makes_equal_are_caught_after_it(tmp_path, demo_data, tiny_model, capsys):
+    """发展 and 發展 differ as written; s2twp makes both 發展. The converted row fails the same check as a raw row
+    with two equal options would, named by file and line."""
+    twin = json.dumps({"question": "下列哪一个词语正确", "options": ["发展", "發展", "经济", "政治"], "answer": "A"},
+                      ensure_ascii=False)
+    path = _simplified_source(tmp_path / "extra.jsonl", [twin])
+    line = len(path.read_text(encoding="utf-8").splitlines())
+    code, _, err = cli(_extra_args(demo_data, tiny_model, tmp_path / "out", "--extra_data", str(path)), capsys)
+    assert code == 2 and f"extra.jsonl:{line}:" in err and "after conversion to Traditional (s2twp)" in err, err
+    assert not (tmp_path / "out").exists() or {p.name for p in (tmp_path / "out").iterdir()} <= {".hf_ft.lock"}
+    code, _, err = cli(_extra_args(demo_data, tiny_model, tmp_path / "out2", "--extra_data", str(path),
+                                   "--on_bad_rows", "skip"), capsys)
+    assert code == 0, err
+    rejected = [json.loads(x) for x in (tmp_path / "out2" / "rejected_rows.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejected] == [line] and "after conversion" in rejected[0]["reason"]
+
+
+def test_a_source_that_copies_tmmluplus_is_refused_by_content(tmp_path, demo_data, tiny_model, capsys):
+    """A mirror of TMMLU+ under another name: every row is a copy of a question the run reads, so nothing is
+    left; that is a one-line error that says so, not a run trained without the source."""
+    from hf_ft.sources import load_data_dir
+
+    rows = [r for pool in load_data_dir(str(demo_data), "music").pools.values() for r in pool]
+    mirror = tmp_path / "mirror" / "music_test.jsonl"
+    mirror.parent.mkdir()
+    mirror.write_text("".join(json.dumps({"question": r.question, "options": list(r.options), "answer": r.answer},
+                                         ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    code, _, err = cli(_extra_args(demo_data, tiny_model, tmp_path / "out", "--extra_data", str(mirror)), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "no row of it is left to train on" in err and "is it a copy or mirror of TMMLU+?" in err

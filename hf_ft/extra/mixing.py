@@ -28,6 +28,14 @@ class ExtraData:
     rows: list[QARow]
     problems: list[Problem]
     report: dict
+    empty: list[str] = ()  # one line per source asked for that gives no training row
+
+    def refuse_empty(self) -> None:
+        """A source asked for and left empty is an error, not a run trained without it (after the bad rows, which
+        --on_bad_rows error reports first)."""
+        if self.empty:
+            raise UserError(self.empty[0] + (f" (and {len(self.empty) - 1} more source(s) alike)"
+                                             if len(self.empty) > 1 else ""))
 
     @property
     def licenses(self) -> dict[str, str | None]:
@@ -81,6 +89,24 @@ def adapt(spec: SourceSpec, files) -> tuple[list[QARow], list[Problem], Counter]
     return rows, problems, counts
 
 
+def recheck(rows: list[QARow], when: str) -> tuple[list[QARow], list[Problem]]:
+    """A transformed row checked as a raw one is (a question left, options that can be told apart): conversion
+    can turn two Simplified options into one Traditional text (后 and 後 both become 後)."""
+    from ..data import normalise_text, option_problem
+
+    kept, problems = [], []
+    for row in rows:
+        problem = ("empty_question", "empty question") if not normalise_text(row.question) else \
+            option_problem(row.options, [chr(65 + i) for i in range(len(row.options))])
+        if problem:
+            kind, reason = problem
+            problems.append(Problem(row.source, row.line, f"{reason} {when}", kind,
+                                    {"question": row.question, "options": list(row.options)}))
+        else:
+            kept.append(row)
+    return kept, problems
+
+
 def conversion_of(spec: SourceSpec, rows: list[QARow]) -> tuple[str | None, str]:
     """(the OpenCC configuration applied or None, the script detected)."""
     detected = script_of(rows) if rows else "unknown"
@@ -116,11 +142,13 @@ def load_extra(specs: list[SourceSpec], reference: list[QARow], reference_record
         problems += bad
         applied, detected = conversion_of(spec, rows)
         originals = {r.id: r.question for r in rows}  # the text as the source wrote it, for the report's examples
-        if applied:
-            rows = convert_rows(rows, applied)
+        if applied:  # the converted rows pass the same checks as the raw ones
+            rows, after = recheck(convert_rows(rows, applied), f"after conversion to Traditional ({applied})")
+            bad += after
+            problems += after
         counts["bad_rows"] = len(bad)
         counts["converted"] = len(rows) if applied else 0
-        per_source.append({"spec": spec, "read": read, "rows": rows, "counts": counts, "originals": originals,
+        per_source.append({"spec": spec, "read": read, "rows": rows, "counts": counts, "originals": originals, "bad": bad,
                            "conversion": {"applied": applied, "script_detected": detected}})
     # one copy of each question across the extra sources (C3 is in dataset-org/c3 and clue/clue alike)
     seen: set[str] = set()
@@ -184,8 +212,26 @@ def load_extra(specs: list[SourceSpec], reference: list[QARow], reference_record
             logger.warning("extra data %s: %d row(s) copy evaluated questions and are KEPT (--contamination keep): "
                            "results on those questions are not held out", spec.name,
                            c["exact_copies"] + c["near_copies"])
+    empty = [f"--extra_data {source['spec'].name}: no row of it is left to train on "
+             f"({empty_reason(entry['counts'], source['bad'])}); drop the source or fix what stops its rows"
+             for source, entry in zip(per_source, report["sources"]) if not source["rows"]]
     rows = [r for s in per_source for r in s["rows"]]
-    return ExtraData(rows, problems, report)
+    return ExtraData(rows, problems, report, empty)
+
+
+def empty_reason(counts: dict, bad: list[Problem]) -> str:
+    """Why a source gave nothing: its counts, and the first bad row when rows were bad."""
+    if not counts["read"]:
+        return "no question was read from it"
+    parts = [f"{counts['read']} read"] + [f"{counts[k]} {k.replace('_', ' ')}" for k in (
+        "bad_rows", "multiple_answers_dropped", "subject_filtered", "duplicates_within_extra", "dropped_as_copies")
+        if counts.get(k)]
+    copies = counts.get("dropped_as_copies", 0)
+    if copies and copies >= counts["read"] - counts.get("bad_rows", 0) - counts.get("subject_filtered", 0):
+        parts.append("every usable row copies a TMMLU+ question: is it a copy or mirror of TMMLU+?")
+    if bad:
+        parts.append(f"first bad row: {bad[0]}")
+    return "; ".join(parts)
 
 
 def load_for_run(data_args, loaded, cache_dir: str | None, seed: int) -> ExtraData:
