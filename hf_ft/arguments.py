@@ -429,6 +429,16 @@ JSON_OBJECT_FLAGS = {"lr_scheduler_kwargs": False, "gradient_checkpointing_kwarg
                      "activation_checkpointing_kwargs": False, "accelerator_config": True, "fsdp_config": True}
 
 
+def checkpoint_options() -> set[str]:
+    """The keyword options torch.utils.checkpoint.checkpoint takes (what --gradient_checkpointing_kwargs may set)."""
+    import inspect
+
+    import torch.utils.checkpoint
+
+    return {name for name, p in inspect.signature(torch.utils.checkpoint.checkpoint).parameters.items()
+            if p.kind == p.KEYWORD_ONLY} | {"preserve_rng_state"}  # read from **kwargs
+
+
 def training_value_problems(values: dict) -> list[str]:
     """Values transformers would take here and fail on hours later, or that name something that does not
     exist: a best-model metric the run never reports, a tracker, a JSON option, optimizer arguments."""
@@ -441,10 +451,34 @@ def training_value_problems(values: dict) -> list[str]:
     if metric and values["formulation"] != "mlm" and metric.removeprefix("eval_") not in best_model_metrics():
         problems.append(f"--metric_for_best_model {metric!r}: not reported by an evaluation (choose from "
                         f"{', '.join(best_model_metrics())})")
+    from transformers.integrations import get_available_reporting_integrations
+
     trackers = values.get("report_to")
     for name in (trackers if isinstance(trackers, list) else [trackers] if trackers else []):
         if name not in (*INTEGRATION_TO_CALLBACK, "all", "none"):
             problems.append(f"--report_to {name!r}: not a tracker transformers knows ({', '.join(['none', 'all', *sorted(INTEGRATION_TO_CALLBACK)])})")
+        elif name not in ("all", "none") and name not in get_available_reporting_integrations():
+            problems.append(f"--report_to {name}: its package is not installed here (pip install {name}, or "
+                            "`pip install hf_ft[tracking]` for tensorboard and trackio)")
+    checkpointing = values.get("gradient_checkpointing_kwargs")
+    if isinstance(checkpointing, str) and checkpointing.strip().startswith("{"):
+        try:
+            unknown = sorted(set(json.loads(checkpointing)) - checkpoint_options())
+        except (ValueError, TypeError):
+            unknown = []  # not a JSON object: said below
+        if unknown:
+            problems.append(f"--gradient_checkpointing_kwargs: {', '.join(unknown)}: not an option of "
+                            f"torch.utils.checkpoint ({', '.join(sorted(checkpoint_options()))})")
+    patience, epochs = values.get("early_stopping_patience"), values.get("num_train_epochs")
+    if patience and values.get("eval_strategy") == "epoch" and values.get("max_steps", -1) <= 0 and epochs \
+            and patience >= epochs:
+        problems.append(f"--early_stopping_patience {patience}: a run of {epochs:g} epoch(s) evaluates {epochs:g} "
+                        "time(s), so it could never stop early; use fewer, or train longer")
+    if values.get("retrieval_corpus") or values.get("retrieval_contexts"):
+        chars, length = values.get("passage_chars"), values.get("max_seq_length")
+        if values.get("retrieval_corpus") and chars and length and chars > length:
+            problems.append(f"--passage_chars {chars}: one passage is longer than the model reads (--max_seq_length "
+                            f"{length} tokens, about a character each); use {length} or less")
     for name in values.get("include_for_metrics") or []:
         if name not in ("inputs", "loss"):
             problems.append(f"--include_for_metrics {name!r}: choose from inputs, loss")
@@ -541,6 +575,7 @@ REQUIRES = [
     ("push_test_items", ("push_to_hub",), "it sets what a push sends"),
     ("contamination", ("extra_data",), "it sets what happens to extra rows that copy evaluated questions"),
     ("early_stopping_threshold", ("early_stopping_patience",), "it sets what early stopping counts as better"),
+    ("gradient_checkpointing_kwargs", ("gradient_checkpointing",), "it sets how checkpointing recomputes"),
 ]
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from .caches import datasets_cache, usable
 from .errors import UserError
 from .run_dir import REJECTED_FILE, write_jsonl
 from .subjects import category_of
@@ -201,6 +202,7 @@ def _read_csv_group(paths: list[Path], header: list[str], lines: dict[Path, list
     try:
         # the header as trimmed (`A ` is the column A): named here, each file's own header line skipped
         table = datasets.load_dataset("csv", data_files=[str(p) for p in paths], split="train", encoding="utf-8-sig",
+                                      cache_dir=str(usable(datasets_cache())),
                                       features=features, keep_default_na=False, na_filter=False,
                                       column_names=header, skiprows=1)
     except Exception as error:  # noqa: BLE001 - pandas/pyarrow parse errors, reported per file below

@@ -156,7 +156,9 @@ def _fingerprint(rows: list[QARow], tokenizer, formulation: str, max_length: int
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets")) / "hf_ft"
+    from .caches import datasets_cache, usable
+
+    return usable(datasets_cache() / "hf_ft")
 
 
 def encode(rows: list[QARow], tokenizer: PreTrainedTokenizerBase, formulation: str, max_length: int,

@@ -394,9 +394,11 @@ def memory_shape(model, formulation: str, train_set, eval_sets, training_args, a
         layers=config.num_hidden_layers, heads=config.num_attention_heads,
         intermediate=getattr(config, "intermediate_size", 4 * config.hidden_size), vocab=config.vocab_size,
         formulation=formulation, choices=sequences[0], eval_choices=sequences[1],
-        batch=training_args.per_device_train_batch_size,
+        # a batch holds at most the rows there are (a requested 128 over 40 training rows is a batch of 40)
+        batch=max(1, min(training_args.per_device_train_batch_size, len(train_set))),
         accumulation=training_args.gradient_accumulation_steps, length=lengths[0],
-        eval_batch=training_args.per_device_eval_batch_size, eval_length=max(eval_lengths),
+        eval_batch=max(1, min(training_args.per_device_eval_batch_size, max((len(d) for d in eval_sets), default=1))),
+        eval_length=max(eval_lengths),
         checkpointing=bool(training_args.gradient_checkpointing),
         attention_probabilities=not (training_args.device.type == "cuda" and
                                      getattr(config, "_attn_implementation", "eager") in ("sdpa", "flash_attention_2")),

@@ -288,3 +288,86 @@ def test_a_source_that_copies_tmmluplus_is_refused_by_content(tmp_path, demo_dat
     code, _, err = cli(_extra_args(demo_data, tiny_model, tmp_path / "out", "--extra_data", str(mirror)), capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "no row of it is left to train on" in err and "is it a copy or mirror of TMMLU+?" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Estimates and environments
+
+
+def test_an_unusable_hf_home_makes_a_slower_run_not_a_refused_one(tmp_path, demo_data, tiny_model, capsys,
+                                                                    monkeypatch):
+    """HF_HOME under a file (as unusable as a read-only one, which root could still write): the CSV tables, the
+    tokenized sets and the BM25 index go to temporary folders, said once each; the run trains."""
+    import hf_ft.caches
+    from hf_ft.sources import load_data_dir
+
+    hf_ft.caches._usable.cache_clear()
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "a-file" / "home"))
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "facts.txt").write_text("\n".join("、".join(r.options) for r in load_data_dir(str(demo_data), "music")
+                                                .pools["dev"]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    try:
+        code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                            "--subjects", "music", "--output_dir", str(out), *TRAIN_ARGS, "--max_steps", "2",
+                            "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+                            "--retrieval_corpus", str(corpus)], capsys)
+    finally:
+        hf_ft.caches._usable.cache_clear()
+    assert code == 0, err
+    assert (out / "hf_ft_finished.json").is_file()
+
+
+def test_the_memory_check_counts_the_batch_the_data_can_fill(tmp_path, demo_data, tiny_model, caplog):
+    """A requested batch of 4096 over ~100 training rows is a batch of ~100: the estimate says so."""
+    with caplog.at_level("INFO"):
+        train_in_process(["--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--subjects",
+                          "music", "--output_dir", str(tmp_path / "out"), *TRAIN_ARGS, "--max_steps", "1",
+                          "--per_device_train_batch_size", "4096", "--per_device_eval_batch_size", "4096",
+                          "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"])
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("memory: estimated"))
+    assert "for 4096 ×" not in line and "largest batch" in line
+    batch = int(line.split("largest batch")[1].split("for ")[1].split(" ×")[0])
+    assert batch < 200, line
+
+
+# ----------------------------------------------------------------------------------------------
+# 6, 7. Shapes that waste or hide passages; settings no run can use, refused before any work
+
+
+def test_duplicate_passages_are_left_out_and_skipped_files_are_named(tmp_path, caplog):
+    from hf_ft.retrieval.contexts import OpenBook, RetrievalSettings
+
+    corpus = tmp_path / "corpus"
+    (corpus / ".git").mkdir(parents=True)
+    (corpus / ".git" / "config").write_text("[core]")
+    (corpus / "a.txt").write_text("玉山是臺灣最高的山。\n", encoding="utf-8")
+    (corpus / "b.TXT").write_text("玉山是台湾最高的山。\n", encoding="utf-8")  # the same text in the other script
+    (corpus / "c.md").write_text("日月潭位於南投縣。\n", encoding="utf-8")
+    (corpus / "notes.docx").write_bytes(b"PK\x03\x04")
+    with caplog.at_level("INFO"):
+        book = OpenBook.build(RetrievalSettings(corpus=str(corpus), k=3), [], [], None)
+    assert book.source["duplicates_removed"] == 1 and book.source["passages"] == 2
+    assert "1 file(s) not read" in caplog.text and "notes.docx" in caplog.text and ".git" not in caplog.text
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--retrieval_corpus", "training_pool", "--passage_chars", "600", "--max_seq_length", "256"],
+     "--passage_chars 600: one passage is longer than the model reads (--max_seq_length 256"),
+    (["--report_to", "wandb"], "--report_to wandb: its package is not installed here"),
+    (["--gradient_checkpointing", "--gradient_checkpointing_kwargs", '{"use_reentrant": false, "reentrant": 1}'],
+     "--gradient_checkpointing_kwargs: reentrant: not an option of torch.utils.checkpoint"),
+    (["--gradient_checkpointing_kwargs", '{"use_reentrant": false}'],
+     "--gradient_checkpointing_kwargs without --gradient_checkpointing: has no effect"),
+    (["--early_stopping_patience", "3", "--num_train_epochs", "3"],
+     "--early_stopping_patience 3: a run of 3 epoch(s) evaluates 3 time(s), so it could never stop early"),
+])
+def test_settings_no_run_can_use_are_refused_before_any_work(extra, message, tmp_path, demo_data, tiny_model,
+                                                             capsys):
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
+                        "--output_dir", str(tmp_path / "o"), *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()

@@ -86,6 +86,10 @@ class OpenBook:
                 book.precomputed = {i: [p for p in ps if p["text"] not in bad] for i, ps in contexts.items()}
             return book
         passages, source = cls._read_corpus(settings, train, cache_dir)
+        passages, source["duplicates_removed"] = corpora.unique_passages(passages)
+        if source["duplicates_removed"]:
+            logger.info("%s: %d passage(s) repeat an earlier one's text and are left out", settings.corpus,
+                        source["duplicates_removed"])
         report = find_leaks([p.text for p in passages], held_out)
         book = cls(settings, source=source)
         book.leak = book._apply_policy(report, f"--retrieval_corpus {settings.corpus}")
@@ -192,6 +196,8 @@ class OpenBook:
         logger.warning("the run's BM25 index (%s) cannot be used: %s; rebuilding it from the recorded corpus",
                        folder, problem)
         passages, _ = cls._read_corpus(settings, [], None)
+        if "duplicates_removed" in source:  # a run recorded before duplicates were left out kept them
+            passages, _ = corpora.unique_passages(passages)
         book = cls(settings, source=source)
         if corpora.content_hash(passages) != source.get("read_sha256"):
             raise UserError(f"the run's retrieval index ({folder}) is gone and --retrieval_corpus {settings.corpus} "

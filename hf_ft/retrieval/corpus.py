@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import QARow
 from ..errors import UserError
+
+logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".md")
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -87,8 +90,14 @@ def read_local(path: str, size: int, overlap: int, text_column: str = "text") ->
     root = Path(path)
     if not root.exists():
         raise UserError(f"--retrieval_corpus {path}: no such file or folder")
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES)
+    found = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = [p for p in found if p.suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES or root.is_file()]
+    skipped = [str(p.relative_to(root)) for p in found if p not in files]
+    if skipped:  # never a silent skip (hidden files and folders, .git say, are not corpus files)
+        logger.warning("--retrieval_corpus %s: %d file(s) not read (not %s): %s%s", path, len(skipped),
+                       "/".join(TEXT_SUFFIXES + TABLE_SUFFIXES), ", ".join(skipped[:5]),
+                       " ..." if len(skipped) > 5 else "")
     passages = []
     for file in files:
         name = file.name if root.is_file() else str(file.relative_to(root))
@@ -179,6 +188,19 @@ def read_gold_passages(path: str) -> dict[str, set[str]]:
     if not out:
         raise UserError(f"--gold_passages {path}: no items to read")
     return out
+
+
+def unique_passages(passages: list[Passage]) -> tuple[list[Passage], int]:
+    """The first passage of each text (as retrieval normalises it): a copy would only fill the top-k with the same
+    words twice. Returns the passages kept and how many copies were left out."""
+    from .text import normalise_many
+
+    seen, kept = set(), []
+    for passage, key in zip(passages, normalise_many([p.text for p in passages])):
+        if key not in seen:
+            seen.add(key)
+            kept.append(passage)
+    return kept, len(passages) - len(kept)
 
 
 def content_hash(passages: list[Passage]) -> str:

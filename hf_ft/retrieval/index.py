@@ -62,8 +62,9 @@ def _load_passages(path: Path) -> list[Passage]:
 
 
 def cache_root() -> Path:
-    home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
-    return Path(home) / "hf_ft" / "bm25"
+    from ..caches import hf_home, usable
+
+    return usable(hf_home() / "hf_ft" / "bm25")
 
 
 def _has_numba() -> bool:
