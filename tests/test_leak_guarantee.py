@@ -371,3 +371,11 @@ def test_settings_no_run_can_use_are_refused_before_any_work(extra, message, tmp
                         "--output_dir", str(tmp_path / "o"), *extra], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_lettered_row_with_more_options_than_its_layout_is_named_not_cut(tmp_path, demo_data, tiny_model, capsys):
+    path = tmp_path / "five.csv"
+    path.write_text("question,A,B,C,D,E,answer\n哪一個正確,甲,乙,丙,丁,戊,E\n", encoding="utf-8")
+    code, _, err = cli(_extra_args(demo_data, tiny_model, tmp_path / "out", "--extra_data",
+                                   f"{path}?adapter=ceval"), capsys)
+    assert code == 2 and "five.csv:2" in err and "beyond A-D" in err, err

@@ -159,6 +159,10 @@ def to_row(candidate: Candidate, row_id: str, subject: str, source: str, line) -
 
 
 def _lettered(record: dict, columns: dict) -> list[Candidate]:
+    beyond = [k for k in record if isinstance(k, str) and len(k.strip()) == 1 and "E" <= k.strip().upper() <= "Z"
+              and str(record[k] or "").strip()]
+    if beyond:  # an option the layout has no slot for would be dropped without a word
+        raise ValueError(f"option column(s) {', '.join(beyond)} beyond A-D: the layout has four options")
     return [Candidate(record.get("question"), [record.get(letter) for letter in LETTERS], record.get("answer"))]
 
 
