@@ -474,11 +474,6 @@ def training_value_problems(values: dict) -> list[str]:
             and patience >= epochs:
         problems.append(f"--early_stopping_patience {patience}: a run of {epochs:g} epoch(s) evaluates {epochs:g} "
                         "time(s), so it could never stop early; use fewer, or train longer")
-    if values.get("retrieval_corpus") or values.get("retrieval_contexts"):
-        chars, length = values.get("passage_chars"), values.get("max_seq_length")
-        if values.get("retrieval_corpus") and chars and length and chars > length:
-            problems.append(f"--passage_chars {chars}: one passage is longer than the model reads (--max_seq_length "
-                            f"{length} tokens, about a character each); use {length} or less")
     for name in values.get("include_for_metrics") or []:
         if name not in ("inputs", "loss"):
             problems.append(f"--include_for_metrics {name!r}: choose from inputs, loss")

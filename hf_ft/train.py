@@ -228,7 +228,7 @@ def prepare_data(args: Arguments) -> RunData:
         with training_args.main_process_first(desc="indexing the retrieval corpus"):
             data.book = OpenBook.build(args.retrieval.settings(), splits.train, splits.validation + splits.test,
                                        args.model.cache_dir)
-        attach_contexts(data)
+        attach_contexts(data, args)
     data.seconds = time.perf_counter() - started
     return data
 
@@ -450,7 +450,7 @@ def write_test_predictions(output_dir: Path, dataset, logits, rows) -> None:
          "correct": predicted[row.id] == row.answer} for row in rows))
 
 
-def attach_contexts(data: RunData) -> None:
+def attach_contexts(data: RunData, args: Arguments) -> None:
     """Every split's rows with their passages (training questions never retrieve themselves), then the leak check
     on what the model reads (each assembled context against every held-out item), then the rule that open book
     asked for is open book: a run where no question received a context stops, with counts and the reasons."""
@@ -469,6 +469,16 @@ def attach_contexts(data: RunData) -> None:
         raise UserError(f"open book ({book.describe()}): none of the {total} questions received a context; "
                         f"{book.why_nothing_found(splits.train + splits.validation + splits.test, data.context_check)}")
     logger.info("open book: questions with a context: %s", with_context)
+    from statistics import median
+
+    from .retrieval.contexts import SEPARATOR
+
+    lengths = [len(p) for rows in attached.values() for r in rows if r.context for p in r.context.split(SEPARATOR)]
+    limit = args.data.max_seq_length
+    if lengths and median(lengths) > 2 * limit:  # the model would read the start of the first passage only
+        raise UserError(f"open book ({book.describe()}): the passages it retrieves are {median(lengths):.0f} "
+                        f"characters long (median), over twice what the model reads (--max_seq_length {limit} tokens, "
+                        f"about a character each); use --passage_chars {limit} or less")
     by_id = {r.id: r for r in attached["validation"] + attached["test"]}
     data.evaluated = {name: [by_id[r.id] for r in rows] for name, rows in data.evaluated.items()}
     data.splits = replace(splits, train=attached["train"], validation=attached["validation"], test=attached["test"])

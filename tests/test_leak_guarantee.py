@@ -355,8 +355,6 @@ def test_duplicate_passages_are_left_out_and_skipped_files_are_named(tmp_path, c
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--retrieval_corpus", "training_pool", "--passage_chars", "600", "--max_seq_length", "256"],
-     "--passage_chars 600: one passage is longer than the model reads (--max_seq_length 256"),
     (["--report_to", "wandb"], "--report_to wandb: its package is not installed here"),
     (["--gradient_checkpointing", "--gradient_checkpointing_kwargs", '{"use_reentrant": false, "reentrant": 1}'],
      "--gradient_checkpointing_kwargs: reentrant: not an option of torch.utils.checkpoint"),
@@ -379,3 +377,18 @@ def test_a_lettered_row_with_more_options_than_its_layout_is_named_not_cut(tmp_p
     code, _, err = cli(_extra_args(demo_data, tiny_model, tmp_path / "out", "--extra_data",
                                    f"{path}?adapter=ceval"), capsys)
     assert code == 2 and "five.csv:2" in err and "beyond A-D" in err, err
+
+
+def test_passages_far_longer_than_the_model_reads_are_refused(tmp_path, demo_data, tiny_model, capsys):
+    """With --max_seq_length 128 the model reads the start of one 600-character passage: refused with the fix."""
+    from hf_ft.sources import load_data_dir
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    options = "、".join("、".join(r.options) for r in load_data_dir(str(demo_data), "music").pools["dev"])
+    (corpus / "long.txt").write_text((options * 20)[:5000] + "\n", encoding="utf-8")
+    code, _, err = cli(["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--subjects",
+                        "music", "--output_dir", str(tmp_path / "o"), *TRAIN_ARGS, "--retrieval_corpus", str(corpus),
+                        "--passage_chars", "600", "--passage_overlap", "0"], capsys)
+    assert code == 2 and "600 characters long (median), over twice what the model reads" in err, err
+    assert "--passage_chars 128 or less" in err

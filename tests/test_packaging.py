@@ -55,6 +55,10 @@ def build_wheel(tmp_path: Path) -> Path:
     return next(wheels.glob("hf_ft-*.whl"))
 
 
+# The fresh environment's processes get no PYTHONPATH: a checkout on it would be imported instead of the wheel.
+CLEAN_ENV = {"PYTHONPATH": ""}
+
+
 def fresh_environment(path: Path, wheel: Path) -> Path:
     """A new virtual environment holding the wheel, with this environment's packages (not its path files)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
@@ -70,7 +74,7 @@ def fresh_environment(path: Path, wheel: Path) -> Path:
 
 def import_problems(venv_python: Path, cwd: Path) -> list[str]:
     done = run_cli([str(venv_python), "-c", IMPORT_ALL, json.dumps(package_modules()), str(venv_python.parents[1])],
-                   cwd=cwd, timeout=600)
+                   cwd=cwd, env=CLEAN_ENV, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -91,14 +95,14 @@ def test_wheel_in_a_fresh_environment_imports_everything_trains_predicts_and_wri
     trained = run_cli([hf_ft, "train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data),
                        "--subjects", "music,STEM", "--output_dir", str(out), "--max_seq_length", "128", "--max_steps",
                        "3", "--use_cpu", "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end",
-                       "false"], cwd=elsewhere, timeout=600)
+                       "false"], cwd=elsewhere, env=CLEAN_ENV, timeout=600)
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
     assert (out / "model.safetensors").is_file() and (out / "hf_ft_finished.json").is_file()
     card = (out / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---") and "## How to use" in card
 
     predicted = run_cli([hf_ft, "predict", str(out), "--question", "下列何者正確？", "--choices", "甲", "乙", "丙", "丁",
-                         "--json"], cwd=elsewhere, timeout=300)
+                         "--json"], cwd=elsewhere, env=CLEAN_ENV, timeout=300)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert json.loads(predicted.stdout.strip().splitlines()[-1])["prediction"] in "ABCD"
 
