@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine, write_report
-from hf_ft.arguments import DataArguments, parse_args
-from hf_ft.data import load_items
+from hf_ft.config.arguments import DataArguments, parse_args
+from hf_ft.data.files import load_items
 from hf_ft.demo import make_demo_data, make_tiny_model, pretrain_tiny_model
-from hf_ft.scoring import load_scorer
-from hf_ft.train import train
+from hf_ft.evaluation.scoring import load_scorer
+from hf_ft.training.run import train
 
 
 def demo_accuracy(work: Path, quick: bool) -> dict:

@@ -18,7 +18,7 @@ import torch
 import transformers
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
-from hf_ft.data import LETTERS
+from hf_ft.data.rows import LETTERS
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

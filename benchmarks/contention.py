@@ -86,12 +86,11 @@ POLICIES = {
 def child(spec: dict) -> dict:
     """One arm in this process: the per-choice arm of benchmarks.throughput, timed, with the policy's threads."""
     import torch
-
     from transformers import AutoTokenizer
 
     from benchmarks.throughput import ARMS, run_arm
-    from hf_ft.sources import load_data_dir
-    from hf_ft.splits import make_splits
+    from hf_ft.data.sources import load_data_dir
+    from hf_ft.data.splits import make_splits
 
     torch.set_num_threads(1 if spec["threads"] == "1" else os.cpu_count() or 1)
     callbacks = [free_core_threads(spec["interval"])] if spec["threads"] == "free" else []

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine, synthetic_row, write_report
-from hf_ft.data import LETTERS, QARow
+from hf_ft.data.rows import LETTERS, QARow
 
 REFERENCE_ROWS, EXTRA_ROWS, PLANTED = 22_700, 50_000, 100
 
@@ -111,10 +111,10 @@ ROWS_PER_SUBJECT = 60
 def must_help(work: Path, quick: bool) -> dict:
     """The demo task starved (60 questions per subject: ~33 train, 16 test), alone and with extra questions
     of other wordings that teach the same category facts: 4 options each, and C3-like 2-4 options."""
-    from hf_ft.arguments import parse_args
+    from hf_ft.config.arguments import parse_args
     from hf_ft.demo import make_demo_data, make_extra_questions, make_tiny_model
     from hf_ft.extra.script import convert_texts
-    from hf_ft.train import train
+    from hf_ft.training.run import train
 
     n_extra = 400 if quick else 2000
     data = make_demo_data(work / "data", rows_per_subject=ROWS_PER_SUBJECT, seed=0)

@@ -4,7 +4,7 @@
     python -m benchmarks.gpu_check --smoke      # the same stages with a tiny model on a CPU (CI runs this)
 
 Data with TMMLU+'s size and length profile and a randomly initialised bert-base-shaped model are built locally.
-Each arm is the command users run (`run_qa.py`, or `hf_ft.launch` for DeepSpeed) in its own process, under its
+Each arm is the command users run (`run_qa.py`, or `hf_ft.training.launch` for DeepSpeed) in its own process, under its
 own time limit, its output streamed to `<work_dir>/logs/<arm>.log`; a failed, out-of-memory or overdue arm prints
 its last lines, gets its line in the table, and the check goes on. First a micro stage times forward+backward at
 a repeated and at ever-new batch shapes, with and without cuDNN attention: a cost paid per new shape shows there.
@@ -149,7 +149,7 @@ def micro(model_dir: Path, smoke: bool, output: Path) -> None:
     import torch
     from transformers import AutoModelForMultipleChoice
 
-    from hf_ft.speed import sync, use_cudnn_attention
+    from hf_ft.training.speed import sync, use_cudnn_attention
 
     device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
     model = AutoModelForMultipleChoice.from_pretrained(model_dir, use_kernels=False).to(device).train()
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "HF_DATASETS_CACHE": str(work / "datasets_cache"),  # arms share the tokenized sets
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(work / "torch_extensions"))}
-    from hf_ft.speed import matmul_peak_flops
+    from hf_ft.training.speed import matmul_peak_flops
 
     device = "cpu" if args.smoke else "cuda"
     dtype = torch.float32 if args.smoke else torch.bfloat16

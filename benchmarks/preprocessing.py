@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import build_model, machine, write_layout, write_report
-from hf_ft.formulations import encode
-from hf_ft.sources import load_data_dir
-from hf_ft.splits import make_splits
+from hf_ft.data.sources import load_data_dir
+from hf_ft.data.splits import make_splits
+from hf_ft.inputs.formulations import encode
 
 TMMLU_ROWS = 22700  # dev + val + test of v1.0
 

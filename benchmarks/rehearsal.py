@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT, machine, write_report
-from hf_ft.hub_fixtures import BERT_BASE_CHINESE, SMALL, LoopbackHub, write_fixtures
+from tests.hub_fixtures import BERT_BASE_CHINESE, SMALL, LoopbackHub, write_fixtures
 
 # One GPU, stated rather than measured (CI and this machine have none): an H100/H200 SXM's dense bf16 peak,
 # at a model FLOPs utilisation typical of BERT-base fine-tuning with short sequences.

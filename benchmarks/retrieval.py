@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 
 from benchmarks.common import CHARS, PeakRSS, build_model, machine, synthetic_row, write_report
-from hf_ft.data import LETTERS, QARow
+from hf_ft.data.rows import LETTERS, QARow
 from hf_ft.retrieval.corpus import Passage, content_hash
 from hf_ft.retrieval.index import NUMBA_FROM_WORK, BM25Index
 from hf_ft.retrieval.leak import find_leaks
@@ -130,7 +130,7 @@ def bench_rank_bm25(texts: list[str], queries: list[str]) -> dict:
     import bm25s
     from rank_bm25 import BM25Okapi
 
-    from hf_ft.retrieval.index import build_scores
+    from hf_ft.retrieval.scores import build_scores
 
     theirs_index = fresh_process_seconds("rank_bm25", texts)
     ours_index = fresh_process_seconds("hf_ft", texts)
@@ -209,7 +209,7 @@ def bench_context_cost(work: Path, contexts: list[str], k: int, steps: int) -> d
     per_choice (the context repeated for each option) and joint (the context once)."""
     import torch
 
-    from hf_ft.formulations import encode, get_formulation, make_collator
+    from hf_ft.inputs.formulations import encode, get_formulation, make_collator
 
     model_dir, tokenizer = build_model(work / "bert-base", "bert-base")
     rng = random.Random(3)

@@ -6,7 +6,7 @@ Every arm trains the same randomly initialised model (same weights, same seed) o
 with TMMLU+'s length profile, in this one process, and is reported as a ratio to `baseline`: what
 transformers' examples/pytorch/multiple-choice/run_swag.py does with the Trainer (per-choice encoding,
 `DataCollatorForMultipleChoice` dynamic padding, random sampling, evaluation in file order). The hf_ft
-arms are built by `hf_ft.trainer.build_trainer` with hf_ft's task defaults, exactly as `run_qa.py` does.
+arms are built by `hf_ft.training.trainer.build_trainer` with hf_ft's task defaults, exactly as `run_qa.py` does.
 On a GPU the matmul peak is measured on the GPU in the training dtype, steps are timed after a device
 sync, and peak GPU memory is reported beside peak RSS.
 """
@@ -23,16 +23,32 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from transformers import (AutoModelForMultipleChoice, AutoModelForSequenceClassification,
-                          DataCollatorForMultipleChoice, PrinterCallback, Trainer, TrainerCallback, TrainingArguments,
-                          set_seed)
+from transformers import (
+    AutoModelForMultipleChoice,
+    AutoModelForSequenceClassification,
+    DataCollatorForMultipleChoice,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
-from benchmarks.common import MODEL_SIZES, PeakRSS, build_model, machine, matmul_gflops, sync, write_layout, write_report
-from hf_ft.arguments import TASK_DEFAULTS, DataArguments
-from hf_ft.formulations import encode
-from hf_ft.sources import load_data_dir
-from hf_ft.splits import make_splits
-from hf_ft.trainer import ShuffledLengthGroupedSampler, build_trainer
+from benchmarks.common import (
+    MODEL_SIZES,
+    PeakRSS,
+    build_model,
+    machine,
+    matmul_gflops,
+    sync,
+    write_layout,
+    write_report,
+)
+from hf_ft.config.arguments import TASK_DEFAULTS, DataArguments
+from hf_ft.data.sources import load_data_dir
+from hf_ft.data.splits import make_splits
+from hf_ft.inputs.formulations import encode
+from hf_ft.training.trainer import ShuffledLengthGroupedSampler, build_trainer
 
 
 class StepTimer(TrainerCallback):
@@ -98,7 +114,7 @@ def epoch_order(lengths: list[int], batch: int, strategy: str, seed: int = 0) ->
 
 def run_swag_encode(rows, tokenizer, max_length: int, pad_to_max: bool):
     """Preprocessing exactly as run_swag.py: four (context, ending) pairs, truncation=True."""
-    from hf_ft.preprocessing import rows_to_dataset
+    from hf_ft.inputs.preprocessing import rows_to_dataset
 
     def preprocess(batch):
         firsts = [q for q in batch["question"] for _ in range(4)]

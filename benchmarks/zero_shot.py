@@ -4,7 +4,7 @@
 
 `before` is the scorer as it was: one sequence per option token, batches of 128 sequences, and the
 masked-LM head (a 768×21,128 projection) over every position of every sequence. `after` is
-hf_ft.scoring's mlm-pll: the same sequences in token-budget batches, the head only at the masked
+hf_ft.evaluation.scoring's mlm-pll: the same sequences in token-budget batches, the head only at the masked
 position. Both run here on the same random-init bert-base-chinese-shaped model and the same items with
 TMMLU+'s lengths (questions ~50 tokens, options ~12); their scores must agree to float rounding.
 `mlm-masked` (all option tokens masked at once, one pass per option) and the trained-head scorer are
@@ -26,9 +26,9 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
 from benchmarks.common import machine, write_report
-from hf_ft.data import LETTERS, QARow
-from hf_ft.hub_fixtures import BERT_BASE_CHINESE, SMALL, _row, chinese_vocab
-from hf_ft.scoring import LoadedScorer, mlm_queries, score_masked_lm, token_budget_batches
+from hf_ft.data.rows import LETTERS, QARow
+from hf_ft.evaluation.scoring import LoadedScorer, mlm_queries, score_masked_lm, token_budget_batches
+from tests.hub_fixtures import BERT_BASE_CHINESE, SMALL, _row, chinese_vocab
 
 
 def build(work: Path, size: dict) -> tuple[Path, BertTokenizer]:
@@ -132,9 +132,9 @@ def speed(work: Path, n_items: int, quick: bool) -> dict:
 def agreement(work: Path, quick: bool) -> dict:
     """mlm-masked against mlm-pll where a zero-shot scorer has something to find: the demo task, on a demo
     model pretrained by masked LM on fact sentences."""
-    from hf_ft.data import load_items
+    from hf_ft.data.files import load_items
     from hf_ft.demo import make_demo_data, make_tiny_model, pretrain_tiny_model
-    from hf_ft.scoring import load_scorer
+    from hf_ft.evaluation.scoring import load_scorer
 
     data = make_demo_data(work / "demo", rows_per_subject=60 if quick else 160, seed=0)
     model = make_tiny_model(work / "demo_model", [data], hidden_size=128, num_layers=4, num_heads=4,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import validation
-from .errors import ArgumentParser, UserError, did_you_mean, run_user_errors, writable_folder
+from .core import validation
+from .core.errors import ArgumentParser, UserError, did_you_mean, run_user_errors, writable_folder
 
 USAGE = """usage: hf-ft COMMAND [ARGS]
 
@@ -21,14 +21,12 @@ commands:
                      hf-ft make-open-book-data DIR → DIR/data, DIR/corpus/facts.jsonl
   make-tiny-model    a tiny BERT, vocabulary from data: hf-ft make-tiny-model DIR --vocab-from DATA...
                      [--pretrain-sentences N: masked-LM pretraining on N fact sentences]
-  make-hub-fixtures  local git repos in the hub's layout (ikala/tmmluplus, google-bert/bert-base-chinese)
-                     for a loopback hub server: hf-ft make-hub-fixtures DIR [--scale 0.02]
 """
 
 
 def train_command(argv: list[str]) -> None:
-    from .arguments import parse_args
-    from .train import train
+    from .config.arguments import parse_args
+    from .training.run import train
 
     train(parse_args(argv))
 
@@ -124,23 +122,10 @@ def make_tiny_model_command(argv: list[str]) -> None:
     print(f"tiny model written to {out}{' (pretrained)' if args.pretrain_sentences else ''}")
 
 
-def make_hub_fixtures_command(argv: list[str]) -> None:
-    from .hub_fixtures import main as fixtures_main
-
-    fixtures_main(argv)
-
-
-def _hub_fixtures_parser() -> ArgumentParser:
-    from .hub_fixtures import build_parser
-
-    return build_parser()
-
-
 PARSERS = {  # the make-* commands' arguments (the fuzzer reads every flag from here)
     "make-demo-data": demo_data_parser,
     "make-open-book-data": open_book_data_parser,
     "make-tiny-model": tiny_model_parser,
-    "make-hub-fixtures": _hub_fixtures_parser,
 }
 
 COMMANDS = {
@@ -148,7 +133,6 @@ COMMANDS = {
     "make-demo-data": make_demo_data_command,
     "make-open-book-data": make_open_book_data_command,
     "make-tiny-model": make_tiny_model_command,
-    "make-hub-fixtures": make_hub_fixtures_command,
 }
 
 
@@ -159,15 +143,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command == "evaluate":
-        from .evaluate import main as evaluate_main
+        from .evaluation.evaluate import main as evaluate_main
 
         evaluate_main(rest)
     elif command == "predict":
-        from .predict import main as predict_main
+        from .evaluation.predict import main as predict_main
 
         predict_main(rest)
     elif command == "push":
-        from .hub import main as push_main
+        from .publish.hub import main as push_main
 
         push_main(rest)
     elif command in COMMANDS:

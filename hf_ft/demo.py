@@ -13,7 +13,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from .data import LETTERS
+from .data.rows import LETTERS
 
 # subject → {category name: members}; subjects are real TMMLU+ names so categories and reports work.
 DEMO_SUBJECTS: dict[str, dict[str, list[str]]] = {
@@ -100,7 +100,7 @@ def make_demo_data(out_dir: str | Path, rows_per_subject: int = 160, seed: int =
     """Write `<subject>_{dev,val,test}.csv` (5 dev rows, then 70% val, 30% test) in the TMMLU+ layout.
     With `artifact="longest"`, in `artifact_subjects` the gold option is made the longest in
     `artifact_rate` of the items: a planted shortcut the evaluate module's audit must find."""
-    from .errors import UserError
+    from .core.errors import UserError
 
     unknown = [s for s in [*(subjects or []), *(artifact_subjects if artifact else [])] if s not in DEMO_SUBJECTS]
     if unknown:
@@ -267,8 +267,7 @@ def pretrain_tiny_model(model_dir: str | Path, sentences: int = 20000, epochs: i
     formulation needs such knowledge to learn at all; per-choice does not."""
     import datasets
     import torch
-    from transformers import (AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer,
-                              TrainingArguments)
+    from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     model_dir = Path(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -61,8 +61,8 @@ def tiny_model(tmp_path_factory, demo_data) -> Path:
 
 
 def train_in_process(argv: list[str]) -> dict:
-    from hf_ft.arguments import parse_args
-    from hf_ft.train import train
+    from hf_ft.config.arguments import parse_args
+    from hf_ft.training.run import train
 
     return train(parse_args(argv))
 

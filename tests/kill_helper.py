@@ -41,9 +41,9 @@ def main():
         Trainer._save = save_then_die
     elif kind == "time":
         threading.Timer(float(value), die).start()
-    from hf_ft.arguments import parse_args
-    from hf_ft.errors import run_user_errors
-    from hf_ft.train import train
+    from hf_ft.config.arguments import parse_args
+    from hf_ft.core.errors import run_user_errors
+    from hf_ft.training.run import train
 
     run_user_errors(lambda: train(parse_args(args)))
 

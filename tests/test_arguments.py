@@ -1,6 +1,6 @@
 import pytest
 
-from hf_ft.arguments import ConfigError, parse_args
+from hf_ft.config.arguments import ConfigError, parse_args
 
 
 def test_config_file_with_command_line_override(tmp_path):
@@ -74,12 +74,12 @@ def test_help_of_every_entry_point_renders(tmp_path):
     import subprocess
     import sys
 
-    from hf_ft.arguments import build_parser
+    from hf_ft.config.arguments import build_parser
 
     text = build_parser().format_help()
     assert "--skip_memory_check" in text and "90% of the free RAM" in " ".join(text.split())
     for command in ("train", "evaluate", "predict", "push", "make-demo-data", "make-open-book-data",
-                    "make-tiny-model", "make-hub-fixtures"):
+                    "make-tiny-model"):
         result = subprocess.run([sys.executable, "-m", "hf_ft.cli", command, "--help"], capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 0 and "usage:" in result.stdout, (command, result.stderr[-1500:])

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import yaml
-
 from conftest import TRAIN_ARGS, cli, train_in_process
 
 pytestmark = pytest.mark.slow
@@ -166,7 +165,7 @@ def test_several_models_side_by_side(trained_run, seeds_run, tiny_model, tmp_pat
 
 
 def test_holm_on_a_hand_computed_case():
-    from hf_ft.stats import holm
+    from hf_ft.evaluation.stats import holm
 
     assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
 

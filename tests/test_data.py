@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from hf_ft.data import DataError, QARow, content_hash, handle_problems, read_records
-from hf_ft.sources import LoadedData, load_data_dir, load_files
-from hf_ft.splits import make_splits
+from hf_ft.data.files import read_records
+from hf_ft.data.rows import DataError, QARow, content_hash, handle_problems
+from hf_ft.data.sources import LoadedData, load_data_dir, load_files
+from hf_ft.data.splits import make_splits
 
 HEADER = ["question", "A", "B", "C", "D", "answer"]
 
@@ -191,7 +192,7 @@ def test_skewed_gold_letters_are_warned_about(tmp_path, caplog):
     so; a balanced split, or a small one whose skew is chance, says nothing."""
     from collections import Counter
 
-    from hf_ft.splits import Splits, skewed_gold_letters, write_split_outputs
+    from hf_ft.data.splits import Splits, skewed_gold_letters, write_split_outputs
 
     balanced = _rows(40)
     skewed = [QARow(r.id, r.subject, r.question, r.options, "C") for r in _rows(40, prefix="s")]

@@ -7,7 +7,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, python, run_cli
 
 
@@ -27,7 +26,7 @@ def run_args(model, data, out, *extra):
 
 
 def launch(zero: int | None, nproc: int, args: list[str], timeout: int = 600):
-    """`make train ZERO=..` (hf_ft.launch → accelerate launch), or torchrun without DeepSpeed."""
+    """`make train ZERO=..` (hf_ft.training.launch → accelerate launch), or torchrun without DeepSpeed."""
     if zero is None:
         command = python("-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                          str(_port()), "run_qa.py", *args)
@@ -39,7 +38,7 @@ def launch(zero: int | None, nproc: int, args: list[str], timeout: int = 600):
 
 
 def _port() -> int:
-    from hf_ft.processes import free_port
+    from hf_ft.core.processes import free_port
 
     return free_port()
 
@@ -75,8 +74,8 @@ def first_step(out) -> dict:
     ('{"fp16": {"enabled": true}, "zero_optimization": {"stage": 2}}', [], "fp16 needs a GPU"),
 ])
 def test_config_errors_are_one_line_each(tmp_path, config, extra, expected):
-    from hf_ft.arguments import parse_args
-    from hf_ft.errors import UserError
+    from hf_ft.config.arguments import parse_args
+    from hf_ft.core.errors import UserError
 
     path = tmp_path / "ds.json"
     path.write_text(config, encoding="utf-8")
@@ -99,25 +98,25 @@ def test_make_train_ends_on_the_child_s_one_line_error(tmp_path, nproc):
 
 
 def test_missing_config_and_offload_flag_errors(tmp_path):
-    from hf_ft.errors import UserError
+    from hf_ft.core.errors import UserError
 
     result = run_cli(python("run_qa.py", "--output_dir", str(tmp_path), "--deepspeed", "nope.json"))
     assert result.returncode == 2 and "--deepspeed nope.json: config file not found" in result.stderr
     assert "Traceback" not in result.stderr
-    from hf_ft.launch import build_command
+    from hf_ft.training.launch import build_command
 
     with pytest.raises(UserError, match="OFFLOAD=1 needs ZERO=2 or ZERO=3"):
         build_command(1, True, 1, [])
 
 
 def test_offload_without_a_gpu_falls_back(tmp_path, caplog):
-    from hf_ft.arguments import parse_args
+    from hf_ft.config.arguments import parse_args
 
     args = parse_args(["--output_dir", str(tmp_path), "--deepspeed", "ds_configs/zero3_offload.json"])
     assert args.training.deepspeed is None
     assert args.deepspeed.used is False and "offload" in args.deepspeed.reason
     assert "Training continues with plain PyTorch" in caplog.text
-    from hf_ft.errors import UserError
+    from hf_ft.core.errors import UserError
 
     with pytest.raises(UserError, match="--require_deepspeed: ZeRO offload"):
         parse_args(["--output_dir", str(tmp_path), "--deepspeed", "ds_configs/zero3_offload.json",
@@ -163,8 +162,8 @@ def test_zero_training_saves_a_model_that_predicts_identically(zero, nproc, form
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 12
     assert (out / "validation_loss_curve.png").is_file() and (out / "checkpoint-12").is_dir()
     # The saved model.safetensors is an ordinary HF model that scores exactly like the trained one did.
-    from hf_ft.data import load_items
-    from hf_ft.scoring import load_scorer
+    from hf_ft.data.files import load_items
+    from hf_ft.evaluation.scoring import load_scorer
 
     rows = load_items(out / "test_qa_data.json")
     reloaded = load_scorer(str(out), use_cpu=True, max_length=64).score(rows, batch_size=32, progress=False)

@@ -7,11 +7,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-
 from conftest import TRAIN_ARGS, cli, python, run_cli, train_in_process
-from hf_ft.evaluate import EvaluateArguments, run
-from hf_ft.errors import UserError
-from hf_ft.stats import mcnemar_exact, paired_bootstrap_ci, paired_comparison
+
+from hf_ft.core.errors import UserError
+from hf_ft.evaluation.evaluate import EvaluateArguments, run
+from hf_ft.evaluation.stats import mcnemar_exact, paired_bootstrap_ci, paired_comparison
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,8 @@ def test_mcnemar_and_bootstrap_on_a_hand_computed_case():
 
 
 def test_masked_lm_scoring_is_identical_on_repeat(tiny_model, trained_run):
-    from hf_ft.data import load_items
-    from hf_ft.scoring import load_scorer
+    from hf_ft.data.files import load_items
+    from hf_ft.evaluation.scoring import load_scorer
 
     rows = load_items(trained_run[0] / "test_qa_data.json")[:40]
     scorer = load_scorer(str(tiny_model), use_cpu=True)
@@ -84,8 +84,8 @@ def test_masked_lm_scoring_is_identical_on_repeat(tiny_model, trained_run):
 
 
 def test_overlap_with_training_data_is_refused_or_removed(trained_run, tiny_model, demo_data, tmp_path, capsys):
-    from hf_ft.data import content_hash
-    from hf_ft.sources import load_data_dir
+    from hf_ft.data.rows import content_hash
+    from hf_ft.data.sources import load_data_dir
 
     out, _ = trained_run
     manifest = json.loads((out / "data_manifest.json").read_text())
@@ -260,7 +260,7 @@ def test_a_model_asked_to_do_what_it_cannot_is_refused_before_scoring(trained_ru
     line that names what to do, before any item is scored."""
     import shutil
 
-    from hf_ft.scoring import load_scorer
+    from hf_ft.evaluation.scoring import load_scorer
 
     out, _ = trained_run
     with pytest.raises(UserError, match=r"--scorer mlm-pll: .* is a multiple-choice model \(per_choice.*use --scorer "

@@ -8,12 +8,11 @@ import re
 
 import pytest
 import torch
-
 from conftest import TRAIN_ARGS, cli, train_in_process
 
 
 def _ref(i, question, options=("二年", "三年", "四年", "六年"), answer="C"):
-    from hf_ft.data import QARow
+    from hf_ft.data.rows import QARow
 
     return QARow(f"law_test-{i}", "introduction_to_law", question, tuple(options), answer, "data/law_test.csv", i + 2)
 
@@ -81,7 +80,7 @@ def test_answers_as_letters_indices_or_text_and_what_cannot_be_a_question(answer
 def test_simplified_rows_come_out_in_taiwan_traditional_and_traditional_ones_are_left_alone():
     import random
 
-    from hf_ft.data import QARow
+    from hf_ft.data.rows import QARow
     from hf_ft.extra.script import convert_rows, convert_texts, converter, script_of
 
     row = QARow("x", "s", "使用位填充方法，数据为011011，求问传送时要添加几个0", ("软件", "硬件", "网络", "内存"), "A",
@@ -102,7 +101,7 @@ def test_simplified_rows_come_out_in_taiwan_traditional_and_traditional_ones_are
 
 
 def test_copies_are_found_across_scripts_option_orders_and_rewording():
-    from hf_ft.data import QARow
+    from hf_ft.data.rows import QARow
     from hf_ft.extra.contamination import find_copies
     from hf_ft.retrieval.text import to_simplified
 
@@ -252,7 +251,7 @@ def test_bad_input_in_an_extra_source_names_its_file_and_line(name, text, messag
 def test_caps_and_weights_are_seeded_and_keep_the_source_order():
     import random
 
-    from hf_ft.data import QARow
+    from hf_ft.data.rows import QARow
     from hf_ft.extra.mixing import sample
 
     rows = [QARow(f"r{i}", "s", f"q{i}", ("a", "b"), "A") for i in range(10)]
@@ -271,9 +270,9 @@ def test_caps_and_weights_are_seeded_and_keep_the_source_order():
 def test_a_batch_of_two_to_four_options_masks_the_missing_ones(tiny_model):
     from transformers import AutoTokenizer
 
-    from hf_ft.collators import MASK_KEY, JointCollator, MultipleChoiceCollator, mask_choices, masked_choice_loss
-    from hf_ft.data import QARow
-    from hf_ft.formulations import encode
+    from hf_ft.data.rows import QARow
+    from hf_ft.inputs.collators import MASK_KEY, JointCollator, MultipleChoiceCollator, mask_choices, masked_choice_loss
+    from hf_ft.inputs.formulations import encode
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rows = [QARow("a", "s", "下列何者屬於樂器？", ("鋼琴", "蘋果"), "A"),

@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import TRAIN_ARGS, cli, run_card_usage, train_in_process
-from hf_ft.data import QARow, load_items
+
+from hf_ft.data.files import load_items
+from hf_ft.data.rows import QARow
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def joint_run(tmp_path_factory, demo_data, tiny_model):
 def test_joint_trains_saves_reloads_and_predicts_the_same(joint_run):
     from transformers import AutoModelForSequenceClassification
 
-    from hf_ft.scoring import load_scorer
+    from hf_ft.evaluation.scoring import load_scorer
 
     out, metrics = joint_run
     # No accuracy bar here: joint needs a pretrained encoder and this tiny model is randomly initialised
@@ -65,7 +66,7 @@ def test_joint_model_in_predict_and_evaluate(joint_run, tiny_model, tmp_path, ca
     assert code == 2 and "--joint_eval_rotations 0: need 1 to 4" in err
     code, _, err = cli(["predict", str(out), "--question", "問題", "--choices", "a", "b", "c"], capsys)
     assert code == 2 and "answers exactly 4 options" in err
-    from hf_ft.evaluate import EvaluateArguments, run
+    from hf_ft.evaluation.evaluate import EvaluateArguments, run
 
     report = run(EvaluateArguments(original=str(tiny_model), finetuned=str(out), output_dir=str(tmp_path),
                                    use_cpu=True, max_seq_length=128))
@@ -76,8 +77,8 @@ def test_joint_model_in_predict_and_evaluate(joint_run, tiny_model, tmp_path, ca
 def test_card_usage_code_answers_like_hf_ft(joint_run, capsys):
     """The card shows how to use a joint model with transformers alone (build the sequence, merge the
     rotations); run as printed, it must give hf_ft's answer and probabilities."""
-    from hf_ft.predict import make_question, rank
-    from hf_ft.scoring import load_scorer
+    from hf_ft.evaluation.predict import make_question, rank
+    from hf_ft.evaluation.scoring import load_scorer
 
     out, _ = joint_run
     usage = run_card_usage(out)
@@ -97,7 +98,7 @@ def test_card_usage_code_answers_like_hf_ft(joint_run, capsys):
     ('{"classifier_dropout": 0.2', "not valid JSON"),
 ])
 def test_bad_config_overrides_are_named(tiny_model, tmp_path, overrides, message):
-    from hf_ft.modeling import ModelLoadError, load_model
+    from hf_ft.inputs.modeling import ModelLoadError, load_model
 
     with pytest.raises(ModelLoadError, match=message):
         load_model(str(tiny_model), "per_choice", config_overrides=overrides)
@@ -107,7 +108,7 @@ def test_config_overrides_set_keys_whose_value_is_none():
     """BERT's classifier_dropout is None until set: `update_from_string` cannot type it, hf_ft reads JSON."""
     from transformers import BertConfig
 
-    from hf_ft.modeling import apply_config_overrides
+    from hf_ft.inputs.modeling import apply_config_overrides
 
     config = BertConfig()
     apply_config_overrides(config, '{"classifier_dropout": 0.2, "hidden_dropout_prob": 0}')
@@ -119,8 +120,7 @@ def test_config_overrides_set_keys_whose_value_is_none():
 def test_option_shuffling_keeps_the_gold_option_labelled(tiny_model):
     from transformers import AutoTokenizer
 
-    from hf_ft.formulations import make_collator
-    from hf_ft.formulations import encode
+    from hf_ft.inputs.formulations import encode, make_collator
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rows = [QARow(f"q{i}", "music", f"下列何者屬於「樂器」？第{i}題", ("二胡", "老虎", "芒果", "氫")[i % 4:] +
@@ -148,8 +148,7 @@ def test_option_shuffling_keeps_the_gold_option_labelled(tiny_model):
 def test_rotations_put_the_gold_option_in_every_slot(tiny_model):
     from transformers import AutoTokenizer
 
-    from hf_ft.formulations import make_collator
-    from hf_ft.formulations import encode
+    from hf_ft.inputs.formulations import encode, make_collator
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     options = ("二胡", "老虎", "芒果", "氫")
@@ -181,9 +180,8 @@ def test_evaluation_rotations_cancel_a_slot_bias(tiny_model):
     import torch
     from transformers import AutoTokenizer
 
-    from hf_ft.collators import merge_rotations
-    from hf_ft.formulations import make_collator
-    from hf_ft.formulations import encode
+    from hf_ft.inputs.collators import merge_rotations
+    from hf_ft.inputs.formulations import encode, make_collator
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     options = ("二胡", "老虎", "芒果", "氫")
@@ -213,9 +211,8 @@ def test_evaluation_rotations_cancel_a_slot_bias(tiny_model):
 def test_length_grouping_reduces_padding_on_a_skewed_set(tiny_model, tmp_path):
     from transformers import AutoModelForMultipleChoice, AutoTokenizer, TrainingArguments
 
-    from hf_ft.formulations import make_collator
-    from hf_ft.formulations import encode
-    from hf_ft.trainer import QATrainer
+    from hf_ft.inputs.formulations import encode, make_collator
+    from hf_ft.training.trainer import QATrainer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rng = np.random.default_rng(0)
@@ -297,7 +294,7 @@ def _captured(model, call) -> list[tuple]:
 
 
 def _seam_rows():
-    from hf_ft.data import QARow
+    from hf_ft.data.rows import QARow
 
     question, options = "下列何者為哺乳類？", ("鯨魚", "鯊魚", "章魚", "海星")
     long_context = "鯨魚是哺乳類，用肺呼吸，胎生並以乳汁哺育幼體。" * 30  # longer than max_seq_length: cut first
@@ -312,11 +309,12 @@ def test_every_path_builds_the_same_model_inputs(run, trained_run, joint_run, tm
     plain-transformers code give the model the same sequences as `model_inputs`, with and without context."""
     from dataclasses import replace
 
-    from hf_ft.formulations import encode, model_inputs
-    from hf_ft.predict import rank
-    from hf_ft.scoring import load_scorer
-    from hf_ft.trainer import build_trainer
     from transformers import TrainingArguments
+
+    from hf_ft.evaluation.predict import rank
+    from hf_ft.evaluation.scoring import load_scorer
+    from hf_ft.inputs.formulations import encode, model_inputs
+    from hf_ft.training.trainer import build_trainer
 
     out = (trained_run if run == "per_choice" else joint_run)[0]
     scorer = load_scorer(str(out), use_cpu=True)
@@ -357,8 +355,8 @@ def test_every_path_builds_the_same_model_inputs(run, trained_run, joint_run, tm
 def test_context_is_cut_first_then_the_question_and_never_an_option(tiny_model):
     """A context longer than the space left is cut; the question survives whole while any context is left;
     options are never cut; and the cuts are counted."""
-    from hf_ft.formulations import encode
-    from hf_ft.modeling import load_tokenizer
+    from hf_ft.inputs.formulations import encode
+    from hf_ft.inputs.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model))
     rows = _seam_rows()
@@ -391,7 +389,7 @@ def test_vectorised_padding_equals_the_tokenizers(tiny_model, padding_side, mult
     import torch
     from transformers import AutoTokenizer, DataCollatorForMultipleChoice
 
-    from hf_ft.collators import MultipleChoiceCollator, pad_batch
+    from hf_ft.inputs.collators import MultipleChoiceCollator, pad_batch
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     tokenizer.padding_side = padding_side

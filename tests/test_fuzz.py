@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-
 from conftest import ROOT  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("HF_FT_FUZZ_EXAMPLES", "150"))  # command lines of one or two bad flags, per entry point
 ROUNDS = int(os.environ.get("HF_FT_FUZZ_ROUNDS", "3"))  # passes over every flag, per entry point
@@ -83,25 +83,25 @@ def _cli_parser(command):
 
 
 def _run_qa_parser():
-    from hf_ft.arguments import build_parser
+    from hf_ft.config.arguments import build_parser
 
     return build_parser()
 
 
 def _evaluate_parser():
-    from hf_ft.evaluate import build_parser
+    from hf_ft.evaluation.evaluate import build_parser
 
     return build_parser()
 
 
 def _predict_parser():
-    from hf_ft.predict import build_parser
+    from hf_ft.evaluation.predict import build_parser
 
     return build_parser()
 
 
 def _push_parser():
-    from hf_ft.hub import build_parser
+    from hf_ft.publish.hub import build_parser
 
     return build_parser()
 
@@ -111,20 +111,20 @@ ENTRY_POINTS = {
         "run_qa", _run_qa, _run_qa_parser,
         lambda f, tmp: ["--model_name_or_path", str(f["model"]), "--data_dir", str(f["data"]),
                         "--output_dir", str(tmp / "out"), "--use_cpu", "--max_seq_length", "128"],
-        ("hf_ft.train:load_model",)),
+        ("hf_ft.training.run:load_model",)),
     "evaluate": EntryPoint(
         "evaluate", _hf_ft("evaluate"), _evaluate_parser,
         lambda f, tmp: ["--original", str(f["model"]), "--finetuned", str(f["run"]),
                         "--output_dir", str(tmp / "cmp"), "--use_cpu"],
-        ("hf_ft.evaluate:load_scorer",)),
+        ("hf_ft.evaluation.evaluate:load_scorer",)),
     "predict": EntryPoint(
         "predict", _hf_ft("predict"), _predict_parser,
         lambda f, tmp: [str(f["run"]), "--question", "一加一等於幾？", "--choices", "一", "二", "三", "--use_cpu"],
-        ("hf_ft.predict:load_scorer",)),
+        ("hf_ft.evaluation.predict:load_scorer",)),
     "push": EntryPoint(
         "push", _hf_ft("push"), _push_parser,
         lambda f, tmp: [str(f["run"]), "--repo_id", "someone/model", "--dry_run"],
-        ("hf_ft.hub:build_model_card",)),
+        ("hf_ft.publish.hub:build_model_card",)),
     "make-demo-data": EntryPoint(
         "make-demo-data", _hf_ft("make-demo-data"), _cli_parser("make-demo-data"),
         lambda f, tmp: [str(tmp / "demo")], ("hf_ft.demo:make_demo_data",)),
@@ -134,9 +134,6 @@ ENTRY_POINTS = {
     "make-tiny-model": EntryPoint(
         "make-tiny-model", _hf_ft("make-tiny-model"), _cli_parser("make-tiny-model"),
         lambda f, tmp: [str(tmp / "tiny"), "--vocab-from", str(f["data"])], ("hf_ft.demo:make_tiny_model",)),
-    "make-hub-fixtures": EntryPoint(
-        "make-hub-fixtures", _hf_ft("make-hub-fixtures"), _cli_parser("make-hub-fixtures"),
-        lambda f, tmp: [str(tmp / "hub")], ("hf_ft.hub_fixtures:write_fixtures",)),
 }
 
 
@@ -211,7 +208,7 @@ def invoke(entry: EntryPoint, argv: list[str], cwd: Path) -> tuple[int, str]:
 
 
 def _reset_processes():
-    from hf_ft.processes import leave_process_group
+    from hf_ft.core.processes import leave_process_group
 
     leave_process_group()
     from accelerate.state import AcceleratorState

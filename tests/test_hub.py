@@ -5,7 +5,6 @@ import shutil
 
 import pytest
 import yaml
-
 from conftest import TRAIN_ARGS, python, run_card_usage, run_cli
 from fake_hub import GOOD_TOKEN, FakeHub
 
@@ -146,8 +145,8 @@ def test_card_is_written_at_the_end_of_training(trained_run):
 
 
 def test_card_usage_code_answers_like_hf_ft(trained_run, capsys):
-    from hf_ft.predict import make_question, rank
-    from hf_ft.scoring import load_scorer
+    from hf_ft.evaluation.predict import make_question, rank
+    from hf_ft.evaluation.scoring import load_scorer
 
     out, _ = trained_run
     usage = run_card_usage(out)
@@ -158,7 +157,7 @@ def test_card_usage_code_answers_like_hf_ft(trained_run, capsys):
 
 
 def test_hub_token_argument_is_refused(tmp_path):
-    from hf_ft.arguments import ConfigError, parse_args
+    from hf_ft.config.arguments import ConfigError, parse_args
 
     with pytest.raises(ConfigError, match="--hub_token is not accepted"):
         parse_args(["--output_dir", str(tmp_path), "--hub_token", "hf_secret"])

@@ -6,7 +6,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from conftest import python, run_cli
 
 pytestmark = pytest.mark.slow
@@ -16,8 +15,15 @@ SCALE = 0.05  # TMMLU+'s per-subject sizes × 0.05: ~1,100 questions over 67 sub
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    from hf_ft.hub_fixtures import (LoopbackHub, write_dataset_repo, write_extra_repos, write_fixtures,
-                                    write_model_repo, write_tceval_repo, write_wikipedia_repo)
+    from hub_fixtures import (
+        LoopbackHub,
+        write_dataset_repo,
+        write_extra_repos,
+        write_fixtures,
+        write_model_repo,
+        write_tceval_repo,
+        write_wikipedia_repo,
+    )
 
     root = tmp_path_factory.mktemp("hub")
     shas = write_fixtures(root / "mirrors", scale=SCALE, model_size="small")
@@ -36,7 +42,7 @@ def hub(tmp_path_factory):
     # Retrieval corpora: Chinese Wikipedia's layout, and TCEval-v2 (TMMLU+ v1.0's test split, verbatim).
     wiki = write_wikipedia_repo(root / "mirrors")
     write_tceval_repo(root / "mirrors", ["music", "physics"])
-    # Other exam sets in their real layouts, with planted copies of TMMLU+ rows (hf_ft.hub_fixtures).
+    # Other exam sets in their real layouts, with planted copies of TMMLU+ rows (tests/hub_fixtures.py).
     extra = write_extra_repos(root / "mirrors")
     with LoopbackHub(root / "mirrors", root / "olah") as server:
         server.env = server.client_env(root / "hf_home")
@@ -88,7 +94,7 @@ def test_readme_train_command_with_hub_data_and_a_hub_model(hub, tmp_path):
 
 def pushed_card(out, repo_id="me/bert-tmmlu"):
     """The card a push to `repo_id` would send (built from the run's records; nothing is written)."""
-    from hf_ft.model_card import build_model_card
+    from hf_ft.publish.model_card import build_model_card
 
     card = str(build_model_card(out, repo_id))
     return card, yaml.safe_load(card.split("---")[1])
@@ -130,7 +136,7 @@ def test_card_claims_exactly_what_the_run_recorded(hub, tmp_path, case):
 
 def _linear_algebra_rows(hub) -> int:
     """Rows of the one subject with files but no config, which `all` leaves out."""
-    script = ("import json; from hf_ft.sources import load_hub; d = load_hub('linear_algebra', 'v1.1'); "
+    script = ("import json; from hf_ft.data.sources import load_hub; d = load_hub('linear_algebra', 'v1.1'); "
               "print(json.dumps(sum(len(v) for v in d.pools.values())))")
     result = run_cli(python("-c", script), env=hub.env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -140,7 +146,7 @@ def _linear_algebra_rows(hub) -> int:
 def test_revisions_give_their_own_rows_and_commits(hub):
     script = """
 import json
-from hf_ft.sources import load_hub
+from hf_ft.data.sources import load_hub
 out = {}
 for revision in ("v1.0", "v1.1"):
     data = load_hub("all", revision)
@@ -246,6 +252,7 @@ def test_extra_sources_from_the_hub_are_converted_checked_and_on_the_card(hub, t
     TMMLU+ rows dropped (an exact one, a reworded one, and one only v1.0 has), and the pushed card says every
     source, its licence, and that the model is for non-commercial use."""
     from fake_hub import GOOD_TOKEN, FakeHub
+
     from hf_ft.retrieval.text import to_simplified
 
     out = tmp_path / "extra"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 
 import pytest
-
 from conftest import ROOT, TRAIN_ARGS
 
 
@@ -26,8 +25,8 @@ def test_plain_transformers_would_load_with_kernels(kernels_on_by_environment, t
 
 
 def test_models_load_without_kernels(kernels_on_by_environment, tiny_model, trained_run):
-    from hf_ft.modeling import load_model
-    from hf_ft.scoring import load_scorer
+    from hf_ft.evaluation.scoring import load_scorer
+    from hf_ft.inputs.modeling import load_model
 
     assert load_model(str(tiny_model), "per_choice").use_kernels is False
     assert load_model(str(tiny_model), "joint").use_kernels is False
@@ -37,12 +36,13 @@ def test_models_load_without_kernels(kernels_on_by_environment, tiny_model, trai
 
 
 def test_training_loads_without_kernels(kernels_on_by_environment, tiny_model, demo_data, tmp_path, monkeypatch):
-    import hf_ft.train
     from conftest import train_in_process
 
+    import hf_ft.training.run
+
     loaded = []
-    real = hf_ft.train.load_model
-    monkeypatch.setattr(hf_ft.train, "load_model", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    real = hf_ft.training.run.load_model
+    monkeypatch.setattr(hf_ft.training.run, "load_model", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
     train_in_process(["--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--subjects",
                       "music", "--output_dir", str(tmp_path / "out"), *TRAIN_ARGS, "--num_train_epochs",
                       "1", "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"])
@@ -52,14 +52,14 @@ def test_training_loads_without_kernels(kernels_on_by_environment, tiny_model, d
 def test_the_flag_turns_them_on(tiny_model, monkeypatch):
     pytest.importorskip("kernels")
     monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
-    from hf_ft.modeling import load_model
+    from hf_ft.inputs.modeling import load_model
 
     assert load_model(str(tiny_model), "per_choice", use_kernels=True).use_kernels is True
 
 
 def test_use_kernels_with_use_cpu_is_refused_before_work(tmp_path, demo_data, tiny_model):
-    from hf_ft.arguments import parse_args
-    from hf_ft.errors import UserError
+    from hf_ft.config.arguments import parse_args
+    from hf_ft.core.errors import UserError
 
     with pytest.raises(UserError, match="--use_kernels with --use_cpu"):
         parse_args(["--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--output_dir",
@@ -70,8 +70,8 @@ def test_use_kernels_with_use_cpu_is_refused_before_work(tmp_path, demo_data, ti
 def test_use_kernels_offline_without_a_cached_kernel_is_one_line(tmp_path, monkeypatch, trained_run, capsys):
     import huggingface_hub.constants as hub
 
-    from hf_ft.modeling import kernels_problem
-    from hf_ft.predict import main as predict
+    from hf_ft.evaluation.predict import main as predict
+    from hf_ft.inputs.modeling import kernels_problem
 
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))

@@ -9,16 +9,15 @@ import json
 import random
 
 import pytest
+from conftest import TRAIN_ARGS, cli, train_in_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import TRAIN_ARGS, cli, train_in_process
 
 CHARS = "的一是不了人我在有他這中大來上國個到說們為子和你地出道也時年得就那要下以生會自著去之過家學對可她裡後小麼心多"
 
 
 def _row(i, question, options=("甲乙", "丙丁", "戊己", "庚辛"), answer="A", subject="music", split="test"):
-    from hf_ft.data import QARow
+    from hf_ft.data.rows import QARow
 
     return QARow(f"{subject}_{split}-{i}", subject, question, tuple(options), answer, f"{split}.csv", i + 2)
 
@@ -99,7 +98,7 @@ def test_an_item_split_over_two_passages_is_caught_in_the_context(tmp_path):
 
 
 def test_leak_policy_error_refuses_and_keep_records(tmp_path):
-    from hf_ft.errors import UserError
+    from hf_ft.core.errors import UserError
 
     rng = random.Random(1)
     item = _row(0, _text(rng, 40))
@@ -160,8 +159,8 @@ def test_evaluate_checks_the_contexts_of_a_test_file_the_training_never_saw(tmp_
     """An open-book run whose corpus holds a later test file's items whole (the training's check could not know
     them): scoring that file finds the copies in what the model would read and removes those contexts (the run's
     --leak_policy drop), saying where."""
-    from hf_ft.scoring import load_scorer
-    from hf_ft.sources import load_data_dir
+    from hf_ft.data.sources import load_data_dir
+    from hf_ft.evaluation.scoring import load_scorer
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     rng = random.Random(3)
@@ -220,7 +219,7 @@ def test_a_refused_run_leaves_the_folder_so_the_corrected_command_runs(tmp_path,
     corrected command (--leak_policy drop) trains into it."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    from hf_ft.sources import load_data_dir
+    from hf_ft.data.sources import load_data_dir
 
     test_rows = load_data_dir(str(demo_data), "music").pools["test"]
     (corpus / "copy.txt").write_text(test_rows[0].question + test_rows[0].options[test_rows[0].label] + "\n",
@@ -278,7 +277,7 @@ def test_options_that_conversion_makes_equal_are_caught_after_it(tmp_path, demo_
 def test_a_source_that_copies_tmmluplus_is_refused_by_content(tmp_path, demo_data, tiny_model, capsys):
     """A mirror of TMMLU+ under another name: every row is a copy of a question the run reads, so nothing is
     left; that is a one-line error that says so, not a run trained without the source."""
-    from hf_ft.sources import load_data_dir
+    from hf_ft.data.sources import load_data_dir
 
     rows = [r for pool in load_data_dir(str(demo_data), "music").pools.values() for r in pool]
     mirror = tmp_path / "mirror" / "music_test.jsonl"
@@ -298,10 +297,10 @@ def test_an_unusable_hf_home_makes_a_slower_run_not_a_refused_one(tmp_path, demo
                                                                     monkeypatch):
     """HF_HOME under a file (as unusable as a read-only one, which root could still write): the CSV tables, the
     tokenized sets and the BM25 index go to temporary folders, said once each; the run trains."""
-    import hf_ft.caches
-    from hf_ft.sources import load_data_dir
+    import hf_ft.core.caches
+    from hf_ft.data.sources import load_data_dir
 
-    hf_ft.caches._usable.cache_clear()
+    hf_ft.core.caches._usable.cache_clear()
     (tmp_path / "a-file").write_text("x")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "a-file" / "home"))
     monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
@@ -316,7 +315,7 @@ def test_an_unusable_hf_home_makes_a_slower_run_not_a_refused_one(tmp_path, demo
                             "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
                             "--retrieval_corpus", str(corpus)], capsys)
     finally:
-        hf_ft.caches._usable.cache_clear()
+        hf_ft.core.caches._usable.cache_clear()
     assert code == 0, err
     assert (out / "hf_ft_finished.json").is_file()
 
@@ -381,7 +380,7 @@ def test_a_lettered_row_with_more_options_than_its_layout_is_named_not_cut(tmp_p
 
 def test_passages_far_longer_than_the_model_reads_are_refused(tmp_path, demo_data, tiny_model, capsys):
     """With --max_seq_length 128 the model reads the start of one 600-character passage: refused with the fix."""
-    from hf_ft.sources import load_data_dir
+    from hf_ft.data.sources import load_data_dir
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

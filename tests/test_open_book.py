@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import cli, python, run_cli, train_in_process
 
 
 def _row(i, question, options=("甲", "乙", "丙", "丁"), answer="A", subject="music"):
-    from hf_ft.data import QARow
+    from hf_ft.data.rows import QARow
 
     return QARow(f"{subject}_test-{i}", subject, question, tuple(options), answer, "test.csv", i + 2)
 
@@ -167,7 +166,7 @@ def test_leak_check_scales_to_many_passages_in_chunks(monkeypatch):
 
 
 def test_corpus_files_become_passages_with_ids(tmp_path):
-    from hf_ft.errors import UserError
+    from hf_ft.core.errors import UserError
     from hf_ft.retrieval.corpus import read_local, split_text
 
     assert split_text("一二三四五六七八九十", 4, 1) == ["一二三四", "四五六七", "七八九十"]
@@ -212,13 +211,14 @@ def test_vectorised_index_scores_like_bm25s_own_builder(tmp_path, monkeypatch):
     must be those of bm25s indexing the same terms itself, over several chunks of passages."""
     import random
 
-    from hf_ft.retrieval import index as index_module
+    from hf_ft.retrieval import scores as index_module
 
     monkeypatch.setattr(index_module, "_CHUNK", 97)
     import bm25s
 
     from hf_ft.retrieval.corpus import Passage, content_hash
-    from hf_ft.retrieval.index import BM25Index, term_codes
+    from hf_ft.retrieval.index import BM25Index
+    from hf_ft.retrieval.scores import term_codes
     from hf_ft.retrieval.text import normalise, terms
 
     monkeypatch.setenv("HF_HOME", str(tmp_path))
@@ -248,9 +248,10 @@ def test_index_matrix_is_the_same_from_worker_processes_and_reloads_its_passages
     import random
     import sys
 
-    from hf_ft.retrieval import index as index_module
+    from hf_ft.retrieval import scores as index_module
     from hf_ft.retrieval.corpus import Passage, content_hash
-    from hf_ft.retrieval.index import BM25Index, build_scores
+    from hf_ft.retrieval.index import BM25Index
+    from hf_ft.retrieval.scores import build_scores
 
     rng = random.Random(3)
     chars = "的一是不了人我在有他這中大來上國個到說們為子和你地出道也時年得就那要下以生會自著去之過家學對可"
@@ -277,9 +278,9 @@ def test_index_matrix_is_the_same_from_worker_processes_and_reloads_its_passages
 
 
 def test_training_pool_never_retrieves_the_question_itself_or_a_held_out_one(tmp_path, monkeypatch, demo_data):
+    from hf_ft.data.sources import load_data_dir
+    from hf_ft.data.splits import make_splits
     from hf_ft.retrieval.contexts import OpenBook, RetrievalSettings
-    from hf_ft.sources import load_data_dir
-    from hf_ft.splits import make_splits
 
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     splits = make_splits(load_data_dir(str(demo_data), "all"), "official", 0, 0.1, (0.8, 0.1, 0.1),
@@ -318,7 +319,7 @@ def test_precomputed_contexts_are_read_and_leak_checked(tmp_path):
     ('["a"]', "gold.jsonl:2: need"), ('{"id": "a", "passages": [" "]}', "gold.jsonl:2: need"),
     ("{oops", "gold.jsonl:2")])
 def test_gold_passage_files_are_read_or_named_by_line(tmp_path, line, message):
-    from hf_ft.errors import UserError
+    from hf_ft.core.errors import UserError
     from hf_ft.retrieval.corpus import read_gold_passages
 
     good = '{"id": "music_test-2", "passages": ["fact-1", 7]}'
@@ -374,9 +375,9 @@ def test_a_corpus_with_nothing_to_read_stops_before_training(tmp_path, demo_data
 
 @pytest.mark.slow
 def test_open_book_beats_closed_book_on_facts_the_model_never_saw(tmp_path, monkeypatch, capsys):
+    from hf_ft.core.errors import UserError
     from hf_ft.demo import make_open_book_data, make_tiny_model
-    from hf_ft.errors import UserError
-    from hf_ft.evaluate import EvaluateArguments, run
+    from hf_ft.evaluation.evaluate import EvaluateArguments, run
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     data, corpus = make_open_book_data(tmp_path / "ob", rows_per_subject=160, seed=0)

@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, python, run_cli
 
 pytestmark = pytest.mark.slow
@@ -121,4 +120,4 @@ def test_a_wheel_missing_a_subpackage_fails_the_check(tmp_path):
     elsewhere.mkdir()
     problems = import_problems(venv_python, elsewhere)
     assert any(p.startswith("hf_ft.extra") for p in problems), problems
-    assert any(p.startswith("hf_ft.train:") and "hf_ft.extra" in p for p in problems), problems
+    assert any(p.startswith("hf_ft.training.run:") and "hf_ft.extra" in p for p in problems), problems

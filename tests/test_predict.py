@@ -1,16 +1,15 @@
 """hf-ft predict on the demo model: single, batch, interactive, fill-mask, and bad input."""
 
 import csv
+import io
 import json
 
 import pytest
 import torch
-
-import io
-
 from conftest import cli, python, run_cli
-from hf_ft.predict import interactive, make_question, parse_options_line, rank
-from hf_ft.scoring import load_scorer
+
+from hf_ft.evaluation.predict import interactive, make_question, parse_options_line, rank
+from hf_ft.evaluation.scoring import load_scorer
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The card's licence and the recorded paths: claims come from what was read, never from a default."""
 
-from hf_ft.provenance import card_licence, card_license, public_name, relative_paths, resolve_recorded
+from hf_ft.core.provenance import card_licence, card_license, public_name, relative_paths, resolve_recorded
 
 
 def test_licence_is_the_base_models_unless_the_data_restricts_it():

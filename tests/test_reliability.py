@@ -8,7 +8,6 @@ import re
 import shutil
 
 import pytest
-
 from conftest import TRAIN_ARGS, cli, python, run_cli
 from fake_hub import GOOD_TOKEN
 
@@ -81,7 +80,7 @@ def test_bad_settings_are_refused_in_one_line(argv, expected, tmp_path, capsys):
 
 def test_what_transformers_accepts_is_accepted(tmp_path):
     """--logging_steps 0.5 is half the run in transformers; hf_ft follows it rather than refusing it."""
-    from hf_ft.arguments import parse_args
+    from hf_ft.config.arguments import parse_args
 
     parsed = parse_args(["--output_dir", str(tmp_path / "o"), "--logging_steps", "0.5", "--warmup_steps", "0.1",
                          "--use_cpu"])
@@ -130,7 +129,6 @@ def test_errors_of_other_entry_points(trained_run, tmp_path, capsys):
         (["make-demo-data", str(out / "README.md")], f"out_dir {out / 'README.md'}: is a file, not a folder"),
         (["make-demo-data", str(tmp_path / "d"), "--plant-artifact", "longest", "--artifact-subjects", "physics"],
          "--artifact-subjects: physics not among the demo subjects"),
-        (["make-hub-fixtures", str(tmp_path / "h"), "--scale", "0"], "--scale 0.0: need a share in (0, 1]"),
         (["make-open-book-data", str(tmp_path / "b"), "--seed", "-2"], "--seed -2: need a whole number"),
         (["make-tiny-model", str(tmp_path / "m"), "--vocab-from", str(tmp_path), "--layers", "0"], "--layers 0"),
         (["push", str(out), "--repo_id", "me/x", "--dry_run", "--private", " "], "unexpected value ' ': every value"),
@@ -143,7 +141,7 @@ def test_errors_of_other_entry_points(trained_run, tmp_path, capsys):
 
 
 def test_permission_and_other_os_errors_are_named():
-    from hf_ft.errors import explain
+    from hf_ft.core.errors import explain
 
     assert explain(PermissionError(errno.EACCES, "Permission denied", "/data/x.csv")) == "/data/x.csv: permission denied"
     assert explain(IsADirectoryError(errno.EISDIR, "Is a directory", "/data")) == "/data: is a folder, not a file"
@@ -183,7 +181,7 @@ def test_bad_data_is_named_by_file_and_line(name, content, expected, tmp_path, t
 
 
 def test_a_long_field_is_a_long_question_not_an_error(tmp_path):
-    from hf_ft.data import load_items
+    from hf_ft.data.files import load_items
 
     long = "長" * 200_000  # over the csv module's default 128 KiB field limit
     path = write(tmp_path / "long.csv", f"question,A,B,C,D,answer\n{long},a,b,c,d,A\n")
@@ -247,7 +245,7 @@ def test_an_unfinished_run_is_never_served_or_pushed(trained_run, tmp_path, caps
 
 
 def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, tiny_model, demo_data, capsys):
-    from hf_ft.run_dir import locked
+    from hf_ft.core.run_dir import locked
 
     out = tmp_path / "busy"
     with locked(out):
@@ -269,7 +267,7 @@ def test_push_to_hub_without_network_fails_before_training(tmp_path, tiny_model,
 def test_deepspeed_resumes_only_its_own_checkpoints(tmp_path, trained_run):
     """DeepSpeed unpickles checkpoint files: a checkpoint without this run's marker is refused, unless the
     user takes the risk with --trust_deepspeed_checkpoint."""
-    from hf_ft.run_dir import CHECKPOINT_MARKER, checkpoint_problem
+    from hf_ft.core.run_dir import CHECKPOINT_MARKER, checkpoint_problem
 
     checkpoint = tmp_path / "checkpoint-5"
     shutil.copytree(next(trained_run[0].glob("checkpoint-*")), checkpoint)
@@ -306,7 +304,7 @@ def test_a_run_that_would_not_fit_stops_before_training_with_the_knobs(tmp_path,
                                                                          monkeypatch, caplog):
     """The estimate is printed at the start of every run; above 90% of what the machine has free the run
     stops in one line naming each knob and what it brings the estimate to; --skip_memory_check runs it."""
-    from hf_ft import memory
+    from hf_ft.training import memory
 
     argv = ["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--subjects", "music",
             "--output_dir", str(tmp_path / "o"), *TRAIN_ARGS, "--max_steps", "1", "--eval_strategy", "no",
@@ -322,7 +320,7 @@ def test_a_run_that_would_not_fit_stops_before_training_with_the_knobs(tmp_path,
     code, out, err = cli([*argv, "--skip_memory_check"], capsys)
     assert code == 0, err[-2000:]
     monkeypatch.setattr(memory, "available_bytes", real)
-    caplog.set_level("INFO", logger="hf_ft.memory")
+    caplog.set_level("INFO", logger="hf_ft.training.memory")
     code, out, err = cli([*argv, "--overwrite_output_dir"], capsys)
     assert code == 0 and re.search(r"memory: estimated peak [\d.]+ GB per process", caplog.text)
 
@@ -332,7 +330,7 @@ def test_the_memory_estimate_follows_the_knobs():
     attention grows with the square of the length."""
     from dataclasses import replace
 
-    from hf_ft.memory import Shape, activation_bytes, estimate, state_bytes
+    from hf_ft.training.memory import Shape, activation_bytes, estimate, state_bytes
 
     base = Shape(parameters=110_000_000, hidden=768, layers=12, heads=12, intermediate=3072, vocab=21128,
                  formulation="per_choice", choices=4, batch=8, accumulation=1, length=512, eval_batch=8,

@@ -10,9 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from conftest import ROOT, run_cli, train_in_process
+from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.slow
 

@@ -7,20 +7,19 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import python, run_cli
 
 
 @pytest.fixture(scope="module")
 def rows(trained_run):
-    from hf_ft.data import load_items
+    from hf_ft.data.files import load_items
 
     return load_items(trained_run[0] / "test_qa_data.json")
 
 
 def plain_pseudo_log_likelihood(scorer, rows) -> np.ndarray:
     """The textbook algorithm: one sequence per option token, the whole model, the whole vocabulary."""
-    from hf_ft.preprocessing import mlm_option_sequence
+    from hf_ft.inputs.preprocessing import mlm_option_sequence
 
     tokenizer, model = scorer.tokenizer, scorer.model
     scores = np.zeros((len(rows), 4))
@@ -38,7 +37,7 @@ def plain_pseudo_log_likelihood(scorer, rows) -> np.ndarray:
 
 
 def test_fast_pseudo_log_likelihood_equals_the_plain_one(tiny_model, rows):
-    from hf_ft.scoring import load_scorer
+    from hf_ft.evaluation.scoring import load_scorer
 
     scorer = load_scorer(str(tiny_model), use_cpu=True)
     fast = scorer.score(rows[:12], batch_size=4, progress=False, batch_tokens=512)
@@ -48,7 +47,7 @@ def test_fast_pseudo_log_likelihood_equals_the_plain_one(tiny_model, rows):
 
 
 def test_all_masked_scorer_is_a_named_choice(tiny_model, rows):
-    from hf_ft.scoring import load_scorer, mlm_queries
+    from hf_ft.evaluation.scoring import load_scorer, mlm_queries
 
     scorer = load_scorer(str(tiny_model), scorer="mlm-masked", use_cpu=True)
     assert scorer.name == "mlm-masked"
@@ -60,7 +59,7 @@ def test_all_masked_scorer_is_a_named_choice(tiny_model, rows):
 
 
 def test_cost_estimate_is_printed_before_long_scoring(capsys, monkeypatch):
-    from hf_ft import scoring
+    from hf_ft.evaluation import scoring
 
     monkeypatch.setattr(scoring, "SAY_COST_ABOVE_S", 0.0)
     done = []
@@ -80,7 +79,7 @@ def test_cost_estimate_is_printed_before_long_scoring(capsys, monkeypatch):
 
 
 def test_token_budget_batches_hold_every_item_once():
-    from hf_ft.scoring import token_budget_batches
+    from hf_ft.evaluation.scoring import token_budget_batches
 
     lengths = [5, 300, 40, 41, 7, 512, 60, 8] * 10
     batches = token_budget_batches(lengths, batch_tokens=1024, max_sequences=16)
@@ -91,8 +90,8 @@ def test_token_budget_batches_hold_every_item_once():
 
 
 def test_stratified_sample():
-    from hf_ft.data import QARow
-    from hf_ft.splits import stratified_sample
+    from hf_ft.data.rows import QARow
+    from hf_ft.data.splits import stratified_sample
 
     rows = [QARow(f"{s}-{i}", s, f"q{s}{i}", ("a", "b", "c", "d"), "A")
             for s, n in (("music", 300), ("physics", 100), ("law", 7)) for i in range(n)]
@@ -135,7 +134,7 @@ def test_two_processes_give_the_one_process_report(trained_run, tiny_model, tmp_
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_cli(python("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
-                         "hf_ft.evaluate", *common, "--output_dir", str(tmp_path / "two")), timeout=900)
+                         "hf_ft.evaluation.evaluate", *common, "--output_dir", str(tmp_path / "two")), timeout=900)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert "over 2 process(es)" in two.stderr
     reports = [json.loads((tmp_path / name / "comparison.json").read_text()) for name in ("one", "two")]

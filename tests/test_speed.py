@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
-
 from conftest import ROOT, TRAIN_ARGS, python, run_cli, train_in_process
+from torch.overrides import TorchFunctionMode
 
 # Every way Python code reads a tensor's value onto the host. On CUDA each one waits for the device to finish all
 # queued work, so the host can no longer run ahead and queue the next kernels.
@@ -47,7 +46,7 @@ def _steps_reads(tiny_model, demo_data, tmp_path, formulation: str, extra=()) ->
     """Train a few steps, counting host reads between on_step_begin and on_step_end of steps that do not log."""
     from transformers import TrainerCallback
 
-    import hf_ft.train
+    import hf_ft.training.run
 
     reads, steps = HostReads(), []
 
@@ -59,19 +58,19 @@ def _steps_reads(tiny_model, demo_data, tmp_path, formulation: str, extra=()) ->
             reads.__exit__(None, None, None)
             steps.append(state.global_step)
 
-    real = hf_ft.train.build_trainer
+    real = hf_ft.training.run.build_trainer
 
     def build(*args, callbacks=(), **kwargs):
         return real(*args, callbacks=[*callbacks, Count()], **kwargs)
 
-    hf_ft.train.build_trainer = build
+    hf_ft.training.run.build_trainer = build
     try:
         train_in_process(["--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--subjects",
                           "music", "--output_dir", str(tmp_path / formulation), *TRAIN_ARGS, "--max_steps", "6",
                           "--logging_steps", "100", "--eval_strategy", "no", "--save_strategy", "no",
                           "--load_best_model_at_end", "false", "--formulation", formulation, *extra])
     finally:
-        hf_ft.train.build_trainer = real
+        hf_ft.training.run.build_trainer = real
     return reads.calls, len(steps)
 
 
@@ -96,9 +95,9 @@ def test_rounded_lengths_bound_the_batch_shapes_of_an_epoch(tiny_model, demo_dat
     torch.compile a graph and some GPU kernels a plan); without it, about one per batch."""
     from transformers import AutoTokenizer
 
-    from hf_ft.formulations import encode, make_collator
-    from hf_ft.sources import load_data_dir
-    from hf_ft.trainer import ShuffledLengthGroupedSampler
+    from hf_ft.data.sources import load_data_dir
+    from hf_ft.inputs.formulations import encode, make_collator
+    from hf_ft.training.trainer import ShuffledLengthGroupedSampler
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rows = [row for pool in load_data_dir(str(demo_data)).pools.values() for row in pool]
@@ -191,7 +190,7 @@ def test_gpu_check_reports_a_failing_arm_and_goes_on(tmp_path, monkeypatch):
 def test_the_gpu_memory_estimate_covers_what_an_h200_measured(batch, measured_gb):
     """gpu-check at 5e961ca on an H200 (bert-base shape, bf16, SDPA, 4 × 511 tokens): the estimate must not fall
     below the measured peak (a run the check lets through would then die of OOM), nor waste more than 10%."""
-    from hf_ft.memory import GB, Shape, estimate
+    from hf_ft.training.memory import GB, Shape, estimate
 
     shape = Shape(parameters=102_267_648, hidden=768, layers=12, heads=12, intermediate=3072, vocab=21128,
                   formulation="per_choice", choices=4, batch=batch, accumulation=1, length=511, eval_batch=32,

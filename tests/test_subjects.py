@@ -1,6 +1,6 @@
 import pytest
 
-from hf_ft.subjects import CATEGORIES, UnknownSubjectError, category_of, registry, resolve_subjects
+from hf_ft.task.subjects import CATEGORIES, UnknownSubjectError, category_of, registry, resolve_subjects
 
 
 def test_registry_has_66_official_subjects_plus_hidden_linear_algebra():

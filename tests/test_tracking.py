@@ -4,7 +4,6 @@ run's losses, and a --push_to_hub run with trackio asks the hub for no Space."""
 import json
 
 import pytest
-
 from conftest import python, run_cli
 from fake_hub import GOOD_TOKEN, FakeHub
 

@@ -7,8 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from conftest import TRAIN_ARGS, ROOT, cli, python, run_cli
+from conftest import ROOT, TRAIN_ARGS, cli, python, run_cli
 
 
 def test_trained_run_learns_and_writes_everything(trained_run):
@@ -44,7 +43,7 @@ def test_held_out_file_and_manifest(trained_run):
     assert len(items) == manifest["counts"]["test"] > 100
     assert set(items[0]) == {"id", "subject", "category", "question", "options", "answer"}
     assert set(items[0]["options"]) == {"A", "B", "C", "D"} and items[0]["answer"] in "ABCD"
-    from hf_ft.data import content_hash
+    from hf_ft.data.rows import content_hash
 
     seen = set(manifest["content_hashes"]["train"]) | set(manifest["content_hashes"]["validation"])
     assert len(manifest["content_hashes"]["train"]) == manifest["counts"]["train"]

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from ..data import LETTERS, QARow, normalise_text, option_problem
+from ..data.rows import LETTERS, QARow, normalise_text, option_problem
 
 MAX_OPTIONS = len(LETTERS)  # the 4-way heads hf_ft trains; a 5-option item does not fit them
 _LETTER_PREFIX = re.compile(r"^\s*[(（]?\s*[A-Za-zＡ-Ｚａ-ｚ]\s*[)）.．、:：]\s*")

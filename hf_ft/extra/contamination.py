@@ -20,8 +20,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import LETTERS, DataError, QARow, decoded_text
-from ..errors import UserError, hub_problem
+from ..core.errors import UserError, hub_problem
+from ..data.files import decoded_text
+from ..data.rows import LETTERS, DataError, QARow
 from ..retrieval.leak import LEAK_SHARE, N, find_leaks
 from ..retrieval.text import NORMALISATION, normalise_many
 from .adapters import strip_letter
@@ -112,7 +113,7 @@ def _csv_folder(folder: Path, where: str, separator: str = ":") -> list[QARow]:
 def tmmluplus_reference(data_args, cache_dir: str | None) -> tuple[list[QARow], dict]:
     """Every row of the run's TMMLU+ source beyond the subjects and splits it trains on: the hub dataset at
     v1.0 and v1.1 (or the run's revision, for another dataset), or every CSV of the --data_dir folder."""
-    from ..sources import HUB_DATASET
+    from ..data.sources import HUB_DATASET
 
     if data_args.data_dir:
         rows = _csv_folder(Path(data_args.data_dir), Path(data_args.data_dir).resolve().name, "/")

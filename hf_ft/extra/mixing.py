@@ -9,8 +9,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from ..data import Problem, QARow
-from ..errors import UserError
+from ..core.errors import UserError
+from ..data.rows import Problem, QARow
 from ..retrieval.leak import POLICIES  # one list for the retrieval leak check and this one
 from .adapters import ADAPTERS, MultipleAnswers, Unusable, to_row, wanted
 from .contamination import exact_keys, find_copies, method, unique
@@ -92,7 +92,7 @@ def adapt(spec: SourceSpec, files) -> tuple[list[QARow], list[Problem], Counter]
 def recheck(rows: list[QARow], when: str) -> tuple[list[QARow], list[Problem]]:
     """A transformed row checked as a raw one is (a question left, options that can be told apart): conversion
     can turn two Simplified options into one Traditional text (后 and 後 both become 後)."""
-    from ..data import normalise_text, option_problem
+    from ..data.rows import normalise_text, option_problem
 
     kept, problems = [], []
     for row in rows:

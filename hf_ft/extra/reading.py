@@ -19,8 +19,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import DataError, decoded_text
-from ..errors import UserError, hub_problem
+from ..core.errors import UserError, hub_problem
+from ..data.files import decoded_text
+from ..data.rows import DataError
 from .adapters import ADAPTERS, required_columns, wanted
 from .specs import SourceSpec
 
@@ -83,7 +84,7 @@ def read_file(path: Path, name: str) -> tuple[list[dict], list]:
     text = decoded_text(path.read_bytes(), name)
     if suffix == ".csv":
         return csv_records(text, name)
-    from ..data import _read_json
+    from ..data.files import _read_json
 
     result = _read_json(path, text, name, "json" if suffix == ".json" else "jsonl")
     return result.records, [f"item {n}" if result.unit == "item" else n for n in result.lines]
@@ -139,7 +140,7 @@ def read_local(spec: SourceSpec) -> SourceRead:
         files.append(checked(SourceFile(name, subject, split, records, lines), spec))
     if not files:
         raise DataError(f"{root}: no file left after the split and subject filters")
-    from ..provenance import card_license
+    from ..core.provenance import card_license
 
     readme = (root if root.is_dir() else root.parent) / "README.md"
     return SourceRead(files, {"kind": "local", "path": str(root.resolve()),
@@ -201,7 +202,7 @@ def _choose(available: list[str], asked: tuple[str, ...], what: str, where: str)
 def read_hub(spec: SourceSpec, cache_dir: str | None = None) -> SourceRead:
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
-    from ..provenance import card_license
+    from ..core.provenance import card_license
 
     api = HfApi()
     try:  # one ask each: a gone or private repo (401/404) is not retried

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
-from ..data import QARow
+from ..data.rows import QARow
 
 _JOIN = "\x1e"  # a record separator: in no OpenCC dictionary, so no conversion spans it
 _CHUNK = 20_000

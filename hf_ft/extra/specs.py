@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .adapters import ADAPTERS, COLUMN_ROLES, adapter_for
 
 KEYS = {
@@ -186,7 +186,7 @@ def spec_problems(texts: list[str] | None) -> list[str]:
 def parse_specs(texts: list[str] | None) -> list[SourceSpec]:
     problems = spec_problems(texts)
     if problems:
-        from ..validation import refusal
+        from ..core.validation import refusal
 
         raise UserError(refusal(problems))
     return [parse_spec(text) for text in texts or []]

@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..data import QARow
-from ..errors import UserError
+from ..core.errors import UserError
+from ..data.rows import QARow
 from . import corpus as corpora
 from .index import BM25Index
 from .leak import POLICIES, find_leaks
@@ -151,7 +151,7 @@ class OpenBook:
         source = dict(self.source)
         local = {}
         if output_dir is not None:
-            from ..provenance import relative_to
+            from ..core.provenance import relative_to
 
             for name in ("corpus", "contexts"):
                 value = getattr(s, name)

@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import QARow
-from ..errors import UserError
+from ..core.errors import UserError
+from ..data.rows import QARow
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def read_hub(repo: str, config: str | None, revision: str | None, split: str, si
     import datasets
     from huggingface_hub import HfApi
 
-    from ..errors import hub_problem
+    from ..core.errors import hub_problem
 
     try:
         commit = HfApi().dataset_info(repo, revision=revision or "main").sha

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data import QARow
+from ..data.rows import QARow
 from .text import normalise_many
 
 N = 13

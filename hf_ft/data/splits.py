@@ -1,0 +1,200 @@
+"""Rows → deduplicated, seeded splits → the held-out file and the data manifest that proves it held out.
+
+`official`: train on dev+val minus a seeded per-subject validation slice, test on the official test
+split. `resplit`: pool, deduplicate, split by ratios, stratified by subject. Exact duplicates
+(normalised question and options) are removed before splitting, so a test item is never a training item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.run_dir import MANIFEST_FILE, TEST_ITEMS_FILE, write_json
+from .rows import DataError, QARow
+from .sources import LoadedData
+
+logger = logging.getLogger(__name__)
+
+# A split whose most common gold letter lets a constant answer beat chance by this much, significantly, is
+# worth a warning: a model that always answers that letter scores it (an answer column shifted or recoded).
+SKEW_MARGIN, SKEW_P = 0.15, 1e-3
+
+# Fewer training questions than this is not a fine-tuning run (a typo in a path or a filter, most likely).
+MIN_TRAIN_ROWS = 16
+
+
+@dataclass
+class Splits:
+    train: list[QARow]
+    validation: list[QARow]
+    test: list[QARow]
+    scheme: str
+    duplicates_removed: int = 0
+    duplicates_by_pool: dict[str, int] = field(default_factory=dict)
+
+
+def _dedupe(rows: list[QARow], seen: set[str]) -> tuple[list[QARow], int]:
+    kept = []
+    for row in rows:
+        key = row.content_hash
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(row)
+    return kept, len(rows) - len(kept)
+
+
+def stratified_split(rows: list[QARow], fractions: list[float], seed: int) -> list[list[QARow]]:
+    """Split each subject by `fractions` (the first part takes the remainder); seeded per subject."""
+    by_subject: dict[str, list[QARow]] = {}
+    for row in rows:
+        by_subject.setdefault(row.subject, []).append(row)
+    parts: list[list[QARow]] = [[] for _ in fractions]
+    for subject in sorted(by_subject):
+        group = by_subject[subject]
+        rng = np.random.default_rng([seed, zlib.crc32(subject.encode("utf-8"))])
+        order = rng.permutation(len(group))
+        sizes = [int(round(len(group) * f)) for f in fractions[1:]]
+        sizes = [min(s, max(0, len(group) - 1 - sum(sizes[:i]))) for i, s in enumerate(sizes)]
+        first = len(group) - sum(sizes)
+        bounds = np.cumsum([0, first, *sizes])
+        for i in range(len(fractions)):
+            parts[i].extend(group[j] for j in order[bounds[i]:bounds[i + 1]])
+    return parts
+
+
+def stratified_sample(rows: list[QARow], n: int, seed: int) -> list[QARow]:
+    """`n` items, each subject in proportion to its size (largest remainders), seeded, in the original order."""
+    by_subject: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_subject.setdefault(row.subject, []).append(i)
+    quotas = {s: n * len(ix) / len(rows) for s, ix in by_subject.items()}
+    take = {s: int(q) for s, q in quotas.items()}
+    for s in sorted(quotas, key=lambda s: (-(quotas[s] - take[s]), s))[: n - sum(take.values())]:
+        take[s] += 1
+    rng = np.random.default_rng(seed)
+    chosen = sorted(i for s, ix in sorted(by_subject.items()) for i in rng.choice(ix, take[s], replace=False))
+    return [rows[i] for i in chosen]
+
+
+def make_splits(data: LoadedData, scheme: str, seed: int, validation_fraction: float,
+                split_ratios: tuple[float, float, float], needs_validation: bool = True,
+                needs_test: bool = True) -> Splits:
+    """`official`: dev+val → train/validation, official test; `resplit`: pool, dedupe, stratified ratios."""
+    if scheme == "auto":
+        scheme = "official" if data.layout == "tmmluplus" or "test" in data.pools else "resplit"
+    seen: set[str] = set()
+    removed: dict[str, int] = {}
+    if scheme == "official":
+        if not data.pools.get("test"):
+            raise DataError("split scheme 'official' needs test rows (a <subject>_test.csv or --test_file)")
+        test, removed["test"] = _dedupe(data.pools["test"], seen)
+        if data.pools.get("validation"):  # explicit flat train/validation files
+            validation, removed["validation"] = _dedupe(data.pools["validation"], seen)
+            train, removed["train"] = _dedupe(data.pools.get("train", []) + data.pools.get("all", []), seen)
+        else:
+            pool = [r for name in ("dev", "val", "train", "all") for r in data.pools.get(name, [])]
+            pool, removed["train"] = _dedupe(pool, seen)
+            train, validation = stratified_split(pool, [1 - validation_fraction, validation_fraction], seed)
+    elif scheme == "resplit":
+        pool = [r for rows in data.pools.values() for r in rows]
+        pool, removed["all"] = _dedupe(pool, seen)
+        train, validation, test = stratified_split(pool, list(split_ratios), seed)
+    else:
+        raise DataError(f"unknown split scheme '{scheme}' (use official, resplit or auto)")
+    check_sizes(train, validation, test, scheme, needs_validation, needs_test)
+    return Splits(train, validation, test, scheme, sum(removed.values()), removed)
+
+
+def check_sizes(train, validation, test, scheme: str, needs_validation: bool, needs_test: bool = True) -> None:
+    """A split the run needs must not come out empty, and training needs more than a handful of rows."""
+    counts = f"{len(train)} train / {len(validation)} validation / {len(test)} test ({scheme} split)"
+    if len(train) < MIN_TRAIN_ROWS:
+        raise DataError(f"only {len(train)} training question(s) after splitting ({counts}); a run needs at least "
+                        f"{MIN_TRAIN_ROWS}: check --subjects, the data files and --split_ratios")
+    if needs_test and not test:
+        raise DataError(f"the test split is empty ({counts}): there would be no held-out questions to report")
+    if needs_validation and not validation:
+        raise DataError(f"the validation split is empty ({counts}): raise --validation_fraction / the validation "
+                        "share of --split_ratios, or pass --eval_strategy no --load_best_model_at_end false")
+
+
+def skewed_gold_letters(splits: Splits) -> list[str]:
+    """One warning per split whose gold letters are so uneven that always answering the most common one
+    scores far above the 25% of chance (binomial test)."""
+    from scipy.stats import binomtest
+
+    out = []
+    for name, rows in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
+        letters = Counter(r.answer for r in rows if r.answer)
+        if not letters:
+            continue
+        letter, count = letters.most_common(1)[0]
+        n = sum(letters.values())
+        chance = 1 / len(rows[0].options)
+        if count / n >= chance + SKEW_MARGIN and binomtest(count, n, chance, alternative="greater").pvalue < SKEW_P:
+            out.append(f"{name}: {count} of {n} gold answers ({100 * count / n:.0f}%) are {letter}, so always "
+                       f"answering {letter} scores {100 * count / n:.0f}% against {100 * chance:.0f}% for chance; "
+                       "check the answer column")
+    return out
+
+
+def build_manifest(data: LoadedData, splits: Splits, rejected: Counter, seed: int) -> dict:
+    def per_subject(rows):
+        return dict(sorted(Counter(r.subject for r in rows).items()))
+
+    everything = sorted(r.content_hash for rows in (splits.train, splits.validation, splits.test) for r in rows)
+    return {
+        "source": {**data.source, "content_sha256": hashlib.sha256("\n".join(everything).encode()).hexdigest()},
+        "revision": data.source.get("revision"),
+        "subjects": data.subjects,
+        "split_scheme": splits.scheme,
+        "seed": seed,
+        "counts": {name: len(rows) for name, rows in
+                   (("train", splits.train), ("validation", splits.validation), ("test", splits.test))},
+        "counts_per_subject": {name: per_subject(rows) for name, rows in
+                               (("train", splits.train), ("validation", splits.validation), ("test", splits.test))},
+        "gold_letters": {name: dict(sorted(Counter(r.answer for r in rows).items())) for name, rows in
+                         (("train", splits.train), ("validation", splits.validation), ("test", splits.test))},
+        "duplicates_removed": splits.duplicates_removed,
+        "duplicates_removed_by_pool": splits.duplicates_by_pool,
+        "rows_rejected": sum(rejected.values()),
+        "rows_rejected_by_reason": dict(rejected),
+        "hash": "sha256(NFKC, format characters removed, whitespace-collapsed question + 4 options)[:32]",
+        "warnings": skewed_gold_letters(splits),
+        "content_hashes": {
+            "train": sorted(r.content_hash for r in splits.train),
+            "validation": sorted(r.content_hash for r in splits.validation),
+        },
+    }
+
+
+def write_split_outputs(output_dir: str, data: LoadedData, splits: Splits, rejected: Counter, seed: int,
+                        extra: dict | None = None) -> dict:
+    """`test_qa_data.json` (the held-out benchmark) and `data_manifest.json` (the proof it was held out), with
+    the extra training sources' report when there are any."""
+    from ..core.provenance import relative_to
+
+    write_json(Path(output_dir) / TEST_ITEMS_FILE, [row.to_item() for row in splits.test])
+    manifest = build_manifest(data, splits, rejected, seed)
+    if extra is not None:
+        for source in extra["sources"]:
+            if source.get("path"):
+                source["path"] = relative_to(source["path"], output_dir)
+        manifest["extra_data"] = extra
+    for warning in manifest["warnings"]:
+        logger.warning("gold letters: %s", warning)
+    source = manifest["source"]  # local paths relative to the output folder: the manifest is pushed
+    if "path" in source:
+        source["path"] = relative_to(source["path"], output_dir)
+    if "files" in source:
+        source["files"] = {pool: relative_to(path, output_dir) for pool, path in source["files"].items()}
+    write_json(Path(output_dir) / MANIFEST_FILE, manifest)
+    return manifest

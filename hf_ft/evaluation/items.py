@@ -1,0 +1,164 @@
+"""Which models and which items an evaluation scores: --seeds folders expanded (whole or refused), the items
+(the run's test_qa_data.json by default) checked against every run's manifest so no training or validation item is
+ever scored, and what open book gave each model (gold in context, recall@k)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..core.errors import UserError
+from ..core.run_dir import RUN_RECORD_FILE, TEST_ITEMS_FILE, read_json_if_present
+from ..data.files import load_items
+from ..data.rows import QARow
+from ..data.sources import load_data_dir
+
+if TYPE_CHECKING:
+    from .evaluate import EvaluateArguments
+
+logger = logging.getLogger("hf_ft.evaluation")
+
+# ----------------------------------------------------------------------------------------------
+# Which models, which items, and the held-out proof
+
+
+def expand_runs(paths: list[str]) -> list[tuple[str, int | None]]:
+    """Each --finetuned path, with a --seeds folder expanded into its seed-<n> runs: (path, seed)."""
+    runs = []
+    for path in paths:
+        seed_dirs = sorted(Path(path).glob("seed-*"), key=lambda p: int(p.name.split("-")[1])
+                           if p.name.split("-")[1].isdigit() else 0) if Path(path).is_dir() else []
+        if seed_dirs and not (Path(path) / RUN_RECORD_FILE).is_file():
+            check_seeds_complete(Path(path), seed_dirs)
+            runs += [(str(p), _seed_of(p)) for p in seed_dirs]
+        else:
+            runs.append((path, _seed_of(Path(path))))
+    return runs
+
+
+def check_seeds_complete(folder: Path, seed_dirs: list[Path]) -> None:
+    """A --seeds folder is compared only whole: every seed its runs planned (their recorded --seeds) is there
+    and finished. A killed seed would otherwise make three seeds look like two, or one."""
+    from ..core.run_dir import finished_problem
+    from ..training.seeds import seed_list
+
+    planned = set()
+    for p in seed_dirs:
+        record = read_json_if_present(p / RUN_RECORD_FILE) or {}
+        spec = record.get("arguments", {}).get("seeds")
+        planned |= set(seed_list(spec)) if spec else set()
+    problems = []
+    for p in seed_dirs:
+        problem = finished_problem(p) or (None if (p / RUN_RECORD_FILE).is_file() else "no hf_ft_run.json")
+        if problem:
+            problems.append(f"{p.name}: {problem}")
+    present = {int(p.name.split("-")[1]) for p in seed_dirs if p.name.split("-")[1].isdigit()}
+    problems += [f"seed-{seed} was never started" for seed in sorted(planned - present)]
+    if problems:
+        raise UserError(f"--finetuned {folder}: a --seeds folder with unfinished seeds ({'; '.join(problems)}); "
+                        "run the same --seeds command again to complete them, or name the finished seed-<n> folders")
+
+
+def _seed_of(path: Path) -> int | None:
+    record = read_json_if_present(path / RUN_RECORD_FILE) if path.is_dir() else None
+    return (record or {}).get("hyperparameters", {}).get("seed")
+
+
+def choose_items(args: EvaluateArguments, first_run: str) -> tuple[list[QARow], str]:
+    if args.test_file:
+        return load_items(args.test_file), args.test_file
+    if args.data_dir:
+        loaded = load_data_dir(args.data_dir, args.subjects)
+        if not loaded.pools.get("test"):
+            raise UserError(f"{args.data_dir}: no <subject>_test.csv files to score")
+        return loaded.pools["test"], args.data_dir
+    default = Path(first_run) / TEST_ITEMS_FILE
+    if not default.is_file():
+        raise UserError(f"{default}: not found; give --test_file or --data_dir")
+    return load_items(default), str(default)
+
+
+def check_held_out(rows: list[QARow], manifests: list[tuple[str, dict | None]], allow_overlap: bool
+                   ) -> tuple[list[QARow], dict]:
+    """Every item's content hash must be absent from every fine-tuned run's training and validation hashes."""
+    missing = [where for where, manifest in manifests if manifest is None]
+    if missing:
+        logger.warning("no data_manifest.json in %s: cannot prove the items were held out", ", ".join(missing))
+        return rows, {"verified": False, "reason": "no data_manifest.json", "overlap_removed": 0}
+    seen = set()
+    for _, manifest in manifests:
+        hashes = manifest.get("content_hashes", {})
+        seen |= set(hashes.get("train", [])) | set(hashes.get("validation", []))
+    overlap = [r for r in rows if r.content_hash in seen]
+    if overlap and not allow_overlap:
+        shown = ", ".join(r.id for r in overlap[:5]) + (" …" if len(overlap) > 5 else "")
+        raise UserError(f"{len(overlap)} of {len(rows)} items were in the fine-tuning data ({shown}); a comparison "
+                        f"on them is not held out. Use the run's test_qa_data.json, or --allow_overlap to drop them")
+    if overlap:
+        logger.warning("removed %d item(s) that were in training/validation", len(overlap))
+    return [r for r in rows if r.content_hash not in seen], {
+        "verified": True, "manifest": ", ".join(where for where, _ in manifests), "overlap_removed": len(overlap),
+        "overlap_ids": [r.id for r in overlap]}
+
+
+def parse_models(args: EvaluateArguments, runs: list[tuple[str, int | None]]) -> list[tuple[str, str, str, int | None]]:
+    """(label, path, role, seed) for every model to score, the original first."""
+    entries = [("original", args.original, "original", None)]
+    for path, seed in runs:
+        label = "fine-tuned" if len(runs) == 1 else f"fine-tuned (seed {seed})" if seed is not None else path
+        entries.append((label, path, "finetuned", seed))
+    for spec in args.models or []:
+        label, _, path = spec.rpartition("=")
+        if not path.strip():
+            raise UserError(f"--models {spec!r}: no model path after '='; give label=path")
+        entries.append((label or path, path, "model", None))
+    labels = [e[0] for e in entries]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"--models: two models have the same label ({labels}); name them label=path")
+    return entries
+
+
+def reference_index(args: EvaluateArguments, entries) -> int:
+    wanted = {"original": "original", "finetuned": "fine-tuned"}.get(args.reference, args.reference)
+    for i, entry in enumerate(entries):
+        if entry[0] == wanted or (args.reference == "finetuned" and entry[2] == "finetuned"):
+            return i
+    raise UserError(f"--reference {args.reference}: not a model of this comparison "
+                    f"(choose from original, finetuned, {', '.join(e[0] for e in entries[1:])})")
+
+
+def recall_at_k(retrieved: list[dict], gold: dict[str, set[str]], k: int) -> dict:
+    """Share of the items with known supporting passages that have one among their first r passages, r = 1..k.
+    A gold id names a passage (`doc#3`) or the document it was cut from (`doc`)."""
+    def supports(passage_id, ids: set[str]) -> bool:
+        return passage_id in ids or str(passage_id).rpartition("#")[0] in ids
+
+    known = [(r, gold[r["id"]]) for r in retrieved if r["id"] in gold]
+    if not known:
+        return {"items_with_gold_passages": 0}
+    ranks = [next((i for i, p in enumerate(r["passages"]) if supports(p["id"], ids)), None) for r, ids in known]
+    return {"items_with_gold_passages": len(known),
+            "recall_at": {str(r): sum(x is not None and x < r for x in ranks) / len(ranks) for r in range(1, k + 1)}}
+
+
+def retrieval_summary(scorer, rows: list[QARow], scores, gold: dict[str, set[str]] | None = None) -> dict:
+    """What open book gave a model: the share of items whose context holds the gold option's text, accuracy
+    in each bucket, the context's tokens per item, and recall@k where the supporting passages are known."""
+    import numpy as np
+
+    correct = np.asarray(scores).argmax(1) == np.array([r.label for r in rows])
+    has_gold = np.array([r["gold_in_context"] for r in scorer.retrieved])
+    tokens = [r["context_tokens"] for r in scorer.retrieved]
+    book = scorer.open_book()
+    recall = recall_at_k(scorer.retrieved, gold, book.settings.k) if gold else {}
+    return {**recall,
+        "corpus": book.source, "k": book.settings.k, "query": book.settings.query,
+        "gold_in_context": float(has_gold.mean()),
+        "accuracy_gold_in_context": float(correct[has_gold].mean()) if has_gold.any() else None,
+        "accuracy_gold_not_in_context": float(correct[~has_gold].mean()) if (~has_gold).any() else None,
+        "items_gold_in_context": int(has_gold.sum()),
+        "context_tokens_per_item": float(np.mean(tokens)),
+        "context_leak_check": scorer.context_check,
+        "note": "context tokens before truncation to max_seq_length",
+    }
