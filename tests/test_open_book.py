@@ -211,9 +211,9 @@ def test_vectorised_index_scores_like_bm25s_own_builder(tmp_path, monkeypatch):
     must be those of bm25s indexing the same terms itself, over several chunks of passages."""
     import random
 
-    from hf_ft.retrieval import scores as index_module
+    from hf_ft.retrieval import scores as build_module
 
-    monkeypatch.setattr(index_module, "_CHUNK", 97)
+    monkeypatch.setattr(build_module, "_CHUNK", 97)
     import bm25s
 
     from hf_ft.retrieval.corpus import Passage, content_hash
@@ -237,7 +237,9 @@ def test_vectorised_index_scores_like_bm25s_own_builder(tmp_path, monkeypatch):
     assert [[d for d, _ in m] for m in mine] == docs.tolist()
     np.testing.assert_allclose([[s for _, s in m] for m in mine], scores, atol=1e-5)
     assert index.search(["ㄅㄆㄇ"], 5) == [[]]  # no term in the corpus: nothing, not an error
-    monkeypatch.setattr(index_module, "NUMBA_FROM_WORK", 0)  # the jitted backend, used for large searches
+    from hf_ft.retrieval import index as search_module
+
+    monkeypatch.setattr(search_module, "NUMBA_FROM_WORK", 0)  # the jitted backend, used for large searches
     assert index.search(queries, 5) == mine and index.retriever.backend == "numba"
 
 
@@ -248,7 +250,7 @@ def test_index_matrix_is_the_same_from_worker_processes_and_reloads_its_passages
     import random
     import sys
 
-    from hf_ft.retrieval import scores as index_module
+    from hf_ft.retrieval import scores as build_module
     from hf_ft.retrieval.corpus import Passage, content_hash
     from hf_ft.retrieval.index import BM25Index
     from hf_ft.retrieval.scores import build_scores
@@ -258,9 +260,9 @@ def test_index_matrix_is_the_same_from_worker_processes_and_reloads_its_passages
     texts = ["".join(rng.choice(chars) for _ in range(rng.randint(0, 80))) for _ in range(900)] + ["漢", "A"]
     single, single_vocab = build_scores(texts, progress=False, workers=1)
     assert build_scores(["", "。"], progress=False)[0]["indptr"].tolist() == [0]  # a chunk without a term
-    monkeypatch.setattr(index_module, "_CHUNK_CHARS", 3_000)  # ~75 texts a chunk: 13 chunks
-    monkeypatch.setattr(index_module, "_MERGE_FROM", 2_000)  # several merges of the vocabulary
-    assert len(index_module._spans(texts)) > 10
+    monkeypatch.setattr(build_module, "_CHUNK_CHARS", 3_000)  # ~75 texts a chunk: 13 chunks
+    monkeypatch.setattr(build_module, "_MERGE_FROM", 2_000)  # several merges of the vocabulary
+    assert len(build_module._spans(texts)) > 10
     forked, forked_vocab = build_scores(texts, progress=False, workers=2)
     np.testing.assert_array_equal(forked_vocab, single_vocab)
     for name in ("data", "indices", "indptr"):

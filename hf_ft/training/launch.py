@@ -17,7 +17,7 @@ from pathlib import Path
 from ..core.errors import ArgumentParser, UserError, run_user_errors
 from ..core.processes import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: run_qa.py and ds_configs/
 
 
 def ds_config_for(zero: int, offload: bool) -> Path:
