@@ -88,3 +88,66 @@ def test_no_module_is_over_about_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, long
+
+
+def _name_branches(names: set[str], allowed: Path) -> list[str]:
+    """Places outside `allowed` that branch on one of `names`: a comparison with the name as a string, or a dict
+    literal keyed by it (a table of per-name behaviour kept outside its registry)."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.is_relative_to(allowed):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            constants = []
+            if isinstance(node, ast.Compare):
+                for side in [node.left, *node.comparators]:
+                    elements = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                    constants += [e.value for e in elements if isinstance(e, ast.Constant)]
+            elif isinstance(node, ast.Dict):
+                constants += [k.value for k in node.keys if isinstance(k, ast.Constant)]
+            hits = sorted(set(c for c in constants if isinstance(c, str)) & names)
+            if hits:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {', '.join(hits)}")
+    return found
+
+
+def test_only_inputs_knows_formulations_by_name():
+    """A formulation carries its own answers (fields and methods of Formulation); nothing else asks its name."""
+    from hf_ft.inputs.formulations import FORMULATIONS
+
+    assert not (found := _name_branches(set(FORMULATIONS), PACKAGE / "inputs")), "\n".join(found)
+
+
+def test_only_retrieval_knows_retrievers_and_corpus_readers_by_name():
+    from hf_ft.retrieval.registries import CORPUS_READERS, RETRIEVERS
+
+    # the readers' generic names (hub, local) are also what a data source or a base model records: fenced are the
+    # retrievers and the readers only retrieval has
+    names = set(RETRIEVERS) | {name for name in CORPUS_READERS if name not in ("hub", "local")}
+    assert not (found := _name_branches(names, PACKAGE / "retrieval")), "\n".join(found)
+
+
+def test_the_fences_can_fail(tmp_path):
+    """The fence sees a branch on a name: written into a module outside inputs/, it is found."""
+    probe = PACKAGE / "evaluation" / "_fence_probe.py"
+    probe.write_text('def f(x):\n    return x == "joint"\n')
+    try:
+        assert any("_fence_probe.py:2: joint" in f for f in _name_branches({"joint"}, PACKAGE / "inputs"))
+    finally:
+        probe.unlink()
+
+
+def test_a_registry_names_what_it_has():
+    from hf_ft.core.errors import UserError
+    from hf_ft.evaluation.scoring import SCORERS
+    from hf_ft.extra.adapters import ADAPTERS
+    from hf_ft.inputs.formulations import FORMULATIONS
+    from hf_ft.retrieval.registries import CORPUS_READERS, RETRIEVERS
+
+    for registry in (FORMULATIONS, SCORERS, ADAPTERS, RETRIEVERS, CORPUS_READERS):
+        try:
+            registry["nonesuch"]
+        except UserError as e:
+            assert str(e).endswith("available: " + ", ".join(registry)) and "nonesuch" in str(e)
+        else:
+            raise AssertionError(f"{registry.kind}: an unknown name was served")

@@ -10,6 +10,7 @@ from ..data.sources import HUB_DATASET, HUB_DEFAULT_REVISION
 from ..inputs.formulations import FORMULATIONS
 from ..inputs.modeling import KERNELS_FLAG_HELP
 from ..inputs.preprocessing import JOINT_EVAL_ROTATIONS
+from ..retrieval.registries import RETRIEVERS
 
 
 class ConfigError(UserError):
@@ -227,6 +228,9 @@ class RetrievalArguments:
     passage_chars: int = field(default=200, metadata={"help": "Corpus texts are split into passages of this many "
                                                               "characters..."})
     passage_overlap: int = field(default=50, metadata={"help": "...overlapping by this many."})
+    retriever: str = field(default="bm25", metadata={
+        "help": "How passages are found (hf_ft.retrieval.registries.RETRIEVERS): bm25 over OpenCC-normalised "
+                "character bigrams.", "choices": list(RETRIEVERS)})
     leak_policy: str = field(default="drop", metadata={
         "help": "A passage that copies a validation or test item: `drop` it (recorded), stop with an `error`, or "
                 "`keep` it (recorded; its items' open-book results read the answer key).",
@@ -239,7 +243,8 @@ class RetrievalArguments:
             corpus=self.retrieval_corpus, contexts=self.retrieval_contexts, config=self.retrieval_corpus_config,
             revision=self.retrieval_corpus_revision, split=self.retrieval_corpus_split,
             text_column=self.retrieval_text_column, k=self.retrieval_k, query=self.retrieval_query,
-            passage_chars=self.passage_chars, passage_overlap=self.passage_overlap, leak_policy=self.leak_policy)
+            passage_chars=self.passage_chars, passage_overlap=self.passage_overlap, leak_policy=self.leak_policy,
+            retriever=self.retriever)
 
 
 # Defaults for this task where transformers' generic ones are wrong for it: the one place they live.

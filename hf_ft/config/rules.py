@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core import validation
 from ..core.deepspeed_config import DeepSpeedPlan
 from ..core.errors import UserError
+from ..inputs.formulations import get_formulation
 from ..inputs.modeling import kernels_problem
 from .fields import ConfigError, DataArguments, RetrievalArguments
 
@@ -18,7 +19,7 @@ from .fields import ConfigError, DataArguments, RetrievalArguments
 def derived_values(values: dict, given: set[str], plan: DeepSpeedPlan, cuda: bool) -> dict:
     """Defaults that depend on other arguments or on the machine (pure: the values to set, nothing else)."""
     derived = {}
-    if values["formulation"] == "mlm":  # no accuracy to select the best model on
+    if not get_formulation(values["formulation"]).scores_options:  # no accuracy to select the best model on
         for key, value in (("metric_for_best_model", "loss"), ("greater_is_better", False)):
             if key not in given:
                 derived[key] = value
@@ -45,9 +46,10 @@ def refuse_a_metric_the_run_cannot_report(values: dict) -> None:
     """--formulation mlm evaluates a masked-LM loss, no accuracy: a best-model metric other than the loss
     would be looked up in vain at the first evaluation (a KeyError hours in)."""
     metric = str(values.get("metric_for_best_model") or "loss")
-    if values["formulation"] == "mlm" and metric.removeprefix("eval_") != "loss":
-        raise ConfigError(f"--metric_for_best_model {metric}: --formulation mlm reports only the loss; "
-                          "use --metric_for_best_model loss (the default for mlm)")
+    formulation = values["formulation"]
+    if not get_formulation(formulation).scores_options and metric.removeprefix("eval_") != "loss":
+        raise ConfigError(f"--metric_for_best_model {metric}: --formulation {formulation} reports only the loss; "
+                          f"use --metric_for_best_model loss (the default for {formulation})")
 
 
 def best_model_metrics() -> list[str]:
@@ -83,7 +85,8 @@ def training_value_problems(values: dict) -> list[str]:
 
     problems = []
     metric = values.get("metric_for_best_model")
-    if metric and values["formulation"] != "mlm" and metric.removeprefix("eval_") not in best_model_metrics():
+    if metric and get_formulation(values["formulation"]).scores_options and \
+            metric.removeprefix("eval_") not in best_model_metrics():
         problems.append(f"--metric_for_best_model {metric!r}: not reported by an evaluation (choose from "
                         f"{', '.join(best_model_metrics())})")
     from transformers.integrations import get_available_reporting_integrations
@@ -197,7 +200,7 @@ CONFLICTS = [
 
 # Flags that do something only next to another: (given, needs one of these, what it is for).
 _CORPUS_SEARCH = ("retrieval_corpus_config", "retrieval_corpus_revision", "retrieval_corpus_split",
-                  "retrieval_text_column", "passage_chars", "passage_overlap", "retrieval_query")
+                  "retrieval_text_column", "passage_chars", "passage_overlap", "retrieval_query", "retriever")
 REQUIRES = [
     *[(name, ("retrieval_corpus",), "it sets how the corpus is read and searched") for name in _CORPUS_SEARCH],
     *[(name, ("retrieval_corpus", "retrieval_contexts"), "it sets the passages each question reads")

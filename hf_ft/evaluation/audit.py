@@ -23,6 +23,7 @@ import numpy as np
 
 from ..core.run_dir import RUN_RECORD_FILE, read_json_if_present
 from ..data.rows import LETTERS, QARow
+from ..inputs.formulations import get_formulation
 from ..task.metrics import CHANCE
 from .stats import accuracy_ci, mean_ci
 
@@ -104,7 +105,7 @@ def permutation_consistency(scorer, rows: list[QARow], batch_size: int) -> dict:
     answers = np.array(answers)
     result = {"rotations": n, "consistent": float(np.mean((answers == answers[0]).all(axis=0))),
               "accuracy_per_rotation": accuracy}
-    if scorer.formulation == "per_choice" or scorer.formulation == "mlm":
+    if get_formulation(scorer.formulation).order_invariant:
         result["note"] = "each option is scored on its own, so the order cannot matter by construction"
     elif scorer.joint_eval_rotations >= n:
         result["note"] = "merged over all rotations, so the order cannot matter by construction"

@@ -25,6 +25,7 @@ from ..core.errors import ArgumentParser, UserError, run_user_errors, writable_f
 from ..core.run_dir import write_jsonl
 from ..data.files import read_records
 from ..data.rows import QARow, handle_problems, normalise_text, option_problem, validate_records
+from ..inputs.formulations import get_formulation
 from ..inputs.modeling import KERNELS_FLAG_HELP, kernels_problem
 from ..inputs.preprocessing import JOINT_EVAL_ROTATIONS
 from .scoring import SCORER_CHOICES, LoadedScorer, load_scorer
@@ -49,10 +50,10 @@ def make_question(question: str, choices: list[str]) -> QARow:
 
 def rank(scorer: LoadedScorer, rows: list[QARow], batch_size: int = 32, progress: bool = False) -> list[dict]:
     """For each row: the options ranked with probabilities (softmax of the scores) and the chosen letter."""
-    if scorer.formulation == "joint":
+    if get_formulation(scorer.formulation).labels:  # a head with one output per option slot
         n_labels = scorer.model.config.num_labels
         if any(len(r.options) != n_labels for r in rows):
-            raise UserError(f"{scorer.path}: a joint model answers exactly {n_labels} options")
+            raise UserError(f"{scorer.path}: a {scorer.formulation} model answers exactly {n_labels} options")
     scores = scorer.score(rows, batch_size, progress)
     retrieved = scorer.retrieved or [None] * len(rows)
     results = []
@@ -159,7 +160,7 @@ def fill_mask(scorer: LoadedScorer, text: str, top_k: int) -> list[list[dict]]:
     """Top-k tokens for each mask token in `text` (masked-LM models only), by transformers' fill-mask pipeline."""
     from transformers import pipeline
 
-    if scorer.formulation != "mlm":
+    if not get_formulation(scorer.formulation).vocabulary_head:
         raise UserError(f"{scorer.path}: --fill needs a masked-LM model; this one is a {scorer.formulation} model")
     mask = scorer.tokenizer.mask_token
     if not mask or mask not in text:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..core.errors import UserError
 from ..core.processes import scoring_state
+from ..core.registry import Registry
 from ..data.rows import QARow
 from ..inputs.collators import MASK_KEY, mask_choices, merge_rotations
 from ..inputs.formulations import encode, get_formulation, make_collator
@@ -133,8 +134,8 @@ def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_leng
                             else recorded.get("joint_eval_rotations", JOINT_EVAL_ROTATIONS))
     if joint_eval_rotations < 1:
         raise UserError(f"--joint_eval_rotations {joint_eval_rotations}: need 1 or more")
-    if scorer != "auto" and scorer not in SCORERS:
-        raise UserError(f"--scorer {scorer}: unknown; choose one of auto, {', '.join(SCORERS)}")
+    if scorer != "auto":
+        SCORERS[scorer]  # an unknown name is one line listing the scorers
     config = load_config(path, revision, None, trust_remote_code)
     formulation = formulation_of(config)
     if scorer == "auto" and formulation is None:
@@ -142,14 +143,14 @@ def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_leng
                         f"masked-LM head (architectures: {getattr(config, 'architectures', None)})")
     if scorer == "auto":
         scorer = "head" if get_formulation(formulation).scores_options else "mlm-pll"
-    needs = SCORERS[scorer].needs
-    if needs == "mlm" and formulation is not None and get_formulation(formulation).scores_options:
+    loads_as = SCORERS[scorer].loads_as  # a formulation of its own (masked-LM scorers), or the checkpoint's
+    if loads_as and formulation is not None and get_formulation(formulation).scores_options:
         raise UserError(f"--scorer {scorer}: {path} is a multiple-choice model ({formulation}; architectures: "
                         f"{getattr(config, 'architectures', None)}): its checkpoint has no masked-LM head, so the "
                         "scores would come from a freshly initialised one; use --scorer head (or auto), or score "
                         "the pretrained model it came from")
-    if needs == "mlm":
-        formulation = "mlm"
+    if loads_as:
+        formulation = loads_as
     elif formulation is None or not get_formulation(formulation).scores_options:
         raise UserError(f"{path}: has no trained multiple-choice head (architectures: "
                         f"{getattr(config, 'architectures', None)}); score it with --scorer mlm-pll")
@@ -157,19 +158,19 @@ def load_scorer(path: str, scorer: str = "auto", use_cpu: bool = False, max_leng
     try:
         model = load_model(path, formulation, revision, None, trust_remote_code, use_kernels=use_kernels)
     except ModelLoadError:
-        if formulation != "mlm":
+        if not loads_as:
             raise
         raise UserError(f"{path}: has no masked-LM head to score with") from None
-    if needs == "head" and untrained_head(model):
+    if not loads_as and untrained_head(model):
         raise UserError(f"{path}: its {formulation} head was never trained (its bias is still exactly zero), so its "
                         "scores would be noise: fine-tune it first, or score the pretrained model it came from "
                         "(masked-LM scorer)")
     model.to(pick_device(use_cpu)).eval()
     limit = min(max_length, tokenizer.model_max_length, getattr(config, "max_position_embeddings", max_length))
-    rotations = joint_eval_rotations if formulation == "joint" else 1
-    name = scorer if needs == "mlm" else f"head ({formulation})"
+    rotations = joint_eval_rotations if get_formulation(formulation).rotations_flags else 1
+    name = scorer if loads_as else f"head ({formulation})"
     if rotations > 1:
-        name = f"head (joint, {min(rotations, config.num_labels)} rotations)"
+        name = f"head ({formulation}, {min(rotations, config.num_labels)} rotations)"
     return LoadedScorer(path, model, tokenizer, formulation, scorer, name, limit, rotations, settings=recorded)
 
 
@@ -357,14 +358,15 @@ def score_masked_lm(scorer: LoadedScorer, rows: list[QARow], batch_size: int, pr
 @dataclass(frozen=True)
 class Scorer:
     name: str
-    needs: str  # "head": a trained multiple-choice head; "mlm": a masked-LM head
+    loads_as: str | None  # the formulation the model is loaded as (None: the checkpoint's own trained head)
     score: object  # (LoadedScorer, rows, batch_size, progress, batch_tokens) → (n, options) scores
     help: str
 
 
-SCORERS: dict[str, Scorer] = {scorer.name: scorer for scorer in (
-    Scorer("head", "head", score_with_head, "the fine-tuned model's own multiple-choice head"),
-    Scorer("mlm-pll", "mlm", score_masked_lm, "masked-LM pseudo-log-likelihood of each option (zero-shot)"),
-    Scorer("mlm-masked", "mlm", score_masked_lm, "masked-LM, all option tokens masked at once (cheaper)"),
-)}
+SCORERS: Registry[Scorer] = Registry("scorer", "--scorer")
+SCORERS.register(Scorer("head", None, score_with_head, "the fine-tuned model's own multiple-choice head"))
+SCORERS.register(Scorer("mlm-pll", "mlm", score_masked_lm, "masked-LM pseudo-log-likelihood of each option "
+                                                             "(zero-shot)"))
+SCORERS.register(Scorer("mlm-masked", "mlm", score_masked_lm, "masked-LM, all option tokens masked at once "
+                                                                "(cheaper)"))
 SCORER_CHOICES = ("auto", *SCORERS)

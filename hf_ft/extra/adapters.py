@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from ..core.registry import Registry
 from ..data.rows import LETTERS, QARow, normalise_text, option_problem
 
 MAX_OPTIONS = len(LETTERS)  # the 4-way heads hf_ft trains; a 5-option item does not fit them
@@ -59,12 +60,8 @@ class Adapter:
     script: str = "simplified"  # the script of the known data; `convert=auto` still checks the text itself
 
 
-ADAPTERS: dict[str, Adapter] = {}
-
-
-def register(adapter: Adapter) -> Adapter:
-    ADAPTERS[adapter.name] = adapter
-    return adapter
+ADAPTERS: Registry[Adapter] = Registry("extra-source adapter", "adapter=")
+register = ADAPTERS.register
 
 
 def adapter_for(repo: str) -> str | None:

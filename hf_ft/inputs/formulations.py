@@ -26,8 +26,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..core.errors import UserError
-from ..data.rows import QARow
+from ..core.registry import Registry
+from ..data.rows import LETTERS, QARow
 from .collators import JointCollator, MaskedLMCollator, MultipleChoiceCollator
 from .preprocessing import encode_joint, encode_mlm, encode_per_choice, rows_to_dataset
 
@@ -84,30 +84,59 @@ model = AutoModelForMaskedLM.from_pretrained("{repo_id}")'''
 
 @dataclass(frozen=True)
 class Formulation:
+    """Everything the rest of hf_ft asks of a formulation: other modules read these fields, never its name."""
+
     name: str
     auto_class: type  # the transformers Auto class of its model
     pipeline_tag: str
     encode: Callable  # batched rows → token columns (datasets.map), see preprocessing
     collator: Callable  # (tokenizer, train, seed, ...) → collator; token columns → tensors
     scores_options: bool  # a trained head scores the options: accuracy is its metric, "head" its scorer
-    copies: Callable[[int, int], int]  # sequences one item costs: (options, evaluation rotations) → n
+    copies: Callable[[int, int], int]  # sequences one item costs: (options, rotations) → n
     usage: str  # the card's plain-transformers code; {repo_id}, {rotations}
     kind: str  # how the card names such a model
+    architectures: tuple[str, ...] = ()  # checkpoint architectures (name endings) it recognises as its own
+    labels: int | None = None  # a head with one output per option slot: its width (its config is set to it)
+    order_invariant: bool = True  # each option scored on its own, so their order cannot change a prediction
+    rotations_flags: tuple[str, ...] = ()  # the settings of its rotated copies (training, evaluation), recorded
+    vocabulary_head: bool = False  # predicts over the vocabulary (memory: a vocab-wide logits tensor)
+    options_column: str | None = None  # the tokenized column whose length is the option count
+
+    def configure(self, config) -> None:
+        """Set a loaded config up for this formulation's head (and record the formulation in it)."""
+        if self.labels:
+            config.num_labels = self.labels
+            config.id2label = dict(enumerate(LETTERS[: self.labels]))
+            config.label2id = {letter: i for i, letter in enumerate(LETTERS[: self.labels])}
+        config.hf_ft_formulation = self.name
+
+    def recognises(self, config) -> bool:
+        """Whether a checkpoint's config is one of this formulation's (a config hf_ft wrote says so itself)."""
+        return any(arch.endswith(self.architectures) and (not self.labels or getattr(config, "num_labels", 0) ==
+                                                          self.labels)
+                   for arch in getattr(config, "architectures", None) or [])
+
+    def options_of(self, example: dict) -> int:
+        """How many options a tokenized example has (1 for a formulation without options)."""
+        return len(example[self.options_column]) if self.options_column else 1
+
+    def rotations(self, settings) -> tuple[int, int]:
+        """(training, evaluation) rotated copies of each item under `settings` (the data arguments)."""
+        return tuple(getattr(settings, flag) for flag in self.rotations_flags) if self.rotations_flags else (1, 1)
+
+    def sequences(self, options: int, settings) -> tuple[int, int]:
+        """Sequences one item costs in a training batch and in an evaluation batch."""
+        if self.rotations_flags:
+            return tuple(min(r, options) for r in self.rotations(settings))
+        return self.copies(options, 1), self.copies(options, 1)
 
 
-FORMULATIONS: dict[str, Formulation] = {}
-
-
-def register(formulation: Formulation) -> Formulation:
-    FORMULATIONS[formulation.name] = formulation
-    return formulation
+FORMULATIONS: Registry[Formulation] = Registry("formulation", "--formulation")
+register = FORMULATIONS.register
 
 
 def get_formulation(name: str) -> Formulation:
-    try:
-        return FORMULATIONS[name]
-    except KeyError:
-        raise UserError(f"formulation '{name}': unknown; choose one of {', '.join(FORMULATIONS)}") from None
+    return FORMULATIONS[name]
 
 
 def _joint_collator(tokenizer, train, seed=0, pad_to_multiple_of=None, joint_rotations=1, joint_eval_rotations=1,
@@ -120,22 +149,29 @@ register(Formulation(
     "per_choice", AutoModelForMultipleChoice, "multiple-choice", encode_per_choice,
     lambda tokenizer, train, pad_to_multiple_of=None, **_: MultipleChoiceCollator(tokenizer, pad_to_multiple_of),
     scores_options=True, copies=lambda options, rotations: options, usage=PER_CHOICE_USAGE,
-    kind="a per_choice multiple-choice model"))
+    kind="a per_choice multiple-choice model", architectures=("ForMultipleChoice",), options_column="input_ids"))
 register(Formulation(
     "joint", AutoModelForSequenceClassification, "text-classification", encode_joint, _joint_collator,
     scores_options=True, copies=lambda options, rotations: rotations, usage=JOINT_USAGE,
-    kind="a joint multiple-choice model"))
+    kind="a joint multiple-choice model", architectures=("ForSequenceClassification",), labels=len(LETTERS),
+    order_invariant=False, rotations_flags=("joint_rotations", "joint_eval_rotations"), options_column="option_ids"))
 register(Formulation(
     "mlm", AutoModelForMaskedLM, "fill-mask", encode_mlm,
     lambda tokenizer, train, seed=0, mlm_probability=0.15, pad_to_multiple_of=None, **_: MaskedLMCollator(
         tokenizer, mlm_probability, seed, pad_to_multiple_of=pad_to_multiple_of),
     scores_options=False, copies=lambda options, rotations: options, usage=MLM_USAGE,
-    kind="a masked-LM domain adaptation"))
+    kind="a masked-LM domain adaptation", architectures=("ForMaskedLM", "ForPreTraining"), vocabulary_head=True))
+
+
+COLLATOR_SETTINGS = {"seed", "mlm_probability", "pad_to_multiple_of", "joint_rotations", "joint_eval_rotations"}
 
 
 def make_collator(formulation: str, tokenizer, *, train: bool, **settings):
     """The collator of `formulation`; `settings`: seed, mlm_probability, pad_to_multiple_of, joint_rotations,
-    joint_eval_rotations (each formulation reads the ones it uses)."""
+    joint_eval_rotations (each formulation reads the ones it uses; a setting none of them knows is a bug here)."""
+    unknown = set(settings) - COLLATOR_SETTINGS
+    if unknown:
+        raise TypeError(f"make_collator: unknown setting(s) {', '.join(sorted(unknown))}")
     return get_formulation(formulation).collator(tokenizer, train, **settings)
 
 

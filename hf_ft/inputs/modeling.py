@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer
 
 from ..core.errors import UserError, hub_problem
-from ..data.rows import LETTERS, QARow
+from ..data.rows import QARow
 from .formulations import FORMULATIONS, get_formulation
 
 logger = logging.getLogger(__name__)
@@ -152,14 +152,7 @@ def formulation_of(config) -> str | None:
     recorded = getattr(config, "hf_ft_formulation", None)
     if recorded in FORMULATIONS:
         return recorded
-    for arch in getattr(config, "architectures", None) or []:
-        if arch.endswith("ForMultipleChoice"):
-            return "per_choice"
-        if arch.endswith("ForSequenceClassification") and getattr(config, "num_labels", 0) == 4:
-            return "joint"
-        if arch.endswith(("ForMaskedLM", "ForPreTraining")):
-            return "mlm"
-    return None
+    return next((f.name for f in FORMULATIONS.values() if f.recognises(config)), None)
 
 
 def _override_items(overrides: str) -> dict:
@@ -220,11 +213,7 @@ def load_model(name_or_path: str, formulation: str, revision: str = "main", cach
     kernels unless `use_kernels`."""
     config = load_config(name_or_path, revision, cache_dir, trust_remote_code)
     apply_config_overrides(config, config_overrides)
-    if formulation == "joint":
-        config.num_labels = 4
-        config.id2label = dict(enumerate(LETTERS))
-        config.label2id = {letter: i for i, letter in enumerate(LETTERS)}
-    config.hf_ft_formulation = formulation
+    get_formulation(formulation).configure(config)
     try:
         model = get_formulation(formulation).auto_class.from_pretrained(
             hub_id(name_or_path), config=config, revision=revision, cache_dir=cache_dir,

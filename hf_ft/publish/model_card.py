@@ -24,10 +24,13 @@ from ..core.run_dir import (
 )
 from ..data.sources import HUB_DATASET
 from ..inputs.formulations import get_formulation
+from ..retrieval.registries import CORPUS_READERS
 from ..task.metrics import AVERAGES, percent
 from ..task.subjects import CATEGORIES, registry
 
 SEEDS_SUMMARY_FILE = "seeds_summary.json"
+
+
 def data_facts(manifest: dict) -> dict:
     """What the card may say about the data: from the hub (name, commit) or a local source (content hash)."""
     source = manifest.get("source", {})
@@ -175,16 +178,7 @@ def test_items_text(pushed: bool) -> str:
 def retrieval_text(retrieval: dict) -> str:
     """The corpus (with its commit or content hash), k, the query, the terms and the leak check, as recorded."""
     source = retrieval.get("source", {})
-    kind = source.get("kind")
-    if kind == "hub":
-        corpus = (f"hub dataset `{source.get('dataset')}` config `{source.get('config')}` split `{source.get('split')}` "
-                  f"at commit `{str(source.get('revision'))[:12]}`")
-    elif kind == "training_pool":
-        corpus = f"the training questions with their answers (leave-one-out; {source.get('questions')} questions)"
-    elif kind == "precomputed":
-        corpus = "precomputed contexts"
-    else:
-        corpus = f"a local corpus (content sha256 `{str(source.get('content_sha256'))[:16]}…`)"
+    corpus = CORPUS_READERS[source.get("kind", "local")].describe(source)
     if source.get("passages"):
         corpus += f", {source['passages']:,} passages"
     leak = retrieval.get("leak_check") or {}

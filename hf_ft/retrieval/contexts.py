@@ -15,12 +15,13 @@ from pathlib import Path
 from ..core.errors import UserError
 from ..data.rows import QARow
 from . import corpus as corpora
-from .index import BM25Index
 from .leak import POLICIES, find_leaks
+from .registries import CORPUS_READERS, RETRIEVERS, Index, reader_for
 from .text import NORMALISATION, TERMS, normalise
 
 logger = logging.getLogger(__name__)
 
+_POOL_READER = CORPUS_READERS["training_pool"].read  # its index cannot be rebuilt from the record alone
 QUERIES = {
     "question": lambda row: row.question,
     "question_options": lambda row: " ".join([row.question, *row.options]),
@@ -42,6 +43,7 @@ class RetrievalSettings:
     passage_chars: int = 200
     passage_overlap: int = 50
     leak_policy: str = "drop"
+    retriever: str = "bm25"  # a name in RETRIEVERS
 
     @property
     def used(self) -> bool:
@@ -58,13 +60,15 @@ class RetrievalSettings:
             out.append(f"--retrieval_query {self.query}: choose {' or '.join(QUERIES)}")
         if self.leak_policy not in POLICIES:
             out.append(f"--leak_policy {self.leak_policy}: choose {', '.join(POLICIES)}")
+        if self.retriever not in RETRIEVERS:
+            out.append(f"--retriever {self.retriever}: unknown; available: {', '.join(RETRIEVERS)}")
         return out
 
 
 @dataclass
 class OpenBook:
     settings: RetrievalSettings
-    index: BM25Index | None = None
+    index: Index | None = None
     precomputed: dict | None = None
     source: dict = field(default_factory=dict)
     leak: dict | None = None
@@ -106,26 +110,13 @@ class OpenBook:
                             "could be retrieved")
         source["content_sha256"] = corpora.content_hash(passages)
         source["passages"] = len(passages)
-        book.index = BM25Index.build_or_load(passages, source["content_sha256"])
+        book.index = RETRIEVERS[settings.retriever].build(passages, source["content_sha256"])
         source["index_key"] = book.index.key
         return book
 
     @staticmethod
     def _read_corpus(settings: RetrievalSettings, train: list[QARow], cache_dir) -> tuple[list, dict]:
-        size, overlap = settings.passage_chars, settings.passage_overlap
-        if settings.corpus == corpora.POOL:
-            if not train:
-                raise UserError("--retrieval_corpus training_pool: the training split is empty")
-            return corpora.pool_passages(train), {"kind": "training_pool", "questions": len(train)}
-        if Path(settings.corpus).exists() or "/" not in settings.corpus or settings.corpus.startswith((".", "/")):
-            passages = corpora.read_local(settings.corpus, size, overlap, settings.text_column)
-            return passages, {"kind": "local", "path": str(Path(settings.corpus).resolve()),
-                              "passage_chars": size, "passage_overlap": overlap}
-        passages, commit = corpora.read_hub(settings.corpus, settings.config, settings.revision, settings.split,
-                                            size, overlap, settings.text_column, cache_dir)
-        return passages, {"kind": "hub", "dataset": settings.corpus, "config": settings.config,
-                          "split": settings.split, "revision": commit, "requested_revision": settings.revision,
-                          "passage_chars": size, "passage_overlap": overlap}
+        return reader_for(settings).read(settings, train, cache_dir)
 
     def _apply_policy(self, report, what: str) -> dict:
         record = report.record(self.settings.leak_policy)
@@ -160,7 +151,8 @@ class OpenBook:
             if source.get("path"):
                 source["path"] = relative_to(source["path"], output_dir)
         return {"source": source, "k": s.k, "query": s.query, "terms": TERMS, "normalisation": NORMALISATION,
-                "scoring": "bm25 (bm25s, k1 1.5, b 0.75)" if self.index else "precomputed",
+                "scoring": RETRIEVERS[s.retriever].scoring if self.index else "precomputed",
+                "retriever": s.retriever,
                 "leak_check": self.leak, "relative_paths": sorted(local), "settings": {
                     "corpus": local.get("corpus", s.corpus), "contexts": local.get("contexts", s.contexts),
                     "config": s.config, "revision": s.revision,
@@ -172,9 +164,8 @@ class OpenBook:
     def from_record(cls, record: dict, run_dir=None) -> OpenBook:
         """The run's own retrieval, for evaluate and predict: the cached index, else the recorded corpus again
         (recorded local paths are relative to `run_dir`)."""
-        from .index import cache_problem, cache_root
-
         given = dict(record["settings"])
+        given.setdefault("retriever", record.get("retriever", "bm25"))  # runs recorded before the registry: BM25
         for name in record.get("relative_paths", []):
             if run_dir is not None and given.get(name):
                 given[name] = str((Path(run_dir) / given[name]).resolve())
@@ -182,29 +173,26 @@ class OpenBook:
         source = record.get("source", {})
         if settings.contexts:
             return cls(settings, precomputed=corpora.read_precomputed(settings.contexts), source=source)
-        folder = cache_root() / str(source.get("index_key"))
-        problem = cache_problem(folder, str(source.get("content_sha256")), source.get("passages"))
-        if problem is None:
-            try:
-                return cls(settings, BM25Index.load(folder), source=source)
-            except Exception as e:  # noqa: BLE001 - damaged beyond what cache_problem reads
-                problem = f"it does not load ({type(e).__name__})"
-        if source.get("kind") == "training_pool":
-            raise UserError(f"the run's training-pool index ({folder}) cannot be used ({problem}): run the training "
-                            "command again (it resumes from the finished run and rebuilds the index), or set "
-                            "HF_HOME to where it was built")
-        logger.warning("the run's BM25 index (%s) cannot be used: %s; rebuilding it from the recorded corpus",
-                       folder, problem)
+        retriever = RETRIEVERS[settings.retriever]
+        index, problem = retriever.cached(source)
+        if index is not None:
+            return cls(settings, index, source=source)
+        if CORPUS_READERS[source.get("kind", "local")].read is _POOL_READER:
+            raise UserError(f"the run's training-pool index cannot be used ({problem}): run the training command "
+                            "again (it resumes from the finished run and rebuilds the index), or set HF_HOME to where "
+                            "it was built")
+        logger.warning("the run's %s index cannot be used (%s); rebuilding it from the recorded corpus",
+                       retriever.name, problem)
         passages, _ = cls._read_corpus(settings, [], None)
         if "duplicates_removed" in source:  # a run recorded before duplicates were left out kept them
             passages, _ = corpora.unique_passages(passages)
         book = cls(settings, source=source)
         if corpora.content_hash(passages) != source.get("read_sha256"):
-            raise UserError(f"the run's retrieval index ({folder}) is gone and --retrieval_corpus {settings.corpus} "
+            raise UserError(f"the run's retrieval index is gone ({problem}) and --retrieval_corpus {settings.corpus} "
                             "no longer hashes to what the run read: restore the cache (HF_HOME) or retrain")
         dropped = set(source.get("dropped_ids", []))  # what the run's leak check removed stays removed
         passages = [p for p in passages if p.id not in dropped]
-        book.index = BM25Index.build_or_load(passages, source["content_sha256"])
+        book.index = retriever.build(passages, source["content_sha256"])
         return book
 
     def describe(self) -> str:

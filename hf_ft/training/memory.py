@@ -41,7 +41,7 @@ class Shape:
     heads: int
     intermediate: int
     vocab: int
-    formulation: str
+    formulation: str  # its name, for the log; what it costs is in the fields below
     choices: int  # sequences per training example (per_choice: the options; joint: its rotations; mlm: 1)
     batch: int
     accumulation: int
@@ -59,6 +59,7 @@ class Shape:
     # attention, and SDPA on a CPU with dropout); SDPA's fused CUDA kernels recompute them instead. Measured on an
     # H200 at bert-base, batch 32 × 4 × 511 tokens, bf16: 27.6 GB peak; 52 GB counted with them, 26 without.
     attention_probabilities: bool = True
+    vocabulary_head: bool = False  # a masked-LM head: logits over the vocabulary for every token
 
 
 def layer_activation_bytes(shape: Shape, sequences: int, length: int) -> int:
@@ -82,7 +83,7 @@ def activation_bytes(shape: Shape) -> int:
         layers = shape.layers * tokens * shape.hidden * shape.bytes_per_activation + (1 + BACKWARD_LAYERS) * one
     else:
         layers = (shape.layers + BACKWARD_LAYERS) * one
-    head = tokens * shape.vocab * 4 * 3 if shape.formulation == "mlm" else 0  # logits, softmax, their gradient
+    head = tokens * shape.vocab * 4 * 3 if shape.vocabulary_head else 0  # logits, softmax, their gradient
     embeddings = 3 * tokens * shape.hidden * shape.bytes_per_activation
     overhead = ALLOCATOR_OVERHEAD if shape.attention_probabilities else FUSED_ATTENTION_OVERHEAD
     return int((layers + head + embeddings) * overhead)
@@ -91,7 +92,7 @@ def activation_bytes(shape: Shape) -> int:
 def evaluation_bytes(shape: Shape) -> int:
     """Forward only, no graph: about two layers' tensors alive at once, for the evaluation batch."""
     sequences = shape.eval_batch * shape.eval_choices
-    head = sequences * shape.eval_length * shape.vocab * 4 if shape.formulation == "mlm" else 0
+    head = sequences * shape.eval_length * shape.vocab * 4 if shape.vocabulary_head else 0
     return int((2 * layer_activation_bytes(shape, sequences, shape.eval_length) + head) * ALLOCATOR_OVERHEAD)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config.arguments import PATH_ARGUMENTS, Arguments
 from ..core import provenance, run_dir
 from ..data.rows import LETTERS
+from ..inputs.formulations import get_formulation
 
 logger = logging.getLogger("hf_ft")
 
@@ -70,9 +71,8 @@ def run_record(args: Arguments, formulation: str, trainer, max_length: int, base
         hyperparameters["config_overrides"] = args.model.config_overrides
     hyperparameters.update(world_size=training_args.world_size, max_seq_length=max_length,
                            global_step=trainer.state.global_step)
-    if formulation == "joint":
-        hyperparameters["joint_rotations"] = args.data.joint_rotations
-        hyperparameters["joint_eval_rotations"] = args.data.joint_eval_rotations
+    for name in get_formulation(formulation).rotations_flags:
+        hyperparameters[name] = getattr(args.data, name)
     if args.data.drop_question:
         hyperparameters["drop_question"] = True
     for name in ("max_eval_samples", "max_test_samples"):

@@ -213,7 +213,7 @@ def train_model(args: Arguments, data: RunData, inputs: RunInputs, identity: str
     throughput = speed.ThroughputCallback(
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps *
         max(1, training_args.world_size),
-        tokens_per_sample(inputs.train_set) * (data_args.joint_rotations if formulation == "joint" else 1),
+        tokens_per_sample(inputs.train_set) * get_formulation(formulation).rotations(data_args)[0],
         6 * speed.non_embedding_parameters(inputs.model),
         torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32)
     callbacks = [LossCurveCallback(str(output_dir)), CheckpointMarkerCallback(identity), throughput]
@@ -288,17 +288,15 @@ def memory_shape(model, formulation: str, train_set, eval_sets, training_args, a
     config = model.config
     lengths = sorted(train_set["length"], reverse=True) if len(train_set) else [0]
     eval_lengths = [max(d["length"]) for d in eval_sets if len(d)] or [0]
-    options = len(train_set[0]["input_ids"] if formulation == "per_choice" else train_set[0]["option_ids"]) \
-        if len(train_set) and formulation != "mlm" else 1
-    sequences = {"per_choice": (options, options),  # per training example, per evaluated example
-                 "joint": (min(args.data.joint_rotations, options), min(args.data.joint_eval_rotations, options)),
-                 }.get(formulation, (1, 1))
+    kind = get_formulation(formulation)
+    options = kind.options_of(train_set[0]) if len(train_set) else 1
+    sequences = kind.sequences(options, args.data)
     return memory.Shape(
         parameters=sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),  # whole under ZeRO-3 too
         hidden=config.hidden_size,
         layers=config.num_hidden_layers, heads=config.num_attention_heads,
         intermediate=getattr(config, "intermediate_size", 4 * config.hidden_size), vocab=config.vocab_size,
-        formulation=formulation, choices=sequences[0], eval_choices=sequences[1],
+        formulation=formulation, choices=sequences[0], eval_choices=sequences[1], vocabulary_head=kind.vocabulary_head,
         # a batch holds at most the rows there are (a requested 128 over 40 training rows is a batch of 40)
         batch=max(1, min(training_args.per_device_train_batch_size, len(train_set))),
         accumulation=training_args.gradient_accumulation_steps, length=lengths[0],

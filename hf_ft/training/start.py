@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..config.arguments import Arguments
+from ..config.fields import RetrievalArguments
 from ..core import run_dir
 from ..core.errors import UserError
 
@@ -45,7 +46,10 @@ def identity_of(args: Arguments) -> str:
     for part in (model, data, asdict(args.run), args.training.to_dict()):
         settings.update({k: v for k, v in part.items() if k not in NOT_IDENTITY})
     if args.retrieval.settings().used:  # an open-book run is another run (closed-book identities unchanged)
-        settings.update(asdict(args.retrieval))
+        retrieval = asdict(args.retrieval)
+        if retrieval["retriever"] == RetrievalArguments.retriever:  # runs from before the registry keep their identity
+            retrieval.pop("retriever")
+        settings.update(retrieval)
     return run_dir.run_identity(settings)
 
 
