@@ -9,7 +9,6 @@ import os
 import platform
 import random
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import transformers
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
 from hf_ft.data.rows import LETTERS
+from hf_ft.training.speed import matmul_peak_flops, sync  # noqa: F401 - sync: the benchmarks' one
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,22 +102,10 @@ def build_model(out: Path, size: str, vocab_size: int | None = None) -> tuple[Pa
 
 def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 10,
                   trials: int = 5) -> float:
-    """Achieved matmul throughput on `device` in `dtype`, the best of `trials`: the ceiling MFU is measured
-    against. One short trial can land on a slow moment (a single 0.4 s trial read 103 GFLOP/s where the
-    best is over 140), which would put MFU above 100%."""
-    n = 2048 if device == "cpu" else 8192
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    best = 0.0
-    for _ in range(trials):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        sync(device)
-        best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9)
-    return best
+    """The matmul ceiling in GFLOP/s, measured as training measures it (hf_ft.training.speed), with longer trials:
+    one short trial can land on a slow moment (a single 0.4 s trial read 103 GFLOP/s where the best is over
+    140), which would put MFU above 100%."""
+    return matmul_peak_flops(device, dtype, n=2048 if device == "cpu" else 8192, repeats=repeats, trials=trials) / 1e9
 
 
 def cpu_name() -> str:
@@ -129,11 +117,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 class PeakRSS:

@@ -29,6 +29,3 @@ class Registry(dict, Generic[T]):
     def __missing__(self, name) -> T:
         where = f"{self.flag} {name}" if self.flag else f"{self.kind} '{name}'"
         raise UserError(f"{where}: unknown {self.kind}; available: {', '.join(self)}")
-
-    def names(self) -> list[str]:
-        return list(self)

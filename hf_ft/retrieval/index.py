@@ -69,14 +69,6 @@ def _has_numba() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def is_built(folder: Path) -> bool:
-    """A complete index of this format (an older hf_ft's cache, or a half-written one, is not)."""
-    try:
-        return json.loads((folder / "hf_ft_index.json").read_text())["format"] == FORMAT
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 def identity(corpus_hash: str, passages: int) -> dict:
     """What an index folder must record to be served for a corpus: its content, its size and every setting
     that changes the index."""

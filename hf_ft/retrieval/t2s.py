@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.caches import hf_home
+
 logger = logging.getLogger(__name__)
 
 _CODE_POINTS = sys.maxunicode + 1
@@ -139,8 +141,7 @@ def converter() -> Tables | None:
         logger.info("OpenCC's dictionaries or opencc_dict were not found: t2s runs through OpenCC alone")
         return None
     share, tool = found
-    home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
-    path = Path(home) / "hf_ft" / "opencc" / f"t2s-{_cache_key(share)}.npz"
+    path = hf_home() / "hf_ft" / "opencc" / f"t2s-{_cache_key(share)}.npz"
     try:
         with np.load(path) as stored:
             fields = {name: stored[name] for name in stored.files}

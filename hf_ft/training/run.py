@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from statistics import median
 
 import datasets
 import torch
@@ -30,7 +31,7 @@ from ..inputs.formulations import count_truncated, encode, get_formulation
 from ..inputs.modeling import check_vocabulary, hub_id, load_model, load_tokenizer
 from ..inputs.preprocessing import MIN_QUESTION_TOKENS, required_length
 from ..publish.model_card import write_model_card
-from ..retrieval.contexts import OpenBook
+from ..retrieval.contexts import SEPARATOR, OpenBook
 from ..task.metrics import build_compute_metrics
 from . import memory, speed
 from .callbacks import CheckpointMarkerCallback, LossCurveCallback
@@ -346,10 +347,6 @@ def attach_contexts(data: RunData, args: Arguments) -> None:
         raise UserError(f"open book ({book.describe()}): none of the {total} questions received a context; "
                         f"{book.why_nothing_found(splits.train + splits.validation + splits.test, data.context_check)}")
     logger.info("open book: questions with a context: %s", with_context)
-    from statistics import median
-
-    from ..retrieval.contexts import SEPARATOR
-
     lengths = [len(p) for rows in attached.values() for r in rows if r.context for p in r.context.split(SEPARATOR)]
     limit = args.data.max_seq_length
     if lengths and median(lengths) > 2 * limit:  # the model would read the start of the first passage only

@@ -34,17 +34,21 @@ def sync(device: torch.device | str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def matmul_peak_flops(device: str, dtype: torch.dtype) -> float:
-    """Achieved dense matmul FLOP/s on `device` in `dtype`, the best of 3 short trials (cached per process):
-    the ceiling MFU is measured against. Random operands (zeros run faster on some GPUs)."""
+def matmul_peak_flops(device: str, dtype: torch.dtype, n: int | None = None, repeats: int | None = None,
+                      trials: int = 3) -> float:
+    """Achieved dense matmul FLOP/s on `device` in `dtype`, the best of `trials` (cached per process): the ceiling
+    MFU is measured against. A run's own measurement is short (8192² × 5 on a GPU, 1024² × 4 on a CPU); the
+    benchmarks ask for longer trials, since one short trial can land on a slow moment. Random operands (zeros
+    run faster on some GPUs)."""
     cuda = torch.device(device).type == "cuda"
-    n, repeats = (8192, 5) if cuda else (1024, 4)
+    n = n or (8192 if cuda else 1024)
+    repeats = repeats or (5 if cuda else 4)
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     a @ b
     best = 0.0
-    for _ in range(3):
+    for _ in range(trials):
         sync(device)
         start = time.perf_counter()
         for _ in range(repeats):
