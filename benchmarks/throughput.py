@@ -44,7 +44,7 @@ from benchmarks.common import (
     write_layout,
     write_report,
 )
-from hf_ft.config.arguments import TASK_DEFAULTS, DataArguments
+from hf_ft.config.arguments import DataArguments, QATrainingArguments
 from hf_ft.data.sources import load_data_dir
 from hf_ft.data.splits import make_splits
 from hf_ft.inputs.formulations import encode
@@ -149,16 +149,16 @@ def padding_fraction(trainer, n_batches: int) -> float:
     return 1 - real / max(1, padded)
 
 
-def training_args(out: Path, steps: int, batch: int, device: str, bf16: bool, defaults: dict,
+def training_args(out: Path, steps: int, batch: int, device: str, bf16: bool, arguments_class=QATrainingArguments,
                   **overrides) -> TrainingArguments:
-    """The arm's TrainingArguments: `defaults` (hf_ft's TASK_DEFAULTS for hf_ft arms, transformers' own for the
-    baseline) with the benchmark's fixed schedule on top."""
+    """The arm's arguments: hf_ft's QATrainingArguments (its task defaults) for hf_ft arms, transformers' own
+    TrainingArguments for the baseline, with the benchmark's fixed schedule on top."""
     settings = dict(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, per_device_eval_batch_size=32,
         learning_rate=1e-4, use_cpu=device == "cpu", bf16=bf16, report_to="none", save_strategy="no",
         eval_strategy="no", logging_strategy="no", load_best_model_at_end=False, seed=0, dataloader_drop_last=True,
         disable_tqdm=True, average_tokens_across_devices=False)
-    return TrainingArguments(**{**defaults, **settings, **overrides})
+    return arguments_class(**{**settings, **overrides})
 
 
 def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, steps: int, batch: int,
@@ -177,15 +177,17 @@ def run_arm(arm: dict, model_dir: Path, tokenizer, splits, max_length: int, step
         train_set = run_swag_encode(splits.train, tokenizer, max_length, arm["pad_to_max"])
         eval_set = run_swag_encode(splits.validation, tokenizer, max_length, arm["pad_to_max"])
         strategy = "random"
-        args = training_args(work / arm["name"], steps, batch, device, bf16, {}, train_sampling_strategy="sequential")
+        args = training_args(work / arm["name"], steps, batch, device, bf16, TrainingArguments,
+                             train_sampling_strategy="sequential")
         trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                           processing_class=tokenizer, data_collator=DataCollatorForMultipleChoice(tokenizer))
     else:
         train_set = encode(splits.train, tokenizer, formulation, max_length, cache_dir=work / "cache", progress=False)
         eval_set = encode(splits.validation, tokenizer, formulation, max_length, cache_dir=work / "cache",
                           sort_by_length=True, progress=False)
-        strategy = {**TASK_DEFAULTS, **arm.get("training_args", {})}["train_sampling_strategy"]
-        args = training_args(work / arm["name"], steps, batch, device, bf16, TASK_DEFAULTS,
+        strategy = arm.get("training_args", {}).get("train_sampling_strategy",
+                                                    QATrainingArguments.train_sampling_strategy)
+        args = training_args(work / arm["name"], steps, batch, device, bf16,
                              **{**arm.get("training_args", {}), "train_sampling_strategy": "sequential"})
         trainer = build_trainer(model, tokenizer, args, formulation, train_set, eval_set,
                                 joint_rotations=arm.get("joint_rotations", 1), joint_eval_rotations=eval_rotations)

@@ -27,6 +27,27 @@ def test_task_defaults(tmp_path):
     assert run_args.overwrite_output_dir is False
 
 
+def test_task_defaults_are_one_class_that_runs_benchmarks_and_tests_construct(tmp_path):
+    """run_qa.py's parser and a direct QATrainingArguments(...) (what the benchmarks and tests build) carry the
+    same task defaults, each one differing from transformers' own, each named in --help."""
+    from transformers import TrainingArguments
+
+    from hf_ft.config.arguments import build_parser
+    from hf_ft.config.fields import QATrainingArguments, task_defaults
+
+    parsed = parse_args(["--output_dir", str(tmp_path / "o"), "--use_cpu"]).training
+    built = QATrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True)
+    plain = TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True)
+    defaults = task_defaults()
+    assert {"logging_nan_inf_filter", "train_sampling_strategy", "warmup_steps", "remove_unused_columns"} <= set(defaults)
+    help_text = " ".join(build_parser().format_help().split())
+    for name in defaults:
+        assert getattr(built, name) == getattr(parsed, name), name
+        assert getattr(built, name) != getattr(plain, name), name
+        entry = help_text[help_text.rindex(f"--{name} "):]  # its entry in the options list, not the usage line
+        assert "hf_ft's default" in entry.split("(default:", 1)[0], name
+
+
 def test_json_config_and_unknown_keys(tmp_path):
     good = tmp_path / "c.json"
     good.write_text('{"output_dir": "o", "seed": 3}', encoding="utf-8")

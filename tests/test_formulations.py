@@ -209,8 +209,9 @@ def test_evaluation_rotations_cancel_a_slot_bias(tiny_model):
 
 
 def test_length_grouping_reduces_padding_on_a_skewed_set(tiny_model, tmp_path):
-    from transformers import AutoModelForMultipleChoice, AutoTokenizer, TrainingArguments
+    from transformers import AutoModelForMultipleChoice, AutoTokenizer
 
+    from hf_ft.config.fields import QATrainingArguments
     from hf_ft.inputs.formulations import encode, make_collator
     from hf_ft.training.trainer import QATrainer
 
@@ -222,8 +223,9 @@ def test_length_grouping_reduces_padding_on_a_skewed_set(tiny_model, tmp_path):
     model = AutoModelForMultipleChoice.from_pretrained(tiny_model)
 
     def pad_tokens(strategy: str) -> int:
-        args = TrainingArguments(output_dir=str(tmp_path / strategy), per_device_train_batch_size=8, use_cpu=True,
-                                 train_sampling_strategy=strategy, remove_unused_columns=False, report_to="none")
+        args = QATrainingArguments(output_dir=str(tmp_path / strategy), per_device_train_batch_size=8, use_cpu=True,
+                                   train_sampling_strategy=strategy, eval_strategy="no", save_strategy="no",
+                                   load_best_model_at_end=False)
         trainer = QATrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                             data_collator=make_collator("per_choice", tokenizer, train=True))
         return sum(int((batch["attention_mask"] == 0).sum()) for batch in trainer.get_train_dataloader())
@@ -309,8 +311,7 @@ def test_every_path_builds_the_same_model_inputs(run, trained_run, joint_run, tm
     plain-transformers code give the model the same sequences as `model_inputs`, with and without context."""
     from dataclasses import replace
 
-    from transformers import TrainingArguments
-
+    from hf_ft.config.fields import QATrainingArguments
     from hf_ft.evaluation.predict import rank
     from hf_ft.evaluation.scoring import load_scorer
     from hf_ft.inputs.formulations import encode, model_inputs
@@ -325,8 +326,8 @@ def test_every_path_builds_the_same_model_inputs(run, trained_run, joint_run, tm
         expected = _sequences(model_inputs([row], tokenizer, formulation, limit, **settings))
         assert all(len(ids) <= limit for ids, _ in expected)
         # training: the Trainer's evaluation collator over the tokenized dataset
-        trainer = build_trainer(scorer.model, tokenizer, TrainingArguments(str(tmp_path), use_cpu=True,
-                                report_to=[]), formulation, encode([row], tokenizer, formulation, limit,
+        trainer = build_trainer(scorer.model, tokenizer, QATrainingArguments(str(tmp_path), use_cpu=True, eval_strategy="no",
+                                load_best_model_at_end=False), formulation, encode([row], tokenizer, formulation, limit,
                                                                    cache_dir=tmp_path, progress=False),
                                 joint_eval_rotations=scorer.joint_eval_rotations)
         dataset = encode([row], tokenizer, formulation, limit, cache_dir=tmp_path, progress=False)

@@ -12,12 +12,19 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser
 
 from ..core import deepspeed_config, processes, validation
 from ..core.deepspeed_config import DeepSpeedPlan
 from ..core.errors import did_you_mean
-from .fields import TASK_DEFAULTS, ConfigError, DataArguments, ModelArguments, RetrievalArguments, RunArguments  # noqa: F401
+from .fields import (  # noqa: F401
+    ConfigError,
+    DataArguments,
+    ModelArguments,
+    QATrainingArguments,
+    RetrievalArguments,
+    RunArguments,
+)
 from .rules import (
     derived_values,
     refuse_a_metric_the_run_cannot_report,
@@ -26,7 +33,7 @@ from .rules import (
     refuse_nonsense,
 )
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, RetrievalArguments, RunArguments, TrainingArguments)
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, RetrievalArguments, RunArguments, QATrainingArguments)
 # Flags that take a list (`--report_to a b`), read now: HfArgumentParser rewrites a field's type when it builds.
 LIST_FLAGS = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if "list" in str(f.type).lower()}
 MAPPING_FLAGS = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if "dict" in str(f.type).lower()}
@@ -47,7 +54,7 @@ class Arguments:
     model: ModelArguments
     data: DataArguments
     run: RunArguments
-    training: TrainingArguments
+    training: QATrainingArguments
     deepspeed: DeepSpeedPlan
     retrieval: RetrievalArguments = field(default_factory=RetrievalArguments)
     given: dict = field(default_factory=dict)  # what the user set (paths made absolute): hf_ft_run.json records it
@@ -94,7 +101,6 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
 def build_parser(config: dict | None = None) -> HfArgumentParser:
     parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)  # `--learning` is a typo, not a flag
-    parser.set_defaults(**TASK_DEFAULTS)
     if config:
         parser.set_defaults(**config)
 

@@ -4,6 +4,10 @@ that replace transformers' generic ones. Parsing and the rules live in `argument
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import TrainingArguments
+from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy
 
 from ..core.errors import UserError
 from ..data.sources import HUB_DATASET, HUB_DEFAULT_REVISION
@@ -247,33 +251,49 @@ class RetrievalArguments:
             retriever=self.retriever)
 
 
-# Defaults for this task where transformers' generic ones are wrong for it: the one place they live.
-TASK_DEFAULTS = {
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "logging_strategy": "steps",
-    "logging_steps": 10,
-    "logging_first_step": True,
-    "save_total_limit": 2,
-    "load_best_model_at_end": True,
-    "metric_for_best_model": "accuracy",
-    "greater_is_better": True,
-    "report_to": "none",
-    "average_tokens_across_devices": False,  # would multiply a choice head's loss by the process count
-    # Trainer's default checks every step's loss for NaN with bool(tensor): a host-device sync per step, which
-    # stops the host from queueing the next step. A NaN loss is logged as NaN instead of being papered over.
-    "logging_nan_inf_filter": False,
-    "train_sampling_strategy": "group_by_length",  # uses our `length` column
-    "remove_unused_columns": False,  # our collators pick the model inputs; `length` must reach the sampler
-    "per_device_eval_batch_size": 32,
-    "num_train_epochs": 3.0,
-    "learning_rate": 3e-5,
-    "warmup_steps": 0.1,  # transformers 5: a value below 1 is a share of the training steps
-    "hub_strategy": "end",  # one push of the finished model (with our card), not one per checkpoint
-    # A resumed run restores stateful callbacks (early stopping's patience counter, the stop flag), so it
-    # stops where the uninterrupted run stops.
-    "restore_callback_states_from_checkpoint": True,
-    # --report_to trackio logs locally; no static Space (public unless made private) is made at a push.
-    "trackio_static_space_id": False,
-}
+def task_default(name: str, value, why: str):
+    """A TrainingArguments field with hf_ft's default for this task; its help is transformers' own plus why."""
+    parent = TrainingArguments.__dataclass_fields__[name]
+    help_text = f"{parent.metadata.get('help', '').rstrip()} hf_ft's default: {value!r} ({why})."
+    return field(default=value, metadata={**parent.metadata, "help": help_text.strip()})
 
+
+@dataclass
+class QATrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments with defaults fit for TMMLU+ fine-tuning, as trl's SFTConfig does: the one
+    place they live. Runs, benchmarks and tests construct this class; `--flag` still overrides each."""
+
+    eval_strategy: IntervalStrategy | str = task_default("eval_strategy", "epoch", "validation accuracy per epoch")
+    save_strategy: SaveStrategy | str = task_default("save_strategy", "epoch", "a checkpoint per evaluation")
+    logging_steps: float = task_default("logging_steps", 10, "a loss curve with points on a ~2.5k-question run")
+    logging_first_step: bool = task_default("logging_first_step", True, "the curve starts at step 1")
+    save_total_limit: int | None = task_default("save_total_limit", 2, "the best and the latest checkpoint")
+    load_best_model_at_end: bool = task_default("load_best_model_at_end", True, "the best epoch is the model")
+    metric_for_best_model: str | None = task_default("metric_for_best_model", "accuracy", "what the task measures")
+    greater_is_better: bool | None = task_default("greater_is_better", True, "accuracy")
+    report_to: None | str | list[str] = task_default("report_to", "none", "nothing leaves the machine unless asked")
+    average_tokens_across_devices: bool = task_default(
+        "average_tokens_across_devices", False, "it would multiply a choice head's loss by the process count")
+    logging_nan_inf_filter: bool = task_default(
+        "logging_nan_inf_filter", False, "the filter reads every step's loss on the host, a device sync per step "
+        "that stops the host from queueing the next; a NaN loss is logged as NaN instead")
+    train_sampling_strategy: str = task_default(
+        "train_sampling_strategy", "group_by_length", "batches of similar length, from hf_ft's `length` column")
+    remove_unused_columns: bool = task_default(
+        "remove_unused_columns", False, "hf_ft's collators pick the model inputs; `length` must reach the sampler")
+    per_device_eval_batch_size: int = task_default("per_device_eval_batch_size", 32, "evaluation needs no gradients")
+    learning_rate: float = task_default("learning_rate", 3e-5, "BERT fine-tuning's usual rate")
+    warmup_steps: float = task_default("warmup_steps", 0.1, "10%% of the training steps")
+    hub_strategy: HubStrategy | str = task_default(
+        "hub_strategy", "end", "hf_ft pushes the finished run once, with its card")
+    restore_callback_states_from_checkpoint: bool = task_default(
+        "restore_callback_states_from_checkpoint", True,
+        "a resumed run restores early stopping's counter and stops where the uninterrupted run stops")
+    trackio_static_space_id: str | None | Literal[False] = task_default(
+        "trackio_static_space_id", False, "--report_to trackio logs locally; no public static Space at a push")
+
+
+def task_defaults() -> dict:
+    """{field: value} where hf_ft's default differs from transformers' (for records and the benchmarks)."""
+    return {name: f.default for name, f in QATrainingArguments.__dataclass_fields__.items()
+            if f.default != TrainingArguments.__dataclass_fields__[name].default}

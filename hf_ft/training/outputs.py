@@ -14,15 +14,20 @@ from ..inputs.formulations import get_formulation
 logger = logging.getLogger("hf_ft")
 
 
-def push_finished_run(output_dir: Path, training_args, message: str | None, push_test_items: bool = False):
-    """--push_to_hub: one commit of the finished run (never before hf_ft_finished.json is written)."""
+def hub_repo_id(training_args) -> str | None:
+    """The repository a --push_to_hub run goes to (--hub_model_id, or the output folder's name); None without."""
+    from ..publish.hub import repo_id_for
+
+    return repo_id_for(training_args.hub_model_id, training_args.output_dir) if training_args.push_to_hub else None
+
+
+def push_finished_run(output_dir: Path, training_args, push_test_items: bool = False):
+    """--push_to_hub: one commit of the finished run, from the main process, after hf_ft_finished.json."""
     from ..publish.hub import push_output_dir
 
-    if run_dir.finished_problem(output_dir):
-        return None  # the Trainer's own call from save_model; main pushes once the run is finished
-    return push_output_dir(output_dir, training_args.hub_model_id, private=bool(training_args.hub_private_repo),
+    return push_output_dir(output_dir, hub_repo_id(training_args), private=bool(training_args.hub_private_repo),
                            revision=training_args.hub_revision, include_test_items=push_test_items,
-                           commit_message=message or "Upload model trained with hf_ft")
+                           commit_message="Upload model trained with hf_ft")
 
 
 def write_test_predictions(output_dir: Path, dataset, logits, rows) -> None:
@@ -100,7 +105,7 @@ def run_record(args: Arguments, formulation: str, trainer, max_length: int, base
         if book is not None else None,
         "extra_data": extra_summary(training_args.output_dir),
         "subjects": args.data.subjects,
-        "hub_model_id": trainer.hub_model_id,
+        "hub_model_id": hub_repo_id(training_args),
         "hyperparameters": hyperparameters,
         "deepspeed": deepspeed,
         "arguments": arguments,

@@ -35,8 +35,21 @@ from ..retrieval.contexts import SEPARATOR, OpenBook
 from ..task.metrics import build_compute_metrics
 from . import memory, speed
 from .callbacks import CheckpointMarkerCallback, LossCurveCallback
-from .outputs import push_finished_run, run_record, write_contexts, write_test_predictions
-from .start import NOT_IDENTITY, OutputDirError, claim_output_dir, decide_on_main_process, identity_of, resolve_start  # noqa: F401
+from .outputs import (
+    hub_repo_id,
+    push_finished_run,
+    run_record,
+    write_contexts,
+    write_test_predictions,
+)
+from .start import (  # noqa: F401
+    NOT_IDENTITY,
+    OutputDirError,
+    claim_output_dir,
+    decide_on_main_process,
+    identity_of,
+    resolve_start,
+)
 from .trainer import build_trainer
 
 logger = logging.getLogger("hf_ft")
@@ -227,8 +240,7 @@ def train_model(args: Arguments, data: RunData, inputs: RunInputs, identity: str
         inputs.eval_set if training_args.eval_strategy != "no" else None,
         mlm_probability=data_args.mlm_probability, joint_rotations=data_args.joint_rotations,
         joint_eval_rotations=data_args.joint_eval_rotations, pad_to_multiple_of=data_args.pad_to_multiple_of,
-        callbacks=callbacks,
-        push=lambda message: push_finished_run(output_dir, training_args, message, run_args.push_test_items))
+        callbacks=callbacks)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(train_result.metrics)
     metrics["train_samples"] = len(inputs.train_set)
@@ -274,14 +286,14 @@ def finish_run(trainer, args: Arguments, data: RunData, inputs: RunInputs, outpu
         run_dir.write_json(output_dir / run_dir.RUN_RECORD_FILE,
                            run_record(args, args.model.formulation, trainer, inputs.max_length, inputs.base_model,
                                       data.book, data.context_check))
-        write_model_card(output_dir, trainer.hub_model_id)
+        write_model_card(output_dir, hub_repo_id(args.training))
     trainer.save_model()
     trainer.accelerator.wait_for_everyone()
     if is_main:
         run_dir.mark_finished(output_dir, identity)
     trainer.accelerator.wait_for_everyone()  # no rank returns before the run is finished for all of them
-    if args.training.push_to_hub:
-        trainer.push_to_hub()
+    if args.training.push_to_hub and is_main:
+        push_finished_run(output_dir, args.training, args.run.push_test_items)
 
 
 def memory_shape(model, formulation: str, train_set, eval_sets, training_args, args: Arguments) -> memory.Shape:

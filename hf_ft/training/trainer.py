@@ -3,20 +3,26 @@
 
 What differs from a plain Trainer: a separate evaluation collator (no option shuffling, k rotations for
 joint merged back into one prediction per question), evaluation in dataset order, length-grouped
-training batches in a shuffled order that depends on the seed and the epoch only, and a push that
-happens once, after the run is finished.
+training batches in a shuffled order that depends on the seed and the epoch only. The Trainer never
+touches the hub: hf_ft pushes once, after the run is finished (hf_ft.training.run.finish_run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 
 import torch
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer, TrainerCallback
 
-from ..inputs.collators import MASK_KEY, mask_choices, masked_choice_loss, merge_rotations
+from ..inputs.collators import (
+    MASK_KEY,
+    mask_choices,
+    masked_choice_loss,
+    merge_rotations,
+)
 from ..inputs.formulations import get_formulation, make_collator
 from ..task.metrics import build_compute_metrics
 
@@ -80,9 +86,8 @@ class QATrainer(Trainer):
     joint model scored in k rotated option orders, the k copies of each question merged back into one
     prediction."""
 
-    def __init__(self, *args, eval_data_collator=None, push=None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
         self.eval_data_collator = eval_data_collator
-        self.push = push  # called by push_to_hub: hf_ft.publish.hub's push of a finished output_dir
         self.length_sampler = None
         super().__init__(*args, **kwargs)
         self.add_callback(EpochCallback(self))
@@ -131,23 +136,6 @@ class QATrainer(Trainer):
         with self._evaluation_collator():
             return super().get_test_dataloader(test_dataset)
 
-    def init_hf_repo(self, token=None, private=None):
-        """The Trainer creates the hub repository when it is built with --push_to_hub; hf_ft checks the repo id
-        and the token then (one clear line if either is wrong) and creates the repository at the push."""
-        from ..publish.hub import check_repo_id, repo_id_for
-
-        self.hub_model_id = check_repo_id(repo_id_for(self.args.hub_model_id, self.args.output_dir), "--hub_model_id")
-
-    def create_model_card(self, *args, **kwargs):
-        """hf_ft writes its own card (hf_ft.publish.model_card) once, at the end of main; not the Trainer's generic one."""
-
-    def push_to_hub(self, commit_message: str | None = None, blocking: bool = True, **kwargs):
-        """The Trainer calls this from save_model, before the run is finished: hf_ft pushes once, from main,
-        after the finished marker, through `self.push` (only the model, tokenizer, card and result files)."""
-        if self.push is None or not self.is_world_process_zero():
-            return None
-        return self.push(commit_message)
-
     # transformers offers no public way to give the Trainer a custom training sampler; this is the hook its
     # own subclasses use. tests/test_formulations.py::test_length_grouping_reduces_padding_on_a_skewed_set
     # fails if transformers stops calling it.
@@ -169,14 +157,14 @@ class QATrainer(Trainer):
 
 def build_trainer(model, tokenizer, training_args, formulation: str, train_set, eval_set=None, *,
                   mlm_probability: float = 0.15, joint_rotations: int = 1, joint_eval_rotations: int = 1,
-                  pad_to_multiple_of: int | None = None, callbacks=(), push=None) -> QATrainer:
+                  pad_to_multiple_of: int | None = None, callbacks=()) -> QATrainer:
     """A QATrainer with hf_ft's collators and metrics for `formulation` (per_choice, joint or mlm)."""
     seed = training_args.seed
     scores_accuracy = get_formulation(formulation).scores_options
     has_eval = eval_set is not None and len(eval_set) > 0
     return QATrainer(
         model=model,
-        args=training_args,
+        args=without_hub_push(training_args),
         train_dataset=train_set,
         eval_dataset=eval_set if has_eval else None,
         processing_class=tokenizer,
@@ -187,5 +175,15 @@ def build_trainer(model, tokenizer, training_args, formulation: str, train_set, 
                                          pad_to_multiple_of=pad_to_multiple_of),
         compute_metrics=build_compute_metrics(eval_set["subject"]) if scores_accuracy and has_eval else None,
         callbacks=list(callbacks),
-        push=push,
     )
+
+
+def without_hub_push(training_args):
+    """The Trainer's view of the arguments. With --push_to_hub the Trainer would create the repository as it is
+    built and push at every save and checkpoint, before the run is finished; hf_ft pushes once, after the run's
+    finished marker, so the Trainer is handed a copy with the push off (the run's own arguments keep it)."""
+    if not training_args.push_to_hub:
+        return training_args
+    trainer_args = copy.copy(training_args)  # shares the device setup and DeepSpeed config already built
+    trainer_args.push_to_hub = False
+    return trainer_args
