@@ -72,13 +72,14 @@ def test_a_damaged_index_cache_is_rebuilt(tmp_path, monkeypatch, caplog, damage)
 
 
 def _book_with_contexts(tmp_path, contexts: dict, held_out, policy="drop"):
-    from hf_ft.retrieval.contexts import OpenBook, RetrievalSettings
+    from hf_ft.retrieval.contexts import OpenBook
+    from hf_ft.retrieval.settings import RetrievalArguments
 
     path = tmp_path / "contexts.jsonl"
     path.write_text("".join(json.dumps({"id": i, "passages": [{"id": f"{i}-{n}", "text": t, "score": 1.0}
                                                                 for n, t in enumerate(texts)]},
                                        ensure_ascii=False) + "\n" for i, texts in contexts.items()), encoding="utf-8")
-    return OpenBook.build(RetrievalSettings(contexts=str(path), leak_policy=policy, k=10), [], held_out)
+    return OpenBook.build(RetrievalArguments(retrieval_contexts=str(path), leak_policy=policy, retrieval_k=10), [], held_out)
 
 
 def test_an_item_split_over_two_passages_is_caught_in_the_context(tmp_path):
@@ -141,7 +142,7 @@ def test_no_context_that_reaches_the_model_holds_a_planted_item(tmp_path_factory
                     texts[at][:rng.randint(0, 5)] if n == len(pieces) - 1 else "")
         contexts[reader.id] = texts
     book = _book_with_contexts(tmp_path_factory.mktemp("p"), contexts, items)
-    book.settings.k = passages
+    book.settings.retrieval_k = passages
     attached, _ = book.attach(readers)
     guarded, _ = book.guard({"train": attached}, items, "property")
     for row in guarded["train"]:
@@ -338,7 +339,8 @@ def test_the_memory_check_counts_the_batch_the_data_can_fill(tmp_path, demo_data
 
 
 def test_duplicate_passages_are_left_out_and_skipped_files_are_named(tmp_path, caplog):
-    from hf_ft.retrieval.contexts import OpenBook, RetrievalSettings
+    from hf_ft.retrieval.contexts import OpenBook
+    from hf_ft.retrieval.settings import RetrievalArguments
 
     corpus = tmp_path / "corpus"
     (corpus / ".git").mkdir(parents=True)
@@ -348,7 +350,7 @@ def test_duplicate_passages_are_left_out_and_skipped_files_are_named(tmp_path, c
     (corpus / "c.md").write_text("日月潭位於南投縣。\n", encoding="utf-8")
     (corpus / "notes.docx").write_bytes(b"PK\x03\x04")
     with caplog.at_level("INFO"):
-        book = OpenBook.build(RetrievalSettings(corpus=str(corpus), k=3), [], [], None)
+        book = OpenBook.build(RetrievalArguments(retrieval_corpus=str(corpus), retrieval_k=3), [], [], None)
     assert book.source["duplicates_removed"] == 1 and book.source["passages"] == 2
     assert "1 file(s) not read" in caplog.text and "notes.docx" in caplog.text and ".git" not in caplog.text
 

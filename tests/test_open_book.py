@@ -282,12 +282,13 @@ def test_index_matrix_is_the_same_from_worker_processes_and_reloads_its_passages
 def test_training_pool_never_retrieves_the_question_itself_or_a_held_out_one(tmp_path, monkeypatch, demo_data):
     from hf_ft.data.sources import load_data_dir
     from hf_ft.data.splits import make_splits
-    from hf_ft.retrieval.contexts import OpenBook, RetrievalSettings
+    from hf_ft.retrieval.contexts import OpenBook
+    from hf_ft.retrieval.settings import RetrievalArguments
 
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     splits = make_splits(load_data_dir(str(demo_data), "all"), "official", 0, 0.1, (0.8, 0.1, 0.1),
                          needs_validation=True)
-    book = OpenBook.build(RetrievalSettings(corpus="training_pool", k=3), splits.train,
+    book = OpenBook.build(RetrievalArguments(retrieval_corpus="training_pool", retrieval_k=3), splits.train,
                           splits.validation + splits.test)
     train_ids = {r.id for r in splits.train}
     rows, records = book.attach(splits.train, leave_one_out=True)
@@ -299,17 +300,31 @@ def test_training_pool_never_retrieves_the_question_itself_or_a_held_out_one(tmp
 
 
 def test_precomputed_contexts_are_read_and_leak_checked(tmp_path):
-    from hf_ft.retrieval.contexts import OpenBook, RetrievalSettings
+    from hf_ft.retrieval.contexts import OpenBook
+    from hf_ft.retrieval.settings import RetrievalArguments
 
     item = _row(0, "依據中華民國憲法增修條文之規定，立法委員之任期為幾年？", ("二年", "三年", "四年", "六年"), "C")
     path = tmp_path / "contexts.jsonl"
     path.write_text(json.dumps({"id": item.id, "passages": [
         {"id": "a", "text": "立法委員任期四年，連選得連任。", "score": 3.0},
         {"id": "b", "text": item.question + "答案四年", "score": 2.0}]}, ensure_ascii=False) + "\n", encoding="utf-8")
-    book = OpenBook.build(RetrievalSettings(contexts=str(path)), [], [item])
+    book = OpenBook.build(RetrievalArguments(retrieval_contexts=str(path)), [], [item])
     (row,), (record,) = book.attach([item])
     assert row.context == "立法委員任期四年，連選得連任。" and record["passages"] == [{"id": "a", "score": 3.0}]
     assert record["gold_in_context"] and book.leak["passages_dropped"] == 1
+
+    # The run records the parsed settings under their flag names, and reads them back; a run recorded before
+    # (short names: corpus, contexts, k, ...) is read the same way.
+    recorded = book.record(tmp_path / "run")
+    assert recorded["settings"]["retrieval_contexts"] == "../contexts.jsonl"
+    assert recorded["relative_paths"] == ["retrieval_contexts"]
+    again = OpenBook.from_record(recorded, tmp_path / "run")
+    assert again.settings == book.settings  # (evaluate's scorer guards what it attaches: test_leak_guarantee)
+    old = {"corpus": None, "contexts": "../contexts.jsonl", "config": None, "revision": None, "split": "train",
+           "text_column": "text", "k": 5, "query": "question_options", "passage_chars": 200, "passage_overlap": 50,
+           "leak_policy": "drop"}
+    before = OpenBook.from_record({**recorded, "settings": old, "relative_paths": ["contexts"]}, tmp_path / "run")
+    assert before.settings == book.settings
 
 
 # ----------------------------------------------------------------------------------------------

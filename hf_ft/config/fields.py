@@ -14,7 +14,7 @@ from ..data.sources import HUB_DATASET, HUB_DEFAULT_REVISION
 from ..inputs.formulations import FORMULATIONS
 from ..inputs.modeling import KERNELS_FLAG_HELP
 from ..inputs.preprocessing import JOINT_EVAL_ROTATIONS
-from ..retrieval.registries import RETRIEVERS
+from ..retrieval.settings import RetrievalArguments  # noqa: F401  (one of run_qa.py's argument classes)
 
 
 class ConfigError(UserError):
@@ -205,50 +205,6 @@ class RunArguments:
         metadata={"help": "Train the same configuration once per seed (e.g. `1,2,3`), each run in "
                           "output_dir/seed-<n> (resumable one by one), then write output_dir/seeds_summary.json."},
     )
-
-
-@dataclass
-class RetrievalArguments:
-    """Open book: passages retrieved for each question go into the context segment of its input, the same way
-    at training, evaluation and predict time."""
-
-    retrieval_corpus: str | None = field(default=None, metadata={
-        "help": "Where passages come from: a local folder or file (.txt/.md, or JSONL/CSV/parquet with a text "
-                "column), a hub dataset id (e.g. wikimedia/wikipedia with --retrieval_corpus_config 20231101.zh), "
-                "or `training_pool` (similar training questions with their answers, leave-one-out). Every passage "
-                "is checked against every validation and test item first (--leak_policy)."})
-    retrieval_contexts: str | None = field(default=None, metadata={
-        "help": "Precomputed contexts instead of a corpus: JSONL of {\"id\": item id, \"passages\": [{\"id\", "
-                "\"text\", \"score\"}]}, retrieved with any engine (Elasticsearch, pyserini)."})
-    retrieval_corpus_config: str | None = field(default=None, metadata={"help": "The hub corpus's config."})
-    retrieval_corpus_revision: str | None = field(default=None, metadata={
-        "help": "The hub corpus's revision (resolved to its commit and recorded)."})
-    retrieval_corpus_split: str = field(default="train", metadata={"help": "The hub corpus's split."})
-    retrieval_text_column: str = field(default="text", metadata={"help": "The text column of a table corpus."})
-    retrieval_k: int = field(default=5, metadata={"help": "Passages per question."})
-    retrieval_query: str = field(default="question_options", metadata={
-        "help": "What is searched for: `question_options` (question and all options) or `question`.",
-        "choices": ["question_options", "question"]})
-    passage_chars: int = field(default=200, metadata={"help": "Corpus texts are split into passages of this many "
-                                                              "characters..."})
-    passage_overlap: int = field(default=50, metadata={"help": "...overlapping by this many."})
-    retriever: str = field(default="bm25", metadata={
-        "help": "How passages are found (hf_ft.retrieval.registries.RETRIEVERS): bm25 over OpenCC-normalised "
-                "character bigrams.", "choices": list(RETRIEVERS)})
-    leak_policy: str = field(default="drop", metadata={
-        "help": "A passage that copies a validation or test item: `drop` it (recorded), stop with an `error`, or "
-                "`keep` it (recorded; its items' open-book results read the answer key).",
-        "choices": ["drop", "error", "keep"]})
-
-    def settings(self):
-        from ..retrieval.contexts import RetrievalSettings
-
-        return RetrievalSettings(
-            corpus=self.retrieval_corpus, contexts=self.retrieval_contexts, config=self.retrieval_corpus_config,
-            revision=self.retrieval_corpus_revision, split=self.retrieval_corpus_split,
-            text_column=self.retrieval_text_column, k=self.retrieval_k, query=self.retrieval_query,
-            passage_chars=self.passage_chars, passage_overlap=self.passage_overlap, leak_policy=self.leak_policy,
-            retriever=self.retriever)
 
 
 def task_default(name: str, value, why: str):

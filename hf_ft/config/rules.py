@@ -273,7 +273,7 @@ def refuse_nonsense(values: dict, cuda: bool, given: set) -> None:
                 problems.append(f"--seeds {values['seeds']}: seed {out_of_range[0]}: {validation.SEED.need}")
         except ValueError:
             problems.append(f"--seeds {values['seeds']}: need distinct integers separated by commas, e.g. 1,2,3")
-    problems += RetrievalArguments(**{f.name: values[f.name] for f in fields(RetrievalArguments)}).settings().problems()
+    problems += RetrievalArguments(**{f.name: values[f.name] for f in fields(RetrievalArguments)}).problems()
     from ..extra.specs import spec_problems
 
     problems += spec_problems(values["extra_data"])

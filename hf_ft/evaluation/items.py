@@ -151,9 +151,9 @@ def retrieval_summary(scorer, rows: list[QARow], scores, gold: dict[str, set[str
     has_gold = np.array([r["gold_in_context"] for r in scorer.retrieved])
     tokens = [r["context_tokens"] for r in scorer.retrieved]
     book = scorer.open_book()
-    recall = recall_at_k(scorer.retrieved, gold, book.settings.k) if gold else {}
+    recall = recall_at_k(scorer.retrieved, gold, book.settings.retrieval_k) if gold else {}
     return {**recall,
-        "corpus": book.source, "k": book.settings.k, "query": book.settings.query,
+        "corpus": book.source, "k": book.settings.retrieval_k, "query": book.settings.retrieval_query,
         "gold_in_context": float(has_gold.mean()),
         "accuracy_gold_in_context": float(correct[has_gold].mean()) if has_gold.any() else None,
         "accuracy_gold_not_in_context": float(correct[~has_gold].mean()) if (~has_gold).any() else None,

@@ -9,65 +9,27 @@ corpus when the cache is gone.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..core.errors import UserError
 from ..data.rows import QARow
 from . import corpus as corpora
-from .leak import POLICIES, find_leaks
+from .leak import find_leaks
 from .registries import CORPUS_READERS, RETRIEVERS, Index, reader_for
+from .settings import QUERIES, RECORDED_BEFORE, RetrievalArguments
 from .text import NORMALISATION, TERMS, normalise
 
 logger = logging.getLogger(__name__)
 
 _POOL_READER = CORPUS_READERS["training_pool"].read  # its index cannot be rebuilt from the record alone
-QUERIES = {
-    "question": lambda row: row.question,
-    "question_options": lambda row: " ".join([row.question, *row.options]),
-}
 CONTEXTS_FILE = "retrieved_contexts.jsonl"
 SEPARATOR = "\n"
 
 
 @dataclass
-class RetrievalSettings:
-    corpus: str | None = None  # a local path, a hub dataset id, or "training_pool"
-    contexts: str | None = None  # precomputed contexts (JSONL)
-    config: str | None = None
-    revision: str | None = None
-    split: str = "train"
-    text_column: str = "text"
-    k: int = 5
-    query: str = "question_options"
-    passage_chars: int = 200
-    passage_overlap: int = 50
-    leak_policy: str = "drop"
-    retriever: str = "bm25"  # a name in RETRIEVERS
-
-    @property
-    def used(self) -> bool:
-        return bool(self.corpus or self.contexts)
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.corpus and self.contexts:
-            out.append("--retrieval_corpus and --retrieval_contexts: give one (a corpus to search, or contexts "
-                       "retrieved elsewhere)")
-        if self.passage_overlap >= self.passage_chars:  # the ranges are rules (hf_ft/arguments.py); this relates two
-            out.append(f"--passage_overlap {self.passage_overlap}: need less than --passage_chars {self.passage_chars}")
-        if self.query not in QUERIES:
-            out.append(f"--retrieval_query {self.query}: choose {' or '.join(QUERIES)}")
-        if self.leak_policy not in POLICIES:
-            out.append(f"--leak_policy {self.leak_policy}: choose {', '.join(POLICIES)}")
-        if self.retriever not in RETRIEVERS:
-            out.append(f"--retriever {self.retriever}: unknown; available: {', '.join(RETRIEVERS)}")
-        return out
-
-
-@dataclass
 class OpenBook:
-    settings: RetrievalSettings
+    settings: RetrievalArguments
     index: Index | None = None
     precomputed: dict | None = None
     source: dict = field(default_factory=dict)
@@ -76,37 +38,39 @@ class OpenBook:
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def build(cls, settings: RetrievalSettings, train: list[QARow], held_out: list[QARow],
+    def build(cls, settings: RetrievalArguments, train: list[QARow], held_out: list[QARow],
               cache_dir: str | None = None) -> OpenBook:
         """Read the corpus, drop (or refuse) passages that copy a held-out item, index the rest."""
-        if settings.contexts:
-            contexts = corpora.read_precomputed(settings.contexts)
+        if settings.retrieval_contexts:
+            contexts = corpora.read_precomputed(settings.retrieval_contexts)
             texts = sorted({p["text"] for passages in contexts.values() for p in passages})
-            book = cls(settings, precomputed=contexts, source={"kind": "precomputed", "path": settings.contexts})
+            book = cls(settings, precomputed=contexts,
+                       source={"kind": "precomputed", "path": settings.retrieval_contexts})
             report = find_leaks(texts, held_out)
             bad = {texts[p] for p in report.leaking_passages}
-            book.leak = book._apply_policy(report, f"--retrieval_contexts {settings.contexts}")
+            book.leak = book._apply_policy(report, f"--retrieval_contexts {settings.retrieval_contexts}")
             if bad and settings.leak_policy == "drop":
                 book.precomputed = {i: [p for p in ps if p["text"] not in bad] for i, ps in contexts.items()}
             return book
         passages, source = cls._read_corpus(settings, train, cache_dir)
         passages, source["duplicates_removed"] = corpora.unique_passages(passages)
         if source["duplicates_removed"]:
-            logger.info("%s: %d passage(s) repeat an earlier one's text and are left out", settings.corpus,
+            logger.info("%s: %d passage(s) repeat an earlier one's text and are left out", settings.retrieval_corpus,
                         source["duplicates_removed"])
         report = find_leaks([p.text for p in passages], held_out)
         book = cls(settings, source=source)
-        book.leak = book._apply_policy(report, f"--retrieval_corpus {settings.corpus}")
+        book.leak = book._apply_policy(report, f"--retrieval_corpus {settings.retrieval_corpus}")
         source["read_sha256"] = corpora.content_hash(passages)
         if settings.leak_policy == "drop" and report.leaking_passages:
             source["dropped_ids"] = [passages[i].id for i in sorted(report.leaking_passages)]
             passages = [p for i, p in enumerate(passages) if i not in report.leaking_passages]
             if not passages:
-                raise UserError(f"--retrieval_corpus {settings.corpus}: every passage copies a validation or test "
-                                "item; nothing is left to retrieve from")
+                raise UserError(f"--retrieval_corpus {settings.retrieval_corpus}: every passage copies a validation or "
+                                "test item; nothing is left to retrieve from")
         if not any(normalise(p.text) for p in passages):  # stops at the first passage that has text
-            raise UserError(f"--retrieval_corpus {settings.corpus}: none of its {len(passages)} passages has any text "
-                            f"left after normalisation ({NORMALISATION}), e.g. {passages[0].text[:40]!r}: nothing "
+            raise UserError(f"--retrieval_corpus {settings.retrieval_corpus}: none of its {len(passages)} passages "
+                            f"has any text left after normalisation ({NORMALISATION}), "
+                            f"e.g. {passages[0].text[:40]!r}: nothing "
                             "could be retrieved")
         source["content_sha256"] = corpora.content_hash(passages)
         source["passages"] = len(passages)
@@ -115,7 +79,7 @@ class OpenBook:
         return book
 
     @staticmethod
-    def _read_corpus(settings: RetrievalSettings, train: list[QARow], cache_dir) -> tuple[list, dict]:
+    def _read_corpus(settings: RetrievalArguments, train: list[QARow], cache_dir) -> tuple[list, dict]:
         return reader_for(settings).read(settings, train, cache_dir)
 
     def _apply_policy(self, report, what: str) -> dict:
@@ -136,43 +100,41 @@ class OpenBook:
     # ------------------------------------------------------------------ recording and reloading
 
     def record(self, output_dir=None) -> dict:
-        """What the manifest, the run record and the card say. Local paths are relative to `output_dir` (the
-        run folder), so nothing recorded or pushed holds an absolute local path; `from_record` resolves them."""
-        s = self.settings
+        """What the manifest, the run record and the card say; `settings` is the parsed dataclass as it was given.
+        Local paths are relative to `output_dir` (the run folder), so nothing recorded or pushed holds an absolute
+        local path; `from_record` resolves them."""
+        settings = asdict(self.settings)
         source = dict(self.source)
-        local = {}
+        local = []
         if output_dir is not None:
             from ..core.provenance import relative_to
 
-            for name in ("corpus", "contexts"):
-                value = getattr(s, name)
+            for name in ("retrieval_corpus", "retrieval_contexts"):
+                value = settings[name]
                 if value and value != corpora.POOL and Path(value).exists():
-                    local[name] = relative_to(value, output_dir)
+                    settings[name] = relative_to(value, output_dir)
+                    local.append(name)
             if source.get("path"):
                 source["path"] = relative_to(source["path"], output_dir)
-        return {"source": source, "k": s.k, "query": s.query, "terms": TERMS, "normalisation": NORMALISATION,
+        s = self.settings
+        return {"source": source, "k": s.retrieval_k, "query": s.retrieval_query, "terms": TERMS,
+                "normalisation": NORMALISATION,
                 "scoring": RETRIEVERS[s.retriever].scoring if self.index else "precomputed",
-                "retriever": s.retriever,
-                "leak_check": self.leak, "relative_paths": sorted(local), "settings": {
-                    "corpus": local.get("corpus", s.corpus), "contexts": local.get("contexts", s.contexts),
-                    "config": s.config, "revision": s.revision,
-                    "split": s.split, "text_column": s.text_column, "k": s.k, "query": s.query,
-                    "passage_chars": s.passage_chars, "passage_overlap": s.passage_overlap,
-                    "leak_policy": s.leak_policy}}
+                "retriever": s.retriever, "leak_check": self.leak, "relative_paths": local, "settings": settings}
 
     @classmethod
     def from_record(cls, record: dict, run_dir=None) -> OpenBook:
         """The run's own retrieval, for evaluate and predict: the cached index, else the recorded corpus again
         (recorded local paths are relative to `run_dir`)."""
-        given = dict(record["settings"])
+        given = {RECORDED_BEFORE.get(name, name): value for name, value in record["settings"].items()}
         given.setdefault("retriever", record.get("retriever", "bm25"))  # runs recorded before the registry: BM25
-        for name in record.get("relative_paths", []):
+        for name in (RECORDED_BEFORE.get(n, n) for n in record.get("relative_paths", [])):
             if run_dir is not None and given.get(name):
                 given[name] = str((Path(run_dir) / given[name]).resolve())
-        settings = RetrievalSettings(**given)
+        settings = RetrievalArguments(**given)
         source = record.get("source", {})
-        if settings.contexts:
-            return cls(settings, precomputed=corpora.read_precomputed(settings.contexts), source=source)
+        if settings.retrieval_contexts:
+            return cls(settings, precomputed=corpora.read_precomputed(settings.retrieval_contexts), source=source)
         retriever = RETRIEVERS[settings.retriever]
         index, problem = retriever.cached(source)
         if index is not None:
@@ -188,7 +150,8 @@ class OpenBook:
             passages, _ = corpora.unique_passages(passages)
         book = cls(settings, source=source)
         if corpora.content_hash(passages) != source.get("read_sha256"):
-            raise UserError(f"the run's retrieval index is gone ({problem}) and --retrieval_corpus {settings.corpus} "
+            raise UserError(f"the run's retrieval index is gone ({problem}) and "
+                            f"--retrieval_corpus {settings.retrieval_corpus} "
                             "no longer hashes to what the run read: restore the cache (HF_HOME) or retrain")
         dropped = set(source.get("dropped_ids", []))  # what the run's leak check removed stays removed
         passages = [p for p in passages if p.id not in dropped]
@@ -196,8 +159,8 @@ class OpenBook:
         return book
 
     def describe(self) -> str:
-        return (f"--retrieval_contexts {self.settings.contexts}" if self.settings.contexts
-                else f"--retrieval_corpus {self.settings.corpus}")
+        return (f"--retrieval_contexts {self.settings.retrieval_contexts}" if self.settings.retrieval_contexts
+                else f"--retrieval_corpus {self.settings.retrieval_corpus}")
 
     def why_nothing_found(self, rows: list[QARow], context_check: dict | None) -> str:
         """The first reasons no question received a context, for the one-line refusal."""
@@ -213,7 +176,8 @@ class OpenBook:
                         f"{theirs!r}, the data {rows[0].id!r} if rows else 'no rows'); ids are "
                         "<subject>-<split>-<line>, as in the run's test_qa_data.json")
             return f"the {matched} questions it names have no passages"
-        asked = sum(bool(c) for c in self.index.query_columns([QUERIES[self.settings.query](r) for r in rows]))
+        query = QUERIES[self.settings.retrieval_query]
+        asked = sum(bool(c) for c in self.index.query_columns([query(r) for r in rows]))
         return (f"{asked} of {len(rows)} questions share a term with its {len(self.index.passages)} passages, and "
                 "none of those scored above zero" if asked else
                 f"no question shares a single term with its {len(self.index.passages)} passages (is it in another "
@@ -262,10 +226,11 @@ class OpenBook:
         if not rows:
             return [], []
         if self.precomputed is not None:
-            found = [self.precomputed.get(r.id, [])[: self.settings.k] for r in rows]
+            found = [self.precomputed.get(r.id, [])[: self.settings.retrieval_k] for r in rows]
         else:
-            queries = [QUERIES[self.settings.query](r) for r in rows]
-            hits = self.index.search(queries, self.settings.k, [r.id for r in rows] if leave_one_out else None)
+            queries = [QUERIES[self.settings.retrieval_query](r) for r in rows]
+            hits = self.index.search(queries, self.settings.retrieval_k,
+                                     [r.id for r in rows] if leave_one_out else None)
             found = [[{"id": self.index.passages[i].id, "text": self.index.passages[i].text, "score": round(s, 4)}
                       for i, s in row_hits] for row_hits in hits]
         out, records = [], []

@@ -35,36 +35,38 @@ def _read_pool(settings, train, cache_dir):
 
 
 def _is_local(settings) -> bool:
-    corpus = settings.corpus or ""
+    corpus = settings.retrieval_corpus or ""
     return bool(corpus) and (Path(corpus).exists() or "/" not in corpus or corpus.startswith((".", "/")))
 
 
 def _read_local(settings, train, cache_dir):
     size, overlap = settings.passage_chars, settings.passage_overlap
-    passages = corpora.read_local(settings.corpus, size, overlap, settings.text_column)
-    return passages, {"kind": "local", "path": str(Path(settings.corpus).resolve()), "passage_chars": size,
+    passages = corpora.read_local(settings.retrieval_corpus, size, overlap, settings.retrieval_text_column)
+    return passages, {"kind": "local", "path": str(Path(settings.retrieval_corpus).resolve()), "passage_chars": size,
                       "passage_overlap": overlap}
 
 
 def _read_hub(settings, train, cache_dir):
-    size, overlap = settings.passage_chars, settings.passage_overlap
-    passages, commit = corpora.read_hub(settings.corpus, settings.config, settings.revision, settings.split, size,
-                                        overlap, settings.text_column, cache_dir)
-    return passages, {"kind": "hub", "dataset": settings.corpus, "config": settings.config, "split": settings.split,
-                      "revision": commit, "requested_revision": settings.revision, "passage_chars": size,
+    s = settings
+    size, overlap = s.passage_chars, s.passage_overlap
+    passages, commit = corpora.read_hub(s.retrieval_corpus, s.retrieval_corpus_config, s.retrieval_corpus_revision,
+                                        s.retrieval_corpus_split, size, overlap, s.retrieval_text_column, cache_dir)
+    return passages, {"kind": "hub", "dataset": s.retrieval_corpus, "config": s.retrieval_corpus_config,
+                      "split": s.retrieval_corpus_split, "revision": commit,
+                      "requested_revision": s.retrieval_corpus_revision, "passage_chars": size,
                       "passage_overlap": overlap}
 
 
 CORPUS_READERS.register(CorpusReader(
-    "training_pool", lambda s: s.corpus == corpora.POOL, _read_pool,
+    "training_pool", lambda s: s.retrieval_corpus == corpora.POOL, _read_pool,
     lambda source: f"the training questions with their answers (leave-one-out; {source.get('questions')} questions)"))
 CORPUS_READERS.register(CorpusReader(
-    "precomputed", lambda s: bool(s.contexts), None, lambda source: "precomputed contexts"))
+    "precomputed", lambda s: bool(s.retrieval_contexts), None, lambda source: "precomputed contexts"))
 CORPUS_READERS.register(CorpusReader(
     "local", _is_local, _read_local,
     lambda source: f"a local corpus (content sha256 `{str(source.get('content_sha256'))[:16]}…`)"))
 CORPUS_READERS.register(CorpusReader(
-    "hub", lambda s: bool(s.corpus), _read_hub,
+    "hub", lambda s: bool(s.retrieval_corpus), _read_hub,
     lambda source: (f"hub dataset `{source.get('dataset')}` config `{source.get('config')}` split "
                     f"`{source.get('split')}` at commit `{str(source.get('revision'))[:12]}`")))
 

@@ -143,9 +143,9 @@ def prepare_data(args: Arguments) -> RunData:
             logger.info("%s: a stratified sample of %d of %d questions is evaluated", name, limit,
                         len(getattr(splits, name)))
     data = RunData(loaded, extra, splits, evaluated, split_seed, problems, rejected)
-    if args.retrieval.settings().used:  # open book: the corpus checked against every held-out item, then attached
+    if args.retrieval.used:  # open book: the corpus checked against every held-out item, then attached
         with training_args.main_process_first(desc="indexing the retrieval corpus"):
-            data.book = OpenBook.build(args.retrieval.settings(), splits.train, splits.validation + splits.test,
+            data.book = OpenBook.build(args.retrieval, splits.train, splits.validation + splits.test,
                                        args.model.cache_dir)
         attach_contexts(data, args)
     data.seconds = time.perf_counter() - started

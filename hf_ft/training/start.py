@@ -45,7 +45,7 @@ def identity_of(args: Arguments) -> str:
         data.pop("pad_to_multiple_of")
     for part in (model, data, asdict(args.run), args.training.to_dict()):
         settings.update({k: v for k, v in part.items() if k not in NOT_IDENTITY})
-    if args.retrieval.settings().used:  # an open-book run is another run (closed-book identities unchanged)
+    if args.retrieval.used:  # an open-book run is another run (closed-book identities unchanged)
         retrieval = asdict(args.retrieval)
         if retrieval["retriever"] == RetrievalArguments.retriever:  # runs from before the registry keep their identity
             retrieval.pop("retriever")
