@@ -104,3 +104,32 @@ def test_help_of_every_entry_point_renders(tmp_path):
         result = subprocess.run([sys.executable, "-m", "hf_ft.cli", command, "--help"], capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 0 and "usage:" in result.stdout, (command, result.stderr[-1500:])
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--batch_size", "0", "--batch_size 0: need 1 or more"),
+    ("--batch_tokens", "0", "--batch_tokens 0: need 1 or more"),
+    ("--joint_eval_rotations", "0", "--joint_eval_rotations 0"),
+    ("--max_unk_rate", "1.5", "--max_unk_rate 1.5"),
+    ("--max_seq_length", "nan", "--max_seq_length"),
+])
+def test_evaluate_and_predict_share_one_set_of_scoring_arguments(tmp_path, capsys, flag, value, message):
+    """One dataclass, one parser path: every scoring flag exists in both commands and a bad value is refused by
+    both in the same words, before any model loads (the paths here do not exist)."""
+    from dataclasses import fields
+
+    from hf_ft.evaluation import evaluate, predict
+    from hf_ft.evaluation.options import ScoringArguments
+
+    for parser in (evaluate.build_parser(), predict.build_parser()):
+        usage = parser.format_usage()
+        assert all(f"--{f.name}" in usage for f in fields(ScoringArguments)), parser.prog
+    lines = []
+    for command, argv in ((evaluate.main, ["--original", "o", "--finetuned", "f"]),
+                          (predict.main, ["m", "--question", "問？", "--choices", "甲", "乙"])):
+        with pytest.raises(SystemExit) as exit_info:
+            command([*argv, flag, value])
+        assert exit_info.value.code == 2
+        line = capsys.readouterr().err.strip().splitlines()[0]
+        lines.append(line.replace("python -m hf_ft.evaluate: ", "").replace("hf-ft predict: ", ""))
+    assert message in lines[0] and lines[0] == lines[1], lines

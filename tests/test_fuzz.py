@@ -116,11 +116,11 @@ ENTRY_POINTS = {
         "evaluate", _hf_ft("evaluate"), _evaluate_parser,
         lambda f, tmp: ["--original", str(f["model"]), "--finetuned", str(f["run"]),
                         "--output_dir", str(tmp / "cmp"), "--use_cpu"],
-        ("hf_ft.evaluation.evaluate:load_scorer",)),
+        ("hf_ft.evaluation.options:load_scorer",)),
     "predict": EntryPoint(
         "predict", _hf_ft("predict"), _predict_parser,
         lambda f, tmp: [str(f["run"]), "--question", "一加一等於幾？", "--choices", "一", "二", "三", "--use_cpu"],
-        ("hf_ft.evaluation.predict:load_scorer",)),
+        ("hf_ft.evaluation.options:load_scorer",)),
     "push": EntryPoint(
         "push", _hf_ft("push"), _push_parser,
         lambda f, tmp: [str(f["run"]), "--repo_id", "someone/model", "--dry_run"],

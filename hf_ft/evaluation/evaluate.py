@@ -24,19 +24,22 @@ from ..core import validation
 from ..core.errors import UserError, run_user_errors, writable_folder
 from ..core.run_dir import COMPARISON_DIR, MANIFEST_FILE, RUN_RECORD_FILE, read_json_if_present
 from ..data.splits import stratified_sample
-from ..inputs.modeling import KERNELS_FLAG_HELP, check_model_path, check_vocabulary, kernels_problem
-from ..inputs.preprocessing import JOINT_EVAL_ROTATIONS
+from ..inputs.modeling import check_model_path, check_vocabulary
 from ..publish.model_card import data_facts, write_model_card
 from .compare import Scored, build_report
 from .items import check_held_out, choose_items, expand_runs, parse_models, reference_index, retrieval_summary
 from .reports import terminal_table, write_outputs
-from .scoring import BATCH_TOKENS, SCORER_CHOICES, load_scorer, run_settings
+from .options import ScoringArguments, ScoringParser
+from .scoring import run_settings
 
 logger = logging.getLogger("hf_ft.evaluation.evaluate")
 
 
 @dataclass
-class EvaluateArguments:
+class EvaluateArguments(ScoringArguments):
+    """`python -m hf_ft.evaluate`: which models, on which items, what else to report; how to score them is
+    the ScoringArguments it shares with predict."""
+
     original: str = field(metadata={"help": "The model before fine-tuning (hub id or path), e.g. bert-base-chinese."})
     finetuned: list[str] = field(metadata={
         "help": "The fine-tuned model: a run's output_dir; several runs of one configuration (or a --seeds "
@@ -51,10 +54,6 @@ class EvaluateArguments:
     data_dir: str | None = field(default=None, metadata={"help": "Score the test split of a TMMLU+-layout folder."})
     subjects: str = field(default="all", metadata={"help": "With --data_dir: subjects/categories to score."})
     output_dir: str | None = field(default=None, metadata={"help": "Default: <finetuned>/comparison."})
-    scorer: str = field(default="auto", metadata={
-        "help": "auto: from each checkpoint's config (trained head, else masked-LM pseudo-log-likelihood); "
-                "head, mlm-pll or mlm-masked (all option tokens masked at once: one pass per option, cheaper, "
-                "less faithful): force one for every model.", "choices": list(SCORER_CHOICES)})
     max_items: int | None = field(default=None, metadata={
         "help": "Score a seeded sample of this many items, stratified by subject (the same items for every model); "
                 "the report says it is a sample."})
@@ -69,20 +68,6 @@ class EvaluateArguments:
                 "Adds recall@1..k for each open-book model."})
     allow_overlap: bool = field(default=False, metadata={
         "help": "Remove (and report) items that were in training/validation instead of stopping."})
-    joint_eval_rotations: int | None = field(default=None, metadata={
-        "help": "A joint model scores each question in this many rotations of its option order, averaging each "
-                f"option's log-probability over them (1: one pass, fastest). Default: what the run recorded, "
-                f"else {JOINT_EVAL_ROTATIONS}."})
-    batch_size: int = field(default=32, metadata={"help": "Most questions (head) per forward pass."})
-    batch_tokens: int = field(default=BATCH_TOKENS, metadata={"help": "Most padded tokens per forward pass."})
-    max_seq_length: int | None = field(default=None, metadata={
-        "help": "Longest input in tokens. Default: the max_seq_length each fine-tuned run recorded (so a model is "
-                "scored on the inputs it was trained on), else 512."})
-    max_unk_rate: float = field(default=0.05, metadata={
-        "help": "Refuse a model whose tokenizer maps more than this share of the items' tokens to [UNK]."})
-    use_cpu: bool = field(default=False, metadata={"help": "Score on the CPU even when CUDA is available."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the hub."})
-    use_kernels: bool = field(default=False, metadata={"help": KERNELS_FLAG_HELP})
     seed: int = field(default=0, metadata={"help": "Seed of the sample and the bootstrap."})
     judge: str | None = field(default=None, metadata={
         "help": "OpenAI-compatible endpoint for the optional LLM judge, e.g. http://127.0.0.1:8000/v1 "
@@ -100,9 +85,7 @@ class EvaluateArguments:
 
 
 EVALUATE_RULES = {
-    **validation.SHARED,
-    "batch_size": validation.at_least(1),
-    "batch_tokens": validation.at_least(1),
+    "seed": validation.SHARED["seed"],
     "max_items": validation.at_least(1),
     "judge_max_items": validation.at_least(0),
     "judge_concurrency": validation.at_least(1),
@@ -114,9 +97,8 @@ def check_settings(args: EvaluateArguments) -> None:
     values = {f.name: getattr(args, f.name) for f in fields(args)}
     defaults = EvaluateArguments.__dataclass_fields__
     given = {name for name, value in values.items() if value != defaults[name].default}
-    problems = validation.problems(values, EVALUATE_RULES) + validation.finite_floats(values, values)
+    problems = args.scoring_problems() + validation.problems(values, EVALUATE_RULES)
     problems += validation.text_problems(values, given)
-    problems += [p for p in [kernels_problem(args.use_kernels, args.use_cpu)] if p]
     if problems:
         raise UserError(validation.refusal(problems))
 
@@ -170,11 +152,10 @@ def run(args: EvaluateArguments) -> dict:
 
     models, seconds, passes, scorers, retrieval = [], {}, {}, {}, {}
     for label, path, role, seed in entries:
-        scorer = load_scorer(path, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
-                             joint_eval_rotations=args.joint_eval_rotations, use_kernels=args.use_kernels)
+        scorer = args.load(path)
         check_vocabulary(scorer.tokenizer, rows, args.max_unk_rate, name=path)
         start = time.perf_counter()
-        scores = scorer.score(rows, args.batch_size, batch_tokens=args.batch_tokens)
+        scores = args.score(scorer, rows)
         seconds[label] = time.perf_counter() - start
         passes[label] = scorer.passes
         logger.info("%s scored %d items with %s in %.1f s", path, len(rows), scorer.name, seconds[label])
@@ -250,30 +231,13 @@ def run_judge(args, rows, scores_o, scores_f, out: Path) -> dict:
     return summary
 
 
-def build_parser():
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(EvaluateArguments, prog="python -m hf_ft.evaluate", allow_abbrev=False)
-
-    def one_line_error(message: str):
-        raise UserError(f"hf_ft.evaluation.evaluate: {message}")
-
-    parser.error = one_line_error
-    return parser
+def build_parser() -> ScoringParser:
+    return ScoringParser("python -m hf_ft.evaluate", EvaluateArguments)
 
 
 def parse(argv: list[str] | None) -> EvaluateArguments:
-    from ..core.errors import did_you_mean
-
-    parser = build_parser()
-    names = [f.name for f in fields(EvaluateArguments)]
-    flags = {f"--{name}" for name in names} | {f"--no_{name}" for name in names} | {"--help", "-h"}
-    for arg in argv if argv is not None else sys.argv[1:]:  # before "required" errors, which would hide a typo
-        if arg.startswith("--") and arg.split("=")[0] not in flags:
-            name = arg.split("=")[0]
-            raise UserError(f"hf_ft.evaluation.evaluate: unknown argument {name}{did_you_mean(name, sorted(flags))}")
-    namespace = parser.parse_args(argv)
-    return EvaluateArguments(**vars(namespace))
+    (args,) = build_parser().parse_command(list(sys.argv[1:] if argv is None else argv))
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:

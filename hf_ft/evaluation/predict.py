@@ -15,20 +15,21 @@ import argparse
 import re
 import string
 import sys
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 from scipy.special import softmax
 
 from ..core import validation
-from ..core.errors import ArgumentParser, UserError, run_user_errors, writable_file
+from ..core.errors import UserError, run_user_errors, writable_file
 from ..core.run_dir import write_jsonl
 from ..data.files import read_records
 from ..data.rows import QARow, handle_problems, normalise_text, option_problem, validate_records
 from ..inputs.formulations import get_formulation
-from ..inputs.modeling import KERNELS_FLAG_HELP, kernels_problem
-from ..inputs.preprocessing import JOINT_EVAL_ROTATIONS
-from .scoring import SCORER_CHOICES, LoadedScorer, load_scorer
+from ..inputs.modeling import check_vocabulary
+from .options import ScoringArguments, ScoringParser
+from .scoring import BATCH_TOKENS, LoadedScorer
 
 OPTION_LETTERS = string.ascii_uppercase
 
@@ -48,13 +49,14 @@ def make_question(question: str, choices: list[str]) -> QARow:
     return QARow("question", "unknown", question, tuple(choices), None)
 
 
-def rank(scorer: LoadedScorer, rows: list[QARow], batch_size: int = 32, progress: bool = False) -> list[dict]:
+def rank(scorer: LoadedScorer, rows: list[QARow], batch_size: int = 32, progress: bool = False,
+         batch_tokens: int = BATCH_TOKENS) -> list[dict]:
     """For each row: the options ranked with probabilities (softmax of the scores) and the chosen letter."""
     if get_formulation(scorer.formulation).labels:  # a head with one output per option slot
         n_labels = scorer.model.config.num_labels
         if any(len(r.options) != n_labels for r in rows):
             raise UserError(f"{scorer.path}: a {scorer.formulation} model answers exactly {n_labels} options")
-    scores = scorer.score(rows, batch_size, progress)
+    scores = scorer.score(rows, batch_size, progress, batch_tokens=batch_tokens)
     retrieved = scorer.retrieved or [None] * len(rows)
     results = []
     for row, row_scores, found in zip(rows, scores, retrieved):
@@ -92,8 +94,9 @@ def read_questions(path: str) -> list[QARow]:
 
 
 def predict_file(scorer: LoadedScorer, rows: list[QARow], input_path: str, output_path: str | None,
-                 batch_size: int) -> dict:
-    results = rank(scorer, rows, batch_size, progress=True)
+                 scoring: ScoringArguments) -> dict:
+    check_vocabulary(scorer.tokenizer, rows, scoring.max_unk_rate, name=scorer.path)
+    results = rank(scorer, rows, scoring.batch_size, progress=True, batch_tokens=scoring.batch_tokens)
     output = Path(output_path) if output_path else Path(input_path).with_suffix(".predictions.jsonl")
     labelled = [row.answer is not None for row in rows]
     write_jsonl(output, (
@@ -174,9 +177,9 @@ def fill_mask(scorer: LoadedScorer, text: str, top_k: int) -> list[list[dict]]:
             for candidates in per_mask]
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="hf-ft predict", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ScoringParser:
+    """predict's own arguments beside the ScoringArguments it shares with evaluate."""
+    parser = ScoringParser("hf-ft predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a fine-tuned output_dir, or a pretrained masked-LM (hub id or path)")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--question", help="one question; give its options with --choices")
@@ -187,28 +190,18 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output", help="where the JSONL predictions go (--input: default <input>.predictions.jsonl; "
                                          "--question: also written there when given)")
     parser.add_argument("--top_k", type=int, default=5, help="--fill: how many tokens per mask")
-    parser.add_argument("--scorer", choices=list(SCORER_CHOICES), default="auto",
-                        help="auto: the trained head, else the masked-LM pseudo-log-likelihood")
-    parser.add_argument("--joint_eval_rotations", type=int, default=None,
-                        help="a joint model scores each question in this many rotations of its option order, "
-                             "averaging each option's log-probability (1: one pass, fastest); default: what the "
-                             f"run recorded, else {JOINT_EVAL_ROTATIONS}")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_seq_length", type=int, default=None,
-                        help="longest input in tokens; default: what the run recorded, else 512")
-    parser.add_argument("--use_cpu", action="store_true")
-    parser.add_argument("--trust_remote_code", action="store_true")
-    parser.add_argument("--use_kernels", action="store_true", help=KERNELS_FLAG_HELP)
     parser.add_argument("--json", action="store_true", help="single question: print JSON instead of a table")
     return parser
 
 
-PREDICT_RULES = {**validation.SHARED, "batch_size": validation.at_least(1), "top_k": validation.at_least(1)}
+PREDICT_RULES = {"top_k": validation.at_least(1)}
 
 
-def run(args) -> object:
-    problems = validation.text_problems(vars(args), validation.given_names(build_parser(), args),
-                                        own=("question", "choices"))
+def run(scoring: ScoringArguments, args) -> object:
+    parser = build_parser()
+    given = {name for name, value in vars(args).items() if value != parser.get_default(name)}
+    given |= {f.name for f in fields(scoring) if getattr(scoring, f.name) != f.default}
+    problems = validation.text_problems({**vars(args), **asdict(scoring)}, given, own=("question", "choices"))
     if problems:
         raise UserError(validation.refusal(problems))
     if args.question is not None:
@@ -221,12 +214,10 @@ def run(args) -> object:
         if args.question is None:
             raise UserError("--output: writes the predictions of --input or --question; this run has neither")
         writable_file(args.output, "--output")
-    problems = validation.problems(vars(args), PREDICT_RULES)
-    problems += [p for p in [kernels_problem(args.use_kernels, args.use_cpu)] if p]
+    problems = scoring.scoring_problems() + validation.problems(vars(args), PREDICT_RULES)
     if problems:
         raise UserError(validation.refusal(problems))
-    scorer = load_scorer(args.model, args.scorer, args.use_cpu, args.max_seq_length, args.trust_remote_code,
-                         joint_eval_rotations=args.joint_eval_rotations, use_kernels=args.use_kernels)
+    scorer = scoring.load(args.model)
     if args.question is not None:
         result = rank(scorer, [row])[0]
         if args.output:
@@ -239,7 +230,7 @@ def run(args) -> object:
             print(format_ranking(result, scorer))
         return result
     if args.input:
-        return predict_file(scorer, rows, args.input, args.output, args.batch_size)
+        return predict_file(scorer, rows, args.input, args.output, scoring)
     if args.fill:
         results = fill_mask(scorer, args.fill, args.top_k)
         for n, candidates in enumerate(results, start=1):
@@ -250,7 +241,7 @@ def run(args) -> object:
 
 
 def main(argv: list[str] | None = None):
-    return run_user_errors(lambda: run(build_parser().parse_args(argv)))
+    return run_user_errors(lambda: run(*build_parser().parse_command(list(sys.argv[1:] if argv is None else argv))))
 
 
 if __name__ == "__main__":
