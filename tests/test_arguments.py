@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from hf_ft.config.arguments import ConfigError, parse_args
@@ -133,3 +135,39 @@ def test_evaluate_and_predict_share_one_set_of_scoring_arguments(tmp_path, capsy
         line = capsys.readouterr().err.strip().splitlines()[0]
         lines.append(line.replace("python -m hf_ft.evaluate: ", "").replace("hf-ft predict: ", ""))
     assert message in lines[0] and lines[0] == lines[1], lines
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bom.json", '\ufeff{"output_dir": "o", "seed": 3}', None),  # Windows editors save a byte-order mark
+    ("bom.yaml", "\ufeffoutput_dir: o\nseed: 3\n", None),
+    ("comments.yaml", "# settings to come\n", "comments.yaml: holds no settings"),
+    ("blank.json", " \n", "blank.json: the file is empty"),
+    ("twice.yaml", "output_dir: o\nseed: 1\nseed: 3\n", "line 3: the key 'seed' is given twice (first at line 2)"),
+    ("twice.json", '{"output_dir": "o", "seed": 1, "seed": 3}', "twice.json: the key 'seed' is given twice"),
+    ("nan.json", '{"output_dir": "o", "learning_rate": NaN}', "NaN is not a JSON value"),
+    ("folder.yaml", None, "folder.yaml: is a folder, not a file"),
+])
+def test_config_files_are_read_by_kind(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content.encode("utf-8"))
+    if message is None:
+        assert parse_args([str(path), "--use_cpu"]).training.seed == 3
+        return
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_args([str(path), "--use_cpu"])
+
+
+def test_deepspeed_config_is_read_by_the_same_rules(tmp_path):
+    from hf_ft.core.deepspeed_config import load_ds_config
+    from hf_ft.core.errors import UserError
+
+    bom = tmp_path / "bom.json"
+    bom.write_bytes('\ufeff{"zero_optimization": {"stage": 2}}'.encode())
+    assert load_ds_config(str(bom)) == {"zero_optimization": {"stage": 2}}
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"zero_optimization": {"stage": 2, "stage": 3}}', encoding="utf-8")
+    with pytest.raises(UserError, match=r"--deepspeed .*twice.json: the key 'stage' is given twice"):
+        load_ds_config(str(twice))

@@ -8,7 +8,6 @@ builds each dataclass once. TrainingArguments stays the one place the Trainer re
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from transformers import HfArgumentParser
 from ..core import deepspeed_config, processes, validation
 from ..core.deepspeed_config import DeepSpeedPlan
 from ..core.errors import did_you_mean
+from ..core.readers import read_mapping_file
 from .fields import (  # noqa: F401
     ConfigError,
     DataArguments,
@@ -61,24 +61,8 @@ class Arguments:
 
 
 def load_config_file(path: str) -> dict:
-    """A JSON or YAML file of argument names → values."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix.lower() == ".json":
-            config = json.loads(text)
-        else:
-            import yaml
-
-            config = yaml.safe_load(text)
-    except Exception as e:
-        raise ConfigError(f"{path}: not valid {p.suffix.lstrip('.').upper()}: {str(e).splitlines()[0]}") from None
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: expected a mapping of argument names to values, got {type(config).__name__}")
+    """A JSON or YAML file of argument names → values (hf_ft.core.readers: BOM, emptiness, duplicate keys)."""
+    config = read_mapping_file(path, path, ConfigError)
     known = {f.name: f for cls in ARGUMENT_CLASSES for f in fields(cls)}
     for key in config:
         if key not in known:

@@ -9,10 +9,8 @@ problem is one line. Setting the process up for the plan is `hf_ft.core.processe
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import UserError
 
@@ -66,16 +64,9 @@ def _known_keys() -> set[str]:
 
 
 def load_ds_config(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--deepspeed {path}: config file not found")
-    try:
-        config = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"--deepspeed {path}: not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"--deepspeed {path}: expected a JSON object")
-    return config
+    from .readers import read_mapping_file
+
+    return read_mapping_file(path, f"--deepspeed {path}", kind="JSON")
 
 
 def _is_auto(value) -> bool:
