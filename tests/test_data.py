@@ -237,3 +237,64 @@ def test_a_folder_with_both_dev_and_train_files_reads_both(tmp_path):
     loaded = load_data_dir(str(tmp_path))
     assert len(loaded.pools["dev"]) == 3 and len(loaded.pools["test"]) == 1
     assert {r.source.rsplit("/", 1)[-1] for r in loaded.pools["dev"]} == {"music_dev.csv", "music_train.csv"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input, round three: each class where it enters
+
+
+def test_json_nan_and_keys_given_twice_are_row_problems_and_a_joiner_after_the_answer_is_nothing(tmp_path):
+    from hf_ft.data.files import load_items
+
+    path = tmp_path / "x.jsonl"
+    lines = [
+        '{"question": "一加一？", "A": "1", "B": "2", "C": NaN, "D": "4", "answer": "B"}',  # pandas' missing value
+        '{"question": "二加二？", "A": "1", "B": "2", "A": "3", "C": "4", "D": "5", "answer": "D"}',
+        '{"question": "三加三？", "A": "1", "B": "2", "C": "6", "D": "5", "answer": "C\u200d"}',
+        '{"question": "四加四？", "A": "1", "B": "8", "C": "6", "D": "5", "answer": "B", "B ": "9"}',
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_items(path)
+    message = str(err.value)
+    assert f"{path}:1: empty option C" in message
+    assert f"{path}:2: 'A': given twice in one record" in message
+    assert f"{path}:4: 'B': given twice" in message  # "B " is the column B, as in a CSV header
+    assert ":3:" not in message  # the zero-width joiner after C is removed, as everywhere else
+    assert [r.answer for r in load_items(path, "skip")] == ["C"]
+
+
+def test_every_row_rejected_says_so_instead_of_an_empty_split(tmp_path):
+    from hf_ft.data.files import load_items
+
+    path = write_csv(tmp_path / "bad.csv", [["q", "a", "a", "b", "c", "A"], ["", "x", "y", "z", "w", "B"]])
+    with pytest.raises(DataError, match=r"all 2 row\(s\) were rejected, so --on_bad_rows skip leaves nothing") as err:
+        load_items(path, "skip")
+    assert f"{path}:2: options A and B are the same text" in str(err.value) and f"{path}:3: empty question" in str(err.value)
+
+
+def test_the_same_question_with_two_answers_is_an_error_naming_both_places(tmp_path):
+    from hf_ft.data.rows import conflicting_answers
+
+    train = write_csv(tmp_path / "train.csv", [GOOD, ["二加二？", "一", "二", "三", "四", "D"]])
+    test = write_csv(tmp_path / "test.csv", [GOOD[:-1] + ["C"], ["三加三？", "一", "二", "三", "六", "D"]])
+    loaded = load_files({"train": str(train), "test": str(test)})
+    rows = [r for pool in loaded.pools.values() for r in pool]
+    problems, conflicted = conflicting_answers(rows)
+    assert [str(p) for p in problems] == [f"{test}:2: the same question and options as {train}:2, but the answer is "
+                                          f"C here and B there"]
+    assert conflicted == {rows[0].content_hash}
+    exact_copy = write_csv(tmp_path / "copy.csv", [GOOD])  # the same answer twice is a duplicate, not a conflict
+    assert conflicting_answers(rows[:1] + load_files({"all": str(exact_copy)}).pools["all"]) == ([], set())
+
+
+def test_a_data_folder_by_kind(tmp_path, caplog):
+    from hf_ft.data.sources import layout_files
+
+    write_csv(tmp_path / "music_test.CSV", [GOOD])  # an upper-case extension is a CSV file too
+    (tmp_path / "music_dev.json").write_text("[]", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        assert layout_files(tmp_path) == {"music": {"test": tmp_path / "music_test.CSV"}}
+    assert "music_dev.json is not read" in caplog.text
+    with pytest.raises(DataError, match="music_test.CSV: is a file, not a folder"):
+        layout_files(tmp_path / "music_test.CSV")

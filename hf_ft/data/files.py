@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.caches import datasets_cache, usable
-from .rows import LETTERS, REQUIRED_COLUMNS, DataError, QARow, handle_problems, validate_records
+from .rows import (
+    DUPLICATE_KEYS,
+    LETTERS,
+    REQUIRED_COLUMNS,
+    DataError,
+    QARow,
+    conflicting_answers,
+    handle_problems,
+    validate_records,
+)
 
 
 def _file_format(path: Path) -> str:
@@ -122,15 +131,35 @@ def _read_csv_group(paths: list[Path], header: list[str], lines: dict[Path, list
 
 
 def _trim_keys(record: dict) -> dict:
-    """Field names as a CSV header is read: `"A "` is the column A."""
-    return {str(k).strip(): v for k, v in record.items()}
+    """Field names as a CSV header is read: `"A "` is the column A (and `"A"` beside it is A given twice)."""
+    trimmed = _record_pairs([(str(k).strip(), v) for k, v in record.items() if k != DUPLICATE_KEYS])
+    twice = record.get(DUPLICATE_KEYS, []) + trimmed.get(DUPLICATE_KEYS, [])
+    if twice:
+        trimmed[DUPLICATE_KEYS] = twice
+    return trimmed
+
+
+def _record_pairs(pairs: list[tuple]) -> dict:
+    """A JSON object as a record: a key given twice is kept as a problem for the row's validation (json would
+    silently keep the last value)."""
+    record = {}
+    for key, value in pairs:
+        if key in record:
+            record.setdefault(DUPLICATE_KEYS, []).append(key)
+        record[key] = value
+    return record
+
+
+def _json(text: str):
+    """NaN and Infinity (pandas' missing value) are an empty cell, as in a CSV file, not the text 'nan'."""
+    return json.loads(text, object_pairs_hook=_record_pairs, parse_constant=lambda name: None)
 
 
 def _read_json(path: Path, text: str, name: str, fmt: str) -> FileRecords:
     """JSON (an array of objects) or JSONL (one object per line), parsed here so every error has its line."""
     if fmt == "json":
         try:
-            items = json.loads(text)
+            items = _json(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{name}:{e.lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(items, list):
@@ -146,7 +175,7 @@ def _read_json(path: Path, text: str, name: str, fmt: str) -> FileRecords:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = _json(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{name}:{number}: not valid JSON ({e.msg})") from None
         if not isinstance(record, dict):
@@ -222,5 +251,7 @@ def load_items(path: str | os.PathLike, on_bad_rows: str = "error") -> list[QARo
     """Read a benchmark/test file (any supported format, including test_qa_data.json) into rows."""
     records, lines, unit = read_records(path)
     rows, problems = validate_records(records, lines, str(path), None, {}, unit)
-    handle_problems(problems, on_bad_rows, None)
+    conflicts, conflicted = conflicting_answers(rows)
+    rows = [r for r in rows if r.content_hash not in conflicted]
+    handle_problems(problems + conflicts, on_bad_rows, None, kept=len(rows))
     return rows

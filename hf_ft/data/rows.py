@@ -32,6 +32,9 @@ _ANSWER_FORMS = {c: c for c in LETTERS} | {c.lower(): c for c in LETTERS} | {
 } | {chr(ord("ａ") + i): c for i, c in enumerate(LETTERS)}
 
 
+DUPLICATE_KEYS = "__keys_given_twice__"  # set by the JSON readers on a record that gives a key twice
+
+
 class DataError(UserError):
     """Input data that cannot be used; the message names the file, the line and the reason."""
 
@@ -151,6 +154,11 @@ def validate_records(
         def reject(kind: str, reason: str):
             problems.append(Problem(source, where, reason, kind, record))
 
+        if record.get(DUPLICATE_KEYS):
+            twice = sorted(set(record[DUPLICATE_KEYS]))
+            reject("duplicate_key", f"{', '.join(repr(k) for k in twice)}: given twice in one record (which value "
+                                    "is meant?)")
+            continue
         structured = [key for key in ("question", *LETTERS, "answer") if isinstance(record.get(key), (dict, list))]
         if structured:
             reject("not_text", f"{', '.join(structured)}: not text (a JSON {type(record[structured[0]]).__name__})")
@@ -162,7 +170,7 @@ def validate_records(
                 options = options[:-1]
         letters = LETTERS[:len(options)]
         raw_answer = _text(record.get("answer"))
-        answer = _ANSWER_FORMS.get(raw_answer)
+        answer = _ANSWER_FORMS.get(normalise_text(raw_answer))  # an invisible joiner after the letter is nothing
         normalised = [normalise_text(t) for t in (question, *options)]
         if not normalised[0]:
             reject("empty_question", "empty question" + (" (only invisible characters)" if question else ""))
@@ -187,22 +195,45 @@ def validate_records(
     return rows, problems
 
 
+def conflicting_answers(rows: list[QARow]) -> tuple[list[Problem], set[str]]:
+    """The same question and options given twice with different answers: a data error naming both places (not
+    a duplicate to drop, which would keep one answer at random). Returns the problems and the content hashes
+    of every copy involved, which `--on_bad_rows skip` leaves out."""
+    first: dict[str, QARow] = {}
+    problems, conflicted = [], set()
+    for row in rows:
+        if row.answer is None:
+            continue
+        earlier = first.setdefault(row.content_hash, row)
+        if earlier.answer != row.answer:
+            conflicted.add(row.content_hash)
+            problems.append(Problem(row.source, row.line, f"the same question and options as {earlier.source}:"
+                                    f"{earlier.line}, but the answer is {row.answer} here and {earlier.answer} there",
+                                    "conflicting_answers", row.to_item()))
+    return problems, conflicted
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad rows
 
 
-def handle_problems(problems: list[Problem], on_bad_rows: str, output_dir: str | None) -> Counter:
-    """`error`: raise with one line per problem. `skip`: count per reason and write them all to rejected_rows.jsonl."""
+def handle_problems(problems: list[Problem], on_bad_rows: str, output_dir: str | None,
+                    kept: int | None = None) -> Counter:
+    """`error`: raise with one line per problem. `skip`: count per reason and write them all to rejected_rows.jsonl,
+    unless no row is `kept`: then every row was bad, which is said as such (not as an empty split later)."""
     counts = Counter(p.kind for p in problems)
     if not problems:
         return counts
+    shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN_PROBLEMS])
     if on_bad_rows == "error":
-        shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN_PROBLEMS])
         more = (f"\n  ... and {len(problems) - MAX_SHOWN_PROBLEMS} more (--on_bad_rows skip writes every one to "
                 f"{REJECTED_FILE})" if len(problems) > MAX_SHOWN_PROBLEMS else "")
         raise DataError(
             f"{len(problems)} bad row(s); fix them or pass --on_bad_rows skip to leave them out:\n{shown}{more}"
         )
+    if kept == 0:
+        raise DataError(f"all {len(problems)} row(s) were rejected, so --on_bad_rows skip leaves nothing; the first "
+                        f"reasons:\n{shown}")
     summary = ", ".join(f"{kind}: {n}" for kind, n in sorted(counts.items()))
     logger.warning("skipped %d bad row(s) (%s)", len(problems), summary)
     if output_dir:

@@ -43,19 +43,33 @@ class LoadedData:
     subjects: list[str]
 
 
+def _csv_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+
+
 def layout_files(data_dir: str | os.PathLike, splits=tuple(LAYOUT_SPLITS)) -> dict[str, dict[str, Path]]:
     """`<subject>_<split>.csv` files of a TMMLU+-layout folder (or its `data/` subfolder), by subject and split
     name as written (`dev` and `train` are both the training pool; a folder may hold both, and both are read)."""
     root = Path(data_dir)
+    if root.is_file():
+        raise DataError(f"--data_dir {root}: is a file, not a folder (a single file is --train_file)")
     if not root.is_dir():
-        raise DataError(f"{root}: data directory not found")
-    if (root / "data").is_dir() and not list(root.glob("*.csv")):
+        raise DataError(f"--data_dir {root}: data directory not found")
+    if (root / "data").is_dir() and not _csv_files(root):
         root = root / "data"
     found: dict[str, dict[str, Path]] = {}
-    for path in sorted(root.glob("*.csv")):
+    for path in _csv_files(root):  # music_test.CSV is a CSV file too
         subject, _, split = path.stem.rpartition("_")
         if subject and split in splits:
+            if split in found.get(subject, {}):
+                raise DataError(f"--data_dir {root}: {found[subject][split].name} and {path.name} are the same file "
+                                "name but for case; keep one")
             found.setdefault(subject, {})[split] = path
+    for path in sorted(root.iterdir()):
+        subject, _, split = path.stem.rpartition("_")
+        if path.is_file() and subject and split in splits and path.suffix.lower() != ".csv":
+            logger.warning("--data_dir %s: %s is not read: the TMMLU+ layout is <subject>_<split>.csv", root,
+                           path.name)
     if not found:
         raise DataError(f"{root}: no files named <subject>_{{dev,train,val,test}}.csv (the TMMLU+ layout)")
     return found

@@ -97,7 +97,7 @@ def _reference_rows(records: list[dict], lines: list, where: str) -> list[QARow]
 
 def _csv_folder(folder: Path, where: str, separator: str = ":") -> list[QARow]:
     rows = []
-    for path in sorted(folder.rglob("*.csv")):
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".csv" and p.is_file()):
         name = f"{where}{separator}{path.relative_to(folder).as_posix()}"
         try:
             records, lines = csv_records(decoded_text(path.read_bytes(), name), name)

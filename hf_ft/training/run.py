@@ -23,7 +23,7 @@ from transformers import EarlyStoppingCallback, set_seed
 from ..config.arguments import Arguments
 from ..core import provenance, run_dir
 from ..core.errors import UserError
-from ..data.rows import handle_problems, write_rejected_rows
+from ..data.rows import conflicting_answers, handle_problems, write_rejected_rows
 from ..data.sources import load_rows
 from ..data.splits import make_splits, stratified_sample, write_split_outputs
 from ..extra.mixing import load_for_run as load_extra_for_run
@@ -127,8 +127,13 @@ def prepare_data(args: Arguments) -> RunData:
     if data_args.extra_data:  # other exam sets: converted, checked against all of TMMLU+, for training only
         with training_args.main_process_first(desc="reading the extra training data"):
             extra = load_extra_for_run(data_args, loaded, args.model.cache_dir, training_args.seed)
-    problems = loaded.problems + (extra.problems if extra else [])
-    rejected = handle_problems(problems, data_args.on_bad_rows, None)  # refused here; written by begin_run
+    conflicts, conflicted = conflicting_answers([r for rows in loaded.pools.values() for r in rows])
+    if conflicted:  # left out everywhere (--on_bad_rows skip), or refused with both places named just below
+        loaded.pools = {name: [r for r in rows if r.content_hash not in conflicted]
+                        for name, rows in loaded.pools.items()}
+    problems = loaded.problems + conflicts + (extra.problems if extra else [])
+    rejected = handle_problems(problems, data_args.on_bad_rows, None,  # refused here; written by begin_run
+                               kept=sum(len(rows) for rows in loaded.pools.values()))
     if extra is not None:
         extra.refuse_empty()
     split_seed = data_args.split_seed if data_args.split_seed is not None else training_args.seed
