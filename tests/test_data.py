@@ -298,3 +298,30 @@ def test_a_data_folder_by_kind(tmp_path, caplog):
     assert "music_dev.json is not read" in caplog.text
     with pytest.raises(DataError, match="music_test.CSV: is a file, not a folder"):
         layout_files(tmp_path / "music_test.CSV")
+
+
+def test_identity_folds_width_but_not_what_changes_the_meaning(tmp_path):
+    from hf_ft.data.rows import normalise_text, option_problem
+
+    assert normalise_text("ＡＢ１　㎏") == "AB1 kg"  # width and units: the same text
+    assert normalise_text("x² H₂O 1½ ①②") == "x² H₂O 1½ ①②"  # NFKC would make these x2 H2O 11/2 12
+    assert option_problem(["x²", "x2", "2x", "x"], "ABCD") is None  # a valid row, not "the same text"
+    assert option_problem(["①②", "12", "①③", "②③"], "ABCD") is None
+    assert option_problem(["Ａ", "A", "B", "C"], "ABCD")[0] == "same_options"
+    path = write_csv(tmp_path / "x.csv", [["下列何者等於 x·x？", "x²", "x2", "2x", "x", "A"]])
+    assert [r.options for r in load_files({"all": str(path)}).pools["all"]] == [("x²", "x2", "2x", "x")]
+
+
+def test_a_run_recorded_under_the_old_hash_rule_is_still_checked_by_it():
+    """A data_manifest.json written before (full NFKC) holds its training items' hashes under that rule; the
+    held-out check hashes the scored items the same way, so a copy with a superscript is still found."""
+    from hf_ft.data.rows import CONTENT_HASH_RULE, LEGACY_HASH_RULE, hash_for_rule
+    from hf_ft.evaluation.items import check_held_out
+
+    item = QARow("t-1", "music", "x² 等於？", ("x·x", "2x", "x+2", "x/2"), "A")
+    old = {"hash": LEGACY_HASH_RULE, "content_hashes": {"train": [hash_for_rule(LEGACY_HASH_RULE)(item)]}}
+    with pytest.raises(DataError.__mro__[1], match="1 of 1 items were in the fine-tuning data"):
+        check_held_out([item], [("old/data_manifest.json", old)], allow_overlap=False)
+    new = {"hash": CONTENT_HASH_RULE, "content_hashes": {"train": [hash_for_rule(LEGACY_HASH_RULE)(item)]}}
+    assert check_held_out([item], [("new/data_manifest.json", new)], allow_overlap=False)[0] == [item]
+    assert hash_for_rule(CONTENT_HASH_RULE)(item) == item.content_hash != hash_for_rule(LEGACY_HASH_RULE)(item)

@@ -81,11 +81,34 @@ def _invisible() -> re.Pattern:
     return re.compile(f"[{chars}\U000E0000-\U000E007F]")  # and the tag characters past the BMP
 
 
-def normalise_text(text: str) -> str:
-    """The text as identity and emptiness see it: NFKC, no format characters, whitespace collapsed. A cell
-    made of a zero-width space is empty, and copies that differ by one are duplicates."""
+# NFKC folds compatibility characters into plain ones. Most folds keep the meaning (full-width Ａ１ is A1, an
+# ideographic space is a space, ㎏ is kg), but these change it, so identity leaves them as they are:
+# superscripts and subscripts (x² is not x2, H₂O is not H2O), fractions (1½ is not 11/2) and circled numbers and
+# letters (①② name statements in combination options; 12 is a number).
+KEPT_FROM_NFKC = ("<super>", "<sub>", "<fraction>", "<circle>")
+CONTENT_HASH_RULE = ("sha256(NFKC except superscripts, subscripts, fractions and circled characters, format "
+                     "characters removed, whitespace-collapsed question + options)[:32]")
+LEGACY_HASH_RULE = "sha256(NFKC, format characters removed, whitespace-collapsed question + 4 options)[:32]"
+
+
+@functools.lru_cache(maxsize=1)
+def _kept_from_nfkc() -> re.Pattern:
+    kept = "".join(re.escape(chr(c)) for c in range(0x10000)
+                   if unicodedata.decomposition(chr(c)).startswith(KEPT_FROM_NFKC))
+    return re.compile(f"([{kept}]+)")
+
+
+def _nfkc_keeping_meaning(text: str) -> str:
+    parts = _kept_from_nfkc().split(text)  # odd parts are runs of kept characters
+    return "".join(part if i % 2 else unicodedata.normalize("NFKC", part) for i, part in enumerate(parts))
+
+
+def normalise_text(text: str, keep_meaning: bool = True) -> str:
+    """The text as identity and emptiness see it: NFKC (except where it would change the meaning, see
+    KEPT_FROM_NFKC), no format characters, whitespace collapsed. A cell made of a zero-width space is empty,
+    and copies that differ by one are duplicates. `keep_meaning=False`: full NFKC, the rule before."""
     if not unicodedata.is_normalized("NFKC", text):
-        text = unicodedata.normalize("NFKC", text)
+        text = _nfkc_keeping_meaning(text) if keep_meaning else unicodedata.normalize("NFKC", text)
     if _invisible().search(text):
         text = _invisible().sub("", text)
     return " ".join(text.split())  # str.split's whitespace is re's \s
@@ -94,6 +117,14 @@ def normalise_text(text: str) -> str:
 def content_hash(question: str, options) -> str:
     """Identity of an item for duplicate removal and the held-out proof: normalised question + options."""
     return _hash_normalised([normalise_text(t) for t in (question, *options)])
+
+
+def hash_for_rule(rule: str | None):
+    """row → its content hash under the rule a data manifest recorded (runs before this rule: full NFKC)."""
+    if rule in (None, LEGACY_HASH_RULE):
+        return lambda row: _hash_normalised([normalise_text(t, keep_meaning=False)
+                                             for t in (row.question, *row.options)])
+    return lambda row: row.content_hash
 
 
 def _hash_normalised(texts) -> str:

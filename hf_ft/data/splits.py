@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.run_dir import MANIFEST_FILE, TEST_ITEMS_FILE, write_json
-from .rows import DataError, QARow
+from .rows import CONTENT_HASH_RULE, DataError, QARow
 from .sources import LoadedData
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def build_manifest(data: LoadedData, splits: Splits, rejected: Counter, seed: in
         "duplicates_removed_by_pool": splits.duplicates_by_pool,
         "rows_rejected": sum(rejected.values()),
         "rows_rejected_by_reason": dict(rejected),
-        "hash": "sha256(NFKC, format characters removed, whitespace-collapsed question + 4 options)[:32]",
+        "hash": CONTENT_HASH_RULE,
         "warnings": skewed_gold_letters(splits),
         "content_hashes": {
             "train": sorted(r.content_hash for r in splits.train),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..core.errors import UserError
 from ..core.run_dir import RUN_RECORD_FILE, TEST_ITEMS_FILE, read_json_if_present
 from ..data.files import load_items
-from ..data.rows import QARow
+from ..data.rows import QARow, hash_for_rule
 from ..data.sources import load_data_dir
 
 if TYPE_CHECKING:
@@ -86,18 +86,20 @@ def check_held_out(rows: list[QARow], manifests: list[tuple[str, dict | None]], 
     if missing:
         logger.warning("no data_manifest.json in %s: cannot prove the items were held out", ", ".join(missing))
         return rows, {"verified": False, "reason": "no data_manifest.json", "overlap_removed": 0}
-    seen = set()
-    for _, manifest in manifests:
+    overlapping = set()
+    for _, manifest in manifests:  # each run's hashes under the rule it recorded them by
         hashes = manifest.get("content_hashes", {})
-        seen |= set(hashes.get("train", [])) | set(hashes.get("validation", []))
-    overlap = [r for r in rows if r.content_hash in seen]
+        seen = set(hashes.get("train", [])) | set(hashes.get("validation", []))
+        key = hash_for_rule(manifest.get("hash"))
+        overlapping |= {r.id for r in rows if key(r) in seen}
+    overlap = [r for r in rows if r.id in overlapping]
     if overlap and not allow_overlap:
         shown = ", ".join(r.id for r in overlap[:5]) + (" …" if len(overlap) > 5 else "")
         raise UserError(f"{len(overlap)} of {len(rows)} items were in the fine-tuning data ({shown}); a comparison "
                         f"on them is not held out. Use the run's test_qa_data.json, or --allow_overlap to drop them")
     if overlap:
         logger.warning("removed %d item(s) that were in training/validation", len(overlap))
-    return [r for r in rows if r.content_hash not in seen], {
+    return [r for r in rows if r.id not in overlapping], {
         "verified": True, "manifest": ", ".join(where for where, _ in manifests), "overlap_removed": len(overlap),
         "overlap_ids": [r.id for r in overlap]}
 
