@@ -323,3 +323,12 @@ def test_two_to_four_options_train_and_predict(formulation, tmp_path, demo_data,
     for r in results:
         assert sum(x["probability"] for x in r["ranking"]) == pytest.approx(1, abs=1e-5)
         assert r["prediction"] in "ABCD"[:len(r["ranking"])]
+
+
+def test_an_extra_source_revision_the_hub_would_refuse_is_refused_at_parse():
+    from hf_ft.core.errors import UserError
+    from hf_ft.extra.specs import parse_spec
+
+    with pytest.raises(UserError, match=r"revision 'v1\.\.v2': not a branch, tag or commit name the hub accepts"):
+        parse_spec("ceval/ceval-exam?revision=v1..v2")
+    assert parse_spec("ceval/ceval-exam?revision=refs/pr/3").revision == "refs/pr/3"

@@ -50,6 +50,8 @@ def one_line(err: str) -> str:
     (["--label_names", "answer"], "--label_names ['answer']: hf_ft's collators name the labels `labels`"),
     (["--run_name", "\u200b"], r"--run_name '\u200b': empty; leave the flag out for its default"),
     (["--model_revision", "ma\x00in"], r"--model_revision 'ma\x00in': contains a control character"),
+    (["--hub_revision", "my branch"], "--hub_revision 'my branch': not a branch, tag or commit name the hub accepts"),
+    (["--dataset_revision", "v1..v2"], "--dataset_revision 'v1..v2': not a branch, tag or commit name"),
     (["--config_overrides", "99"], "--config_overrides '99': '99' is not key=value"),
     (["--data_dir", "d", "--train-file", "x.csv"], "--train_file with --data_dir: a run reads one source"),
     (["--formulation", "both"], "invalid choice: 'both'"),
@@ -106,6 +108,8 @@ def test_errors_of_other_entry_points(trained_run, tmp_path, capsys):
     cases = [
         (["push", str(out), "--repo_id", "a b/c"], "--repo_id 'a b/c' is not a valid repository id"),
         (["push", str(out), "--repo_id", "me/x", "--dry_run", "--privat"], "unknown argument --privat (did you mean"),
+        (["push", str(out), "--repo_id", "me/x", "--dry_run", "--revision", "new feature"],
+         "--revision 'new feature': not a branch, tag or commit name the hub accepts"),
         (["predict", str(out), "--input", str(out / "test_qa_data.json"), "--output", str(tmp_path / "file" / "p.jsonl")],
          "is a file, not a folder"),
         (["predict", str(out), "--question", "q", "--choices", "a", "b", "--batch_size", "0"], "--batch_size 0"),

@@ -228,6 +228,7 @@ def refuse_nonsense(values: dict, cuda: bool, given: set) -> None:
     problems = validation.problems(values, TRAINING_RULES)
     problems += validation.finite_floats(values, [n for n in values if n not in TRAINING_RULES])
     problems += validation.text_problems(values, given, own=("output_dir",))
+    problems += validation.revision_problems(values)
     problems += training_value_problems(values)
     if values["max_steps"] <= 0 and values["num_train_epochs"] <= 0:
         problems.append(f"--num_train_epochs {values['num_train_epochs']}: need a positive number of epochs "

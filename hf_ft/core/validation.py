@@ -127,6 +127,36 @@ def text_problems(values: dict, given, own=()) -> list[str]:
     return found
 
 
+# Flags that name a hub branch, tag or commit, in every entry point.
+REVISION_FLAGS = ("model_revision", "dataset_revision", "hub_revision", "retrieval_corpus_revision", "revision")
+_REF_FORBIDDEN = set(" ~^:?*[\\")  # control characters: text_problems says so, once
+
+
+def revision_problem(flag: str, value: str | None) -> str | None:
+    """A branch, tag or commit name the hub (git's ref-name rules) would refuse, said before any work: spaces
+    and ~^:?*[\\, '..', '@{', '//', a part starting with '.', a name starting or ending with '/' or ending with
+    '.' or '.lock'."""
+    if value is None:
+        return None
+    reasons = []
+    if not value.strip():
+        reasons.append("empty")
+    if forbidden := sorted(set(value) & _REF_FORBIDDEN):
+        reasons.append("holds " + " ".join(repr(c) for c in forbidden))
+    if ".." in value or "@{" in value or "//" in value:
+        reasons.append("holds '..', '@{' or '//'")
+    if value.startswith("/") or value.endswith(("/", ".", ".lock")) or any(p.startswith(".") for p in value.split("/")):
+        reasons.append("starts or ends with '/', ends with '.' or '.lock', or has a part starting with '.'")
+    if value == "@":
+        reasons.append("is '@'")
+    return f"--{flag} {value!r}: not a branch, tag or commit name the hub accepts ({'; '.join(reasons)})" \
+        if reasons else None
+
+
+def revision_problems(values: dict) -> list[str]:
+    return [p for name in REVISION_FLAGS if name in values for p in [revision_problem(name, values[name])] if p]
+
+
 def given_names(parser, args) -> set[str]:
     """The arguments of an argparse namespace that differ from their defaults: what the user gave."""
     return {name for name, value in vars(args).items() if value != parser.get_default(name)}

@@ -160,6 +160,12 @@ def parse_spec(text: str) -> SourceSpec:
         raise UserError(f"{where}: split {withheld[0]}: {spec_adapter.unlabelled_why}")
     if local and ("configs" in given or "revision" in given):
         raise UserError(f"{where}: configs= and revision= are for hub datasets; this is a local path")
+    if "revision" in given:
+        from ..core.validation import revision_problem
+
+        problem = revision_problem("revision", given["revision"].strip())
+        if problem:
+            raise UserError(f"{where}: {problem.removeprefix('--')}")
     name = given.get("name") or (Path(source).stem if local else source.split("/")[-1])
     return SourceSpec(
         source=str(Path(source).expanduser()) if local else source, adapter=adapter, local=local,

@@ -155,6 +155,9 @@ def push_command(argv: list[str] | None = None) -> dict:
     from ..core import validation
 
     args = validation.parse_checked(build_parser(), argv, {})
+    problem = validation.revision_problem("revision", args.revision)
+    if problem:
+        raise UserError(problem)
     logging.basicConfig(level=logging.WARNING)
     return push_output_dir(args.output_dir, args.repo_id, args.private, args.dry_run, args.include_checkpoints,
                            args.include_rejected_rows, args.commit_message, args.revision, args.include_test_items)
