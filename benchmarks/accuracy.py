@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, write_report
+from benchmarks.common import machine, parse_benchmark_args, write_report
 from hf_ft.config.arguments import DataArguments, parse_args
 from hf_ft.data.files import load_items
 from hf_ft.demo import make_demo_data, make_tiny_model, pretrain_tiny_model
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True)
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     work = Path(tempfile.mkdtemp(prefix="hf_ft_bench_acc_"))
     try:
         results = demo_accuracy(work, args.quick)

@@ -152,6 +152,31 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+WRITTEN_BY = "hf_ft benchmarks"  # in every report, so a rerun may replace it (hf_ft.core.writers)
+
+
+def parse_benchmark_args(parser, argv=None):
+    """The benchmark's arguments, and its outputs claimed through hf_ft's one guarded writer before any work:
+    an --output that is a folder, lies under a file or is a file no benchmark wrote, and a --work_dir that holds
+    files no benchmark wrote, are one line each (--overwrite writes over them)."""
+    from hf_ft.core.errors import UserError
+    from hf_ft.core.writers import claim_file, claim_folder, json_written_by
+
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write over an --output or --work_dir that a benchmark did not write")
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "work_dir", None):
+            claim_folder(args.work_dir, WRITTEN_BY, "--work_dir", overwrite=args.overwrite)
+        if getattr(args, "output", None):
+            claim_file(args.output, WRITTEN_BY, "--output", is_own=json_written_by(WRITTEN_BY),
+                       overwrite=args.overwrite)
+    except UserError as error:
+        parser.exit(2, f"error: {error}\n")
+    return args
+
+
 def write_report(path: str | os.PathLike, report: dict) -> None:
+    report = {**report, "written_by": WRITTEN_BY}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="timed training steps per arm")
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated: " + ", ".join(POLICIES))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    from benchmarks.common import parse_benchmark_args
+
+    args = parse_benchmark_args(parser, argv)
     if args.child:
         result = child(json.loads(args.child))
         Path(args.output).write_text(json.dumps(result))

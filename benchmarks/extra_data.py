@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, synthetic_row, write_report
+from benchmarks.common import machine, synthetic_row, parse_benchmark_args, write_report
 from hf_ft.data.rows import LETTERS, QARow
 
 REFERENCE_ROWS, EXTRA_ROWS, PLANTED = 22_700, 50_000, 100
@@ -163,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="bench_extra_data.json")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    args = parser.parse_args()
+    args = parse_benchmark_args(parser)
     report = {"machine": machine(), "quick": args.quick}
     report["contamination_check"] = contamination_check(args.quick)
     print("contamination check:", report["contamination_check"], flush=True)

@@ -240,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds for the whole check: an arm that cannot finish inside it is skipped")
     parser.add_argument("--skip_micro", action="store_true")
     parser.add_argument("--micro", action="store_true", help=argparse.SUPPRESS)  # the micro stage's own process
-    args = parser.parse_args(argv)
+    from benchmarks.common import parse_benchmark_args
+
+    args = parse_benchmark_args(parser, argv)
     work = Path(args.work_dir)
     if args.micro:
         micro(work / "model", args.smoke, work / "micro.json")
@@ -296,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     report["wall_s"] = round(time.perf_counter() - started, 1)
     output = Path(args.output) if args.output else work / "gpu_check.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from benchmarks.common import WRITTEN_BY
+
+    output.write_text(json.dumps({**report, "written_by": WRITTEN_BY}, indent=2, ensure_ascii=False) + "\n",
+                      encoding="utf-8")
     print_table(report)
     print(f"report: {output}; logs: {logs}")
     return 0 if all(r["status"] == "ok" for r in report["arms"]) else 1

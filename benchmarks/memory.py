@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.common import CHARS, ROOT, build_model, machine, write_report
+from benchmarks.common import CHARS, ROOT, build_model, machine, parse_benchmark_args, write_report
 
 SETTINGS = {  # name: (model size, formulation, batch, extra run_qa.py flags)
     "mid-per_choice": ("mid", "per_choice", 8, []),
@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--settings", default=DEFAULT)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="the mid settings only, one step: checks it runs")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     names = ["mid-per_choice", "mid-joint"] if args.quick else args.settings.split(",")
     with tempfile.TemporaryDirectory(prefix="hf_ft_memory_") as tmp:
         work = Path(tmp)

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import build_model, machine, write_layout, write_report
+from benchmarks.common import build_model, machine, write_layout, parse_benchmark_args, write_report
 from hf_ft.data.sources import load_data_dir
 from hf_ft.data.splits import make_splits
 from hf_ft.inputs.formulations import encode
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True)
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     work = Path(tempfile.mkdtemp(prefix="hf_ft_bench_prep_"))
     try:
         _, tokenizer = build_model(work / "model", "mid")

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, machine, write_report
+from benchmarks.common import ROOT, machine, parse_benchmark_args, write_report
 from tests.hub_fixtures import BERT_BASE_CHINESE, SMALL, LoopbackHub, write_fixtures
 
 # One GPU, stated rather than measured (CI and this machine have none): an H100/H200 SXM's dense bf16 peak,
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--model_size", choices=["base", "small"], default="base")
     parser.add_argument("--work_dir", default=None)
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="hf_ft_rehearsal_"))
     size = BERT_BASE_CHINESE if args.model_size == "base" else SMALL
     report: dict = {"machine": machine(), "settings": vars(args)}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from benchmarks.common import CHARS, PeakRSS, build_model, machine, synthetic_row, write_report
+from benchmarks.common import CHARS, PeakRSS, build_model, machine, synthetic_row, parse_benchmark_args, write_report
 from hf_ft.data.rows import LETTERS, QARow
 from hf_ft.retrieval.corpus import Passage, content_hash
 from hf_ft.retrieval.index import NUMBA_FROM_WORK, BM25Index
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--context_steps", type=int, default=3)
     parser.add_argument("--skip_context_cost", action="store_true")
     parser.add_argument("--quick", action="store_true", help="20k passages, 2k queries, 5k for rank_bm25")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     if args.quick:
         args.passages, args.queries, args.rank_bm25_passages, args.rank_bm25_queries = 20_000, 2_000, 5_000, 50
     report = {"machine": machine(), "commit": os.popen("git rev-parse --short HEAD").read().strip()}

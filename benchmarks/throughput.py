@@ -40,6 +40,7 @@ from benchmarks.common import (
     build_model,
     machine,
     matmul_gflops,
+    parse_benchmark_args,
     sync,
     write_layout,
     write_report,
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip_eval", action="store_true", help="time training only (eval/s is then nan)")
     parser.add_argument("--arms", default=None,
                         help="comma-separated arm names to run (baseline always runs); default: all")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench: --device cuda, but torch sees no CUDA device")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
-from benchmarks.common import machine, write_report
+from benchmarks.common import machine, parse_benchmark_args, write_report
 from hf_ft.data.rows import LETTERS, QARow
 from hf_ft.evaluation.scoring import LoadedScorer, mlm_queries, score_masked_lm, token_budget_batches
 from tests.hub_fixtures import BERT_BASE_CHINESE, SMALL, _row, chinese_vocab
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", required=True)
     parser.add_argument("--items", type=int, default=6)
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     work = Path(tempfile.mkdtemp(prefix="hf_ft_bench_zero_shot_"))
     try:
         report = {"machine": machine(), "quick": args.quick, "speed": speed(work, args.items, args.quick),

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from .core import validation
-from .core.errors import ArgumentParser, UserError, did_you_mean, run_user_errors, writable_folder
+from .core.errors import ArgumentParser, UserError, did_you_mean, run_user_errors
+from .core.writers import claim_folder, names_like
 
 USAGE = """usage: hf-ft COMMAND [ARGS]
 
@@ -36,6 +37,8 @@ def demo_data_parser() -> ArgumentParser:
 
     parser = ArgumentParser(prog="hf-ft make-demo-data", description=make_demo_data.__doc__)
     parser.add_argument("out_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into out_dir even when it holds files this command did not write")
     parser.add_argument("--rows-per-subject", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plant-artifact", choices=list(ARTIFACTS), default=None,
@@ -50,6 +53,8 @@ def open_book_data_parser() -> ArgumentParser:
 
     parser = ArgumentParser(prog="hf-ft make-open-book-data", description=make_open_book_data.__doc__)
     parser.add_argument("out_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into out_dir even when it holds files this command did not write")
     parser.add_argument("--rows-per-subject", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -60,6 +65,8 @@ def tiny_model_parser() -> ArgumentParser:
 
     parser = ArgumentParser(prog="hf-ft make-tiny-model", description=make_tiny_model.__doc__)
     parser.add_argument("out_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into out_dir even when it holds files this command did not write")
     parser.add_argument("--vocab-from", nargs="+", required=True, help="data files or folders whose characters "
                                                                        "make the vocabulary")
     parser.add_argument("--hidden-size", type=int, default=64)
@@ -87,7 +94,8 @@ def make_demo_data_command(argv: list[str]) -> None:
 
     args = validation.parse_checked(demo_data_parser(), argv, DEMO_DATA_RULES)
     subjects = [s.strip() for s in args.artifact_subjects.split(",") if s.strip()]
-    writable_folder(args.out_dir, "out_dir")
+    claim_folder(args.out_dir, "hf-ft make-demo-data", "out_dir", overwrite=args.overwrite,
+                 written_before=names_like(r".+_(dev|val|test)\.csv"))
     out = make_demo_data(args.out_dir, args.rows_per_subject, args.seed, artifact=args.plant_artifact,
                          artifact_subjects=subjects, artifact_rate=args.artifact_rate)
     print(f"demo data written to {out}")
@@ -97,7 +105,8 @@ def make_open_book_data_command(argv: list[str]) -> None:
     from .demo import make_open_book_data
 
     args = validation.parse_checked(open_book_data_parser(), argv, OPEN_BOOK_DATA_RULES)
-    writable_folder(args.out_dir, "out_dir")
+    claim_folder(args.out_dir, "hf-ft make-open-book-data", "out_dir", overwrite=args.overwrite,
+                 written_before=names_like("data", "corpus", "gold_passages.jsonl", "model"))
     data, corpus = make_open_book_data(args.out_dir, args.rows_per_subject, args.seed)
     print(f"open-book demo: questions in {data}, the facts that answer them in {corpus}")
 
@@ -114,7 +123,10 @@ def make_tiny_model_command(argv: list[str]) -> None:
         problems.append(f"--vocab-from {missing[0]}: no such file or folder")
     if problems:
         raise UserError("; ".join(problems))
-    writable_folder(args.out_dir, "out_dir")
+    claim_folder(args.out_dir, "hf-ft make-tiny-model", "out_dir", overwrite=args.overwrite,
+                 inputs={f"--vocab-from {p}": p for p in args.vocab_from},
+                 written_before=names_like(r"config\.json", r"model\.safetensors", r"(tokenizer|special_tokens_map|"
+                                           r"generation_config)[\w.]*\.json", r"vocab\.txt"))
     out = make_tiny_model(args.out_dir, args.vocab_from, args.hidden_size, args.layers, args.heads,
                           args.intermediate_size, seed=args.seed)
     if args.pretrain_sentences:

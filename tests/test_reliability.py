@@ -346,3 +346,75 @@ def test_the_memory_estimate_follows_the_knobs():
     assert activation_bytes(replace(base, length=256)) < act / 2  # the attention term is quadratic
     assert state_bytes(replace(base, zero_stage=3, world_size=4)) == (110_000_000, 220_000_000)
     assert estimate(base, now=2**30).peak == 2**30 + 2 * 12 * 110_000_000 + act
+
+
+def test_one_guarded_writer_refuses_what_a_command_did_not_write(trained_run, tmp_path, capsys):
+    """Every writing command claims its target through hf_ft.core.writers: a folder holding someone else's files,
+    a target inside an input, a file another program wrote, are one line before any work, and nothing is lost;
+    the command's own earlier output, and the overwrite flag, are accepted."""
+    out, _ = trained_run
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work", encoding="utf-8")
+    questions = tmp_path / "questions.json"  # the run's own (its tokenizer reads them)
+    questions.write_text((out / "test_qa_data.json").read_text(encoding="utf-8"), encoding="utf-8")
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"my": "notes"}\n', encoding="utf-8")
+    cases = [
+        (["make-demo-data", str(mine)], f"out_dir {mine}: holds files something other than `hf-ft make-demo-data` "
+                                        "did not write (thesis.tex)"),
+        (["make-open-book-data", str(mine)], "pass --overwrite to write over them"),
+        (["make-tiny-model", str(mine / "m"), "--vocab-from", str(mine)], None),  # a new subfolder: fine
+        (["make-tiny-model", str(tmp_path / "v" / "model"), "--vocab-from", str(tmp_path / "v")],
+         f"is inside the --vocab-from {tmp_path / 'v'} input"),
+        (["evaluate", "--original", str(out), "--finetuned", str(out), "--output_dir", str(mine)],
+         "holds files something other than `python -m hf_ft.evaluate` did not write"),
+        (["evaluate", "--original", str(out), "--finetuned", str(out), "--output_dir", str(out)],
+         "did not write"),  # the run folder itself is not a comparison folder
+        (["predict", str(out), "--input", str(questions), "--output", str(notes)],
+         f"--output {notes}: a file `hf-ft predict` did not write is there"),
+    ]
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "music_test.csv").write_text("question,A,B,C,D,answer\n一？,一,二,三,四,A\n", encoding="utf-8")
+    for argv, expected in cases:
+        if expected is None:
+            continue
+        code, _, err = cli(argv, capsys)
+        assert code == 2 and "Traceback" not in err, (argv, err)
+        assert expected in err.strip().splitlines()[-1], (argv, err)
+    assert (mine / "thesis.tex").read_text(encoding="utf-8") == "years of work"
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]  # refused before anything was written
+    assert notes.read_text(encoding="utf-8") == '{"my": "notes"}\n'
+
+    # its own output again, a folder from before markers, and the overwrite flag are fine
+    demo = tmp_path / "demo"
+    for _ in range(2):
+        assert cli(["make-demo-data", str(demo), "--rows-per-subject", "20"], capsys)[0] == 0
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "music_dev.csv").write_text("question,A,B,C,D,answer\n", encoding="utf-8")
+    assert cli(["make-demo-data", str(legacy), "--rows-per-subject", "20"], capsys)[0] == 0
+    assert cli(["make-demo-data", str(mine), "--rows-per-subject", "20", "--overwrite"], capsys)[0] == 0
+    assert (mine / "thesis.tex").is_file()  # written over, never deleted
+    predictions = tmp_path / "p.jsonl"
+    for _ in range(2):
+        assert cli(["predict", str(out), "--input", str(questions), "--output", str(predictions), "--use_cpu"],
+                   capsys)[0] == 0
+    assert cli(["predict", str(out), "--input", str(questions), "--output", str(notes), "--overwrite", "--use_cpu"],
+               capsys)[0] == 0 and '"ranking"' in notes.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("module", ["preprocessing", "retrieval", "memory"])
+def test_a_benchmark_claims_its_report_path_before_work(tmp_path, capsys, module):
+    import importlib
+
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    (tmp_path / "mine.json").write_text('{"my": "results"}', encoding="utf-8")
+    main = importlib.import_module(f"benchmarks.{module}").main
+    for output, expected in ((tmp_path / "file" / "r.json", "is a file, not a folder"),
+                             (tmp_path / "mine.json", "a file `hf_ft benchmarks` did not write is there")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--output", str(output)])
+        assert exit_info.value.code == 2
+        assert expected in capsys.readouterr().err.strip().splitlines()[-1]
+    assert (tmp_path / "mine.json").read_text(encoding="utf-8") == '{"my": "results"}'

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..core import validation
-from ..core.errors import UserError, run_user_errors, writable_folder
+from ..core.errors import UserError, run_user_errors
+from ..core.writers import claim_folder
 from ..core.run_dir import COMPARISON_DIR, MANIFEST_FILE, RUN_RECORD_FILE, read_json_if_present
 from ..data.splits import stratified_sample
 from ..inputs.modeling import check_model_path, check_vocabulary
@@ -54,6 +55,8 @@ class EvaluateArguments(ScoringArguments):
     data_dir: str | None = field(default=None, metadata={"help": "Score the test split of a TMMLU+-layout folder."})
     subjects: str = field(default="all", metadata={"help": "With --data_dir: subjects/categories to score."})
     output_dir: str | None = field(default=None, metadata={"help": "Default: <finetuned>/comparison."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Write into --output_dir even when it holds files evaluate did not write."})
     max_items: int | None = field(default=None, metadata={
         "help": "Score a seeded sample of this many items, stratified by subject (the same items for every model); "
                 "the report says it is a sample."})
@@ -127,7 +130,11 @@ def run(args: EvaluateArguments) -> dict:
     if args.max_items is not None and args.max_items < len(rows):
         rows = stratified_sample(rows, args.max_items, args.seed)
     out = Path(args.output_dir or Path(runs[0][0]) / COMPARISON_DIR)
-    writable_folder(out, "--output_dir")  # before minutes of scoring, not after
+    claim_folder(out, "python -m hf_ft.evaluate", "--output_dir", overwrite=args.overwrite_output_dir,
+                 overwrite_flag="--overwrite_output_dir",  # before minutes of scoring, not after
+                 inputs={"--test_file": args.test_file, "--data_dir": args.data_dir,
+                         "--gold_passages": args.gold_passages},
+                 written_before=lambda names: "comparison.json" in names)
     if args.audit and args.audit_choices_only:
         from .audit import check_choices_only_can_train
 

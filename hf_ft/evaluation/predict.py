@@ -22,7 +22,8 @@ import numpy as np
 from scipy.special import softmax
 
 from ..core import validation
-from ..core.errors import UserError, run_user_errors, writable_file
+from ..core.errors import UserError, run_user_errors
+from ..core.writers import claim_file, first_json_line_has
 from ..core.run_dir import write_jsonl
 from ..data.files import read_records
 from ..data.rows import QARow, handle_problems, normalise_text, option_problem, validate_records
@@ -191,7 +192,12 @@ def build_parser() -> ScoringParser:
                                          "--question: also written there when given)")
     parser.add_argument("--top_k", type=int, default=5, help="--fill: how many tokens per mask")
     parser.add_argument("--json", action="store_true", help="single question: print JSON instead of a table")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an --output file that predict did not write")
     return parser
+
+
+PREDICTIONS_FILE = first_json_line_has("prediction", "ranking")  # what predict's own output starts with
 
 
 PREDICT_RULES = {"top_k": validation.at_least(1)}
@@ -208,12 +214,12 @@ def run(scoring: ScoringArguments, args) -> object:
         row = make_question(args.question, args.choices)  # check the input before loading a model
     if args.input:
         rows = read_questions(args.input)
-        writable_file(args.output or Path(args.input).with_suffix(".predictions.jsonl"), "--output",
-                      {"--input": args.input})
+        claim_file(args.output or Path(args.input).with_suffix(".predictions.jsonl"), "hf-ft predict", "--output",
+                   is_own=PREDICTIONS_FILE, overwrite=args.overwrite, inputs={"--input": args.input})
     elif args.output:
         if args.question is None:
             raise UserError("--output: writes the predictions of --input or --question; this run has neither")
-        writable_file(args.output, "--output")
+        claim_file(args.output, "hf-ft predict", "--output", is_own=PREDICTIONS_FILE, overwrite=args.overwrite)
     problems = scoring.scoring_problems() + validation.problems(vars(args), PREDICT_RULES)
     if problems:
         raise UserError(validation.refusal(problems))

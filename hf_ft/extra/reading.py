@@ -121,8 +121,9 @@ def split_and_subject(path: str) -> tuple[str, str]:
 
 def read_local(spec: SourceSpec) -> SourceRead:
     root = Path(spec.source)
-    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
-                                                  and p.suffix.lower() in SUFFIXES)
+    paths = [root] if root.is_file() else sorted(  # hidden files (.hf_ft_output.json, .git) are not data
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if root.is_file() and root.suffix.lower() not in SUFFIXES:
         raise DataError(f"{root}: unsupported file type '{root.suffix}' (use {', '.join(SUFFIXES)})")
     if not paths:
