@@ -303,6 +303,30 @@ def test_max_seq_length_too_short_for_the_longest_option(tmp_path, tiny_model, c
     line = one_line(err)
     assert f"--max_seq_length 32: too short for the options of {path}:9" in line and "use 51 or more" in line
 
+    # the same row, a model with fewer positions than the option needs: named before training, not a tensor-size
+    # error in its first forward pass
+    import shutil
+
+    short = tmp_path / "short_model"
+    shutil.copytree(tiny_model, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 40}))
+    code, _, err = cli(["train", "--model_name_or_path", str(short), "--train_file", str(path),
+                        "--output_dir", str(tmp_path / "o2"), *TRAIN_ARGS, "--max_unk_rate", "0.2"], capsys)
+    line = one_line(err)
+    assert code == 2 and f"the model's max_position_embeddings 40: too short for the options of {path}:9" in line
+
+
+def test_predict_refuses_an_option_longer_than_the_model_reads(trained_run, capsys):
+    out, _ = trained_run
+    item = json.loads((out / "test_qa_data.json").read_text(encoding="utf-8"))[0]
+    long_option = item["options"]["A"] * 400
+    code, _, err = cli(["predict", str(out), "--question", item["question"], "--choices", long_option,
+                        item["options"]["B"], "--use_cpu"], capsys)
+    line = err.strip().splitlines()[-1]  # after transformers' weight-loading bar
+    assert "Traceback" not in err
+    assert code == 2 and "too short for the options of the question given" in line and "shorten that option" in line
+
 
 def test_a_run_that_would_not_fit_stops_before_training_with_the_knobs(tmp_path, demo_data, tiny_model, capsys,
                                                                          monkeypatch, caplog):

@@ -37,7 +37,7 @@ from ..data.rows import QARow
 from ..inputs.collators import MASK_KEY, mask_choices, merge_rotations
 from ..inputs.formulations import encode, get_formulation, make_collator
 from ..inputs.modeling import ModelLoadError, formulation_of, load_config, load_model, load_tokenizer, untrained_head
-from ..inputs.preprocessing import JOINT_EVAL_ROTATIONS, mlm_option_sequence
+from ..inputs.preprocessing import JOINT_EVAL_ROTATIONS, length_problem, mlm_option_sequence
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,11 @@ class LoadedScorer:
             for record, row in zip(self.retrieved, rows):
                 record["context_tokens"] = len(self.tokenizer(row.context or "", add_special_tokens=False,
                                                               verbose=False)["input_ids"])
+        limit = {"the scoring length (--max_seq_length, else the run's, at most the model's positions)":
+                 self.max_length}
+        problem = length_problem(rows, self.tokenizer, self.formulation, limit)
+        if problem:  # (never for the masked-LM scorers, which fit what they read themselves)
+            raise UserError(f"{self.path}: {problem}")
         return SCORERS[self.method].score(self, rows, batch_size, progress, batch_tokens)
 
 

@@ -240,3 +240,17 @@ def required_length(rows: list[QARow], tokenizer, formulation: str) -> tuple[int
         if total + MIN_QUESTION_TOKENS > need:
             need, worst = total + MIN_QUESTION_TOKENS, row
     return need, worst
+
+
+def length_problem(rows: list[QARow], tokenizer, formulation: str, limits: dict[str, int]) -> str | None:
+    """A row whose options cannot fit the shortest of `limits` ({what sets it: tokens}, e.g. --max_seq_length,
+    the tokenizer's model_max_length, the model's max_position_embeddings): options are never truncated, so the
+    model would get a sequence longer than its positions (a tensor-size error deep in the forward pass)."""
+    need, row = required_length(rows, tokenizer, formulation)
+    what, limit = min(limits.items(), key=lambda item: item[1])
+    if need <= limit:
+        return None
+    where = f"{row.source}:{row.line}" if row.source else "the question given"
+    return (f"{what} {limit}: too short for the options of {where} ({need} tokens with a question of "
+            f"{MIN_QUESTION_TOKENS} and the special tokens; options are never truncated)" +
+            (f"; use {need} or more" if what.startswith("--") else "; shorten that option"))

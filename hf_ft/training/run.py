@@ -28,8 +28,8 @@ from ..data.sources import load_rows
 from ..data.splits import make_splits, stratified_sample, write_split_outputs
 from ..extra.mixing import load_for_run as load_extra_for_run
 from ..inputs.formulations import count_truncated, encode, get_formulation
-from ..inputs.modeling import check_vocabulary, hub_id, load_model, load_tokenizer
-from ..inputs.preprocessing import MIN_QUESTION_TOKENS, required_length
+from ..inputs.modeling import check_vocabulary, hub_id, load_config, load_model, load_tokenizer
+from ..inputs.preprocessing import length_problem
 from ..publish.model_card import write_model_card
 from ..retrieval.contexts import SEPARATOR, OpenBook
 from ..task.metrics import build_compute_metrics
@@ -166,20 +166,22 @@ def prepare_inputs(args: Arguments, data: RunData, output_dir: Path, is_main: bo
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                model_args.model_revision, model_args.cache_dir, model_args.trust_remote_code)
     check_vocabulary(tokenizer, splits.train + splits.validation + splits.test, data_args.max_unk_rate)
-    need, row = required_length(splits.train + splits.validation + splits.test, tokenizer, formulation)
-    if need > min(data_args.max_seq_length, tokenizer.model_max_length):
-        raise UserError(f"--max_seq_length {data_args.max_seq_length}: too short for the options of {row.source}:"
-                        f"{row.line} ({need} tokens with a question of {MIN_QUESTION_TOKENS} and the special "
-                        f"tokens; options are never truncated); use {need} or more (the tokenizer allows "
-                        f"{tokenizer.model_max_length})")
+    config = load_config(model_args.model_name_or_path, model_args.model_revision, model_args.cache_dir,
+                         model_args.trust_remote_code)
+    limits = {"--max_seq_length": data_args.max_seq_length,
+              "the tokenizer's model_max_length": tokenizer.model_max_length,
+              "the model's max_position_embeddings": getattr(config, "max_position_embeddings",
+                                                            data_args.max_seq_length)}
+    problem = length_problem(splits.train + splits.validation + splits.test, tokenizer, formulation, limits)
+    if problem:
+        raise UserError(problem)
+    max_length = min(limits.values())
     model = load_model(model_args.model_name_or_path, formulation, model_args.model_revision,
                        model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides,
                        use_kernels=model_args.use_kernels)
     base_model = provenance.base_model_record(model_args.model_name_or_path, hub_id(model_args.model_name_or_path),
                                               model.config, output_dir, model_args.model_revision,
                                               model_args.cache_dir) if is_main else None
-    max_length = min(data_args.max_seq_length, tokenizer.model_max_length,
-                     getattr(model.config, "max_position_embeddings", data_args.max_seq_length))
 
     started = time.perf_counter()
     with training_args.main_process_first(desc="tokenizing"):  # the others read the main process's cache
