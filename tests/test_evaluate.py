@@ -115,7 +115,7 @@ def test_bad_input_gives_one_clear_error(case, trained_run, tiny_model, tmp_path
     expected = {
         "missing_file": "nope.json: file not found",
         "malformed_file": "bad.csv: missing column(s) answer",
-        "missing_model": "does/not/exist: model path does not exist",
+        "missing_model": "does/not/exist: no such folder (and, being a path, not a hub id)",
         "headless_model": "cannot score multiple choice",
         "unreachable_judge": "judge http://127.0.0.1:9/v1/chat/completions: unreachable",
         "output_dir_is_a_file": "is a file, not a folder",
@@ -127,7 +127,7 @@ def test_bad_input_gives_one_clear_error(case, trained_run, tiny_model, tmp_path
         args += ["--test_file", str(tmp_path / "bad.csv")]
     elif case == "missing_model":
         args[1] = "./does/not/exist"
-        expected = "./" + expected
+        expected = "--original ./" + expected
     elif case == "headless_model":
         from transformers import BertConfig, BertModel
 

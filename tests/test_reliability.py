@@ -50,6 +50,7 @@ def one_line(err: str) -> str:
     (["--label_names", "answer"], "--label_names ['answer']: hf_ft's collators name the labels `labels`"),
     (["--run_name", "\u200b"], r"--run_name '\u200b': empty; leave the flag out for its default"),
     (["--model_revision", "ma\x00in"], r"--model_revision 'ma\x00in': contains a control character"),
+    (["--cache_dir", __file__], f"--cache_dir {__file__}: is a file, not a folder"),
     (["--hub_revision", "my branch"], "--hub_revision 'my branch': not a branch, tag or commit name the hub accepts"),
     (["--dataset_revision", "v1..v2"], "--dataset_revision 'v1..v2': not a branch, tag or commit name"),
     (["--config_overrides", "99"], "--config_overrides '99': '99' is not key=value"),
@@ -442,3 +443,37 @@ def test_a_benchmark_claims_its_report_path_before_work(tmp_path, capsys, module
         assert exit_info.value.code == 2
         assert expected in capsys.readouterr().err.strip().splitlines()[-1]
     assert (tmp_path / "mine.json").read_text(encoding="utf-8") == '{"my": "results"}'
+
+
+def test_paths_are_checked_by_kind_and_named_by_their_flag(trained_run, tiny_model, demo_data, tmp_path, capsys):
+    out, _ = trained_run
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x", encoding="utf-8")
+    train = ["train", "--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--output_dir",
+             str(tmp_path / "o"), *TRAIN_ARGS]
+    cases = [
+        ([*train, "--tokenizer_name", "./no_tokenizer"], "--tokenizer_name ./no_tokenizer: no such folder"),
+        ([*train, "--tokenizer_name", str(a_file)], f"--tokenizer_name {a_file}: is a file; a model or tokenizer"),
+        ([*train[:2], str(a_file), *train[3:]], f"--model_name_or_path {a_file}: is a file"),
+        (["predict", str(a_file), "--question", "q", "--choices", "a", "b"], f"model {a_file}: is a file"),
+        (["evaluate", "--original", str(tiny_model), "--finetuned", str(a_file)], f"--finetuned {a_file}: is a file"),
+    ]
+    for argv, expected in cases:
+        code, _, err = cli(argv, capsys)
+        assert code == 2 and "Traceback" not in err, (argv, err)
+        assert expected in err.strip().splitlines()[-1], (argv, err)
+
+
+def test_a_models_path_holding_an_equals_sign_is_a_path_not_a_label(trained_run, tmp_path):
+    import shutil
+
+    from hf_ft.evaluation.evaluate import EvaluateArguments
+    from hf_ft.evaluation.items import parse_models
+
+    out, _ = trained_run
+    odd = tmp_path / "lr=3e-5"
+    shutil.copytree(out, odd)
+    args = EvaluateArguments(original="o", finetuned=[str(out)], models=[str(odd), f"mine={odd}"])
+    entries = parse_models(args, [(str(out), None)])
+    assert [(label, path) for label, path, role, _ in entries if role == "model"] == [(str(odd), str(odd)),
+                                                                                      ("mine", str(odd))]

@@ -223,12 +223,18 @@ def refuse_conflicts(given: set) -> None:
         raise ConfigError(validation.refusal(problems))
 
 
+# Flags that name a folder to read from or write into (the data and model folders are checked where they are read).
+FOLDER_FLAGS = ("cache_dir", "logging_dir")
+
+
 def refuse_nonsense(values: dict, cuda: bool, given: set) -> None:
     """Settings that cannot make sense, refused before anything heavy starts (one line each)."""
     problems = validation.problems(values, TRAINING_RULES)
     problems += validation.finite_floats(values, [n for n in values if n not in TRAINING_RULES])
     problems += validation.text_problems(values, given, own=("output_dir",))
     problems += validation.revision_problems(values)
+    problems += [f"--{name} {values[name]}: is a file, not a folder" for name in FOLDER_FLAGS
+                 if values.get(name) and Path(values[name]).is_file()]
     problems += training_value_problems(values)
     if values["max_steps"] <= 0 and values["num_train_epochs"] <= 0:
         problems.append(f"--num_train_epochs {values['num_train_epochs']}: need a positive number of epochs "

@@ -119,8 +119,8 @@ def run(args: EvaluateArguments) -> dict:
     runs = expand_runs(args.finetuned)
     entries = parse_models(args, runs)
     reference = reference_index(args, entries)
-    for _, path, _, _ in entries:  # fail before minutes of scoring, not after
-        check_model_path(path)
+    for _, path, role, _ in entries:  # fail before minutes of scoring, not after
+        check_model_path(path, {"original": "--original", "finetuned": "--finetuned"}.get(role, "--models"))
     rows, items_from = choose_items(args, runs[0][0])
     manifests = [(str(Path(p) / MANIFEST_FILE), read_json_if_present(Path(p) / MANIFEST_FILE)) for p, _ in runs]
     rows, held_out = check_held_out(rows, manifests, args.allow_overlap)

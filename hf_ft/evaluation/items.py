@@ -111,7 +111,8 @@ def parse_models(args: EvaluateArguments, runs: list[tuple[str, int | None]]) ->
         label = "fine-tuned" if len(runs) == 1 else f"fine-tuned (seed {seed})" if seed is not None else path
         entries.append((label, path, "finetuned", seed))
     for spec in args.models or []:
-        label, _, path = spec.rpartition("=")
+        # label=path, or a path that itself holds '=' (an existing path is never split)
+        label, _, path = ("", "", spec) if Path(spec).exists() or "=" not in spec else spec.partition("=")
         if not path.strip():
             raise UserError(f"--models {spec!r}: no model path after '='; give label=path")
         entries.append((label or path, path, "model", None))

@@ -28,7 +28,7 @@ from ..core.run_dir import write_jsonl
 from ..data.files import read_records
 from ..data.rows import QARow, handle_problems, normalise_text, option_problem, validate_records
 from ..inputs.formulations import get_formulation
-from ..inputs.modeling import check_vocabulary
+from ..inputs.modeling import check_model_path, check_vocabulary
 from .options import ScoringArguments, ScoringParser
 from .scoring import BATCH_TOKENS, LoadedScorer
 
@@ -210,6 +210,7 @@ def run(scoring: ScoringArguments, args) -> object:
     problems = validation.text_problems({**vars(args), **asdict(scoring)}, given, own=("question", "choices"))
     if problems:
         raise UserError(validation.refusal(problems))
+    check_model_path(args.model, "model")
     if args.question is not None:
         row = make_question(args.question, args.choices)  # check the input before loading a model
     if args.input:

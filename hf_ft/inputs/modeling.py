@@ -72,12 +72,17 @@ def _say_alias(name: str) -> None:
     logger.info("%s is %s on the hub", name, HUB_ALIASES[name])
 
 
-def check_model_path(name_or_path: str) -> None:
-    """A path-looking name that does not exist is a typo, not a hub id: say so instead of querying the hub.
-    An hf_ft run folder must be finished: a half-written model is never loaded."""
+def check_model_path(name_or_path: str, flag: str | None = None) -> None:
+    """A path-looking name that does not exist is a typo, not a hub id: say so instead of querying the hub; a
+    file is not a model folder. An hf_ft run folder must be finished: a half-written model is never loaded.
+    `flag` names where the path came from (--tokenizer_name is not --model_name_or_path)."""
+    where = f"{flag} {name_or_path}" if flag else name_or_path
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or Path(name_or_path).exists()
     if looks_local and not Path(name_or_path).expanduser().exists():
-        raise ModelLoadError(f"{name_or_path}: model path does not exist")
+        raise ModelLoadError(f"{where}: no such folder (and, being a path, not a hub id)")
+    if Path(name_or_path).is_file():
+        raise ModelLoadError(f"{where}: is a file; a model or tokenizer is a folder (config.json, weights, "
+                             "tokenizer files) or a hub id")
     if Path(name_or_path).is_dir():
         from ..core.run_dir import require_finished
 
@@ -98,8 +103,8 @@ def _load_problem(error: Exception) -> str:
 
 
 def load_config(name_or_path: str, revision: str = "main", cache_dir: str | None = None,
-                trust_remote_code: bool = False):
-    check_model_path(name_or_path)
+                trust_remote_code: bool = False, flag: str | None = None):
+    check_model_path(name_or_path, flag)
     try:
         return AutoConfig.from_pretrained(hub_id(name_or_path), revision=revision, cache_dir=cache_dir,
                                           trust_remote_code=trust_remote_code)
@@ -108,8 +113,8 @@ def load_config(name_or_path: str, revision: str = "main", cache_dir: str | None
 
 
 def load_tokenizer(name_or_path: str, revision: str = "main", cache_dir: str | None = None,
-                   trust_remote_code: bool = False):
-    check_model_path(name_or_path)
+                   trust_remote_code: bool = False, flag: str | None = None):
+    check_model_path(name_or_path, flag)
     try:
         return AutoTokenizer.from_pretrained(hub_id(name_or_path), revision=revision, cache_dir=cache_dir,
                                              trust_remote_code=trust_remote_code)

@@ -164,10 +164,11 @@ def prepare_inputs(args: Arguments, data: RunData, output_dir: Path, is_main: bo
     formulation = model_args.formulation
     splits, evaluated = data.splits, data.evaluated
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
-                               model_args.model_revision, model_args.cache_dir, model_args.trust_remote_code)
+                               model_args.model_revision, model_args.cache_dir, model_args.trust_remote_code,
+                               flag="--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path")
     check_vocabulary(tokenizer, splits.train + splits.validation + splits.test, data_args.max_unk_rate)
     config = load_config(model_args.model_name_or_path, model_args.model_revision, model_args.cache_dir,
-                         model_args.trust_remote_code)
+                         model_args.trust_remote_code, flag="--model_name_or_path")
     limits = {"--max_seq_length": data_args.max_seq_length,
               "the tokenizer's model_max_length": tokenizer.model_max_length,
               "the model's max_position_embeddings": getattr(config, "max_position_embeddings",
