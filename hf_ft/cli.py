@@ -89,10 +89,22 @@ TINY_MODEL_RULES = {**{name: validation.at_least(1) for name in ("hidden-size", 
                     "seed": validation.SEED, "pretrain-sentences": validation.at_least(0)}
 
 
+def _parse(command: str, parser, argv: list[str], rules: dict):
+    """A helper command's arguments: each value in its range, and each flag with what it needs
+    (hf_ft.config.flags.COMMANDS), in one line before work."""
+    from .config.flags import command_problems
+
+    args = validation.parse_checked(parser, argv, rules)
+    problems = command_problems(command, validation.given_names(parser, args), dashes=True)
+    if problems:
+        raise UserError(validation.refusal(problems))
+    return args
+
+
 def make_demo_data_command(argv: list[str]) -> None:
     from .demo import make_demo_data
 
-    args = validation.parse_checked(demo_data_parser(), argv, DEMO_DATA_RULES)
+    args = _parse("make-demo-data", demo_data_parser(), argv, DEMO_DATA_RULES)
     subjects = [s.strip() for s in args.artifact_subjects.split(",") if s.strip()]
     claim_folder(args.out_dir, "hf-ft make-demo-data", "out_dir", overwrite=args.overwrite,
                  written_before=names_like(r".+_(dev|val|test)\.csv"))
@@ -104,7 +116,7 @@ def make_demo_data_command(argv: list[str]) -> None:
 def make_open_book_data_command(argv: list[str]) -> None:
     from .demo import make_open_book_data
 
-    args = validation.parse_checked(open_book_data_parser(), argv, OPEN_BOOK_DATA_RULES)
+    args = _parse("make-open-book-data", open_book_data_parser(), argv, OPEN_BOOK_DATA_RULES)
     claim_folder(args.out_dir, "hf-ft make-open-book-data", "out_dir", overwrite=args.overwrite,
                  written_before=names_like("data", "corpus", "gold_passages.jsonl", "model"))
     data, corpus = make_open_book_data(args.out_dir, args.rows_per_subject, args.seed)
@@ -114,7 +126,7 @@ def make_open_book_data_command(argv: list[str]) -> None:
 def make_tiny_model_command(argv: list[str]) -> None:
     from .demo import make_tiny_model, pretrain_tiny_model
 
-    args = validation.parse_checked(tiny_model_parser(), argv, TINY_MODEL_RULES)
+    args = _parse("make-tiny-model", tiny_model_parser(), argv, TINY_MODEL_RULES)
     problems = []
     if args.hidden_size % args.heads:
         problems.append(f"--heads {args.heads}: must divide --hidden-size {args.hidden_size}")

@@ -41,7 +41,8 @@ def test_task_defaults_are_one_class_that_runs_benchmarks_and_tests_construct(tm
     built = QATrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True)
     plain = TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True)
     defaults = task_defaults()
-    assert {"logging_nan_inf_filter", "train_sampling_strategy", "warmup_steps", "remove_unused_columns"} <= set(defaults)
+    assert {"logging_nan_inf_filter", "train_sampling_strategy", "warmup_steps",
+            "remove_unused_columns"} <= set(defaults)
     help_text = " ".join(build_parser().format_help().split())
     for name in defaults:
         assert getattr(built, name) == getattr(parsed, name), name
@@ -171,3 +172,61 @@ def test_deepspeed_config_is_read_by_the_same_rules(tmp_path):
     twice.write_text('{"zero_optimization": {"stage": 2, "stage": 3}}', encoding="utf-8")
     with pytest.raises(UserError, match=r"--deepspeed .*twice.json: the key 'stage' is given twice"):
         load_ds_config(str(twice))
+
+
+def _flag_names(parser) -> set[str]:
+    return {flag.lstrip("-").replace("-", "_") for flag in parser.known_flags} - {"help", "h"}
+
+
+def test_every_flag_of_every_entry_point_is_declared():
+    """hf_ft.config.flags declares each flag: what it needs or excludes, that hf_ft replaces it, or that it
+    stands alone. A flag without a declaration (one a new transformers adds, say) fails here; so does a
+    declaration of a flag that does not exist, and a flag declared independent that also has needs."""
+    from dataclasses import fields
+
+    from hf_ft.cli import PARSERS
+    from hf_ft.config import flags
+    from hf_ft.config.arguments import ARGUMENT_CLASSES
+    from hf_ft.evaluation import evaluate, predict
+    from hf_ft.publish.hub import build_parser as push_parser
+
+    training = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
+    assert training - flags.declared() == set(), "undeclared run_qa.py flags"
+    assert flags.declared() - training == set(), "declarations of flags run_qa.py does not have"
+    with_needs = set(flags.declared()) - set(flags.INDEPENDENT) - set(flags.REPLACED)
+    assert not set(flags.INDEPENDENT) & with_needs and not set(flags.INDEPENDENT) & set(flags.REPLACED)
+
+    commands = {"evaluate": {f.name for f in fields(evaluate.EvaluateArguments)},
+                "predict": _flag_names(predict.build_parser()) | {"model"},
+                "push": _flag_names(push_parser()) | {"output_dir"},
+                **{name: _flag_names(make()) | {"out_dir"} for name, make in PARSERS.items()}}
+    assert set(commands) == set(flags.COMMANDS)
+    for command, names in commands.items():
+        assert names == flags.command_declared(command), command
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--do_eval", "false"], "--do_eval False: the run evaluates per --eval_strategy"),
+    (["--hub_strategy", "every_save"], "--hub_strategy every_save: hf_ft pushes the finished run once"),
+    (["--ignore_data_skip"], "--ignore_data_skip True: a resumed run replays the data order"),
+    (["--eval_steps", "5"], "--eval_steps: has no effect without --eval_strategy steps"),
+    (["--save_strategy", "epoch", "--save_steps", "5"], "--save_steps: has no effect without --save_strategy steps"),
+    (["--joint_rotations", "2"], "--joint_rotations: has no effect without --formulation joint"),
+    (["--split_scheme", "official", "--split_ratios", "0.8,0.1,0.1"], "--split_ratios: has no effect without"),
+    (["--split_scheme", "resplit", "--validation_fraction", "0.2"], "--validation_fraction: has no effect"),
+    (["--split_scheme", "resplit", "--train_file", "t.csv", "--test_file", "x.csv"],
+     "--test_file with --split_scheme resplit: its rows would be pooled and split again"),
+    (["--hub_model_id", "me/x"], "--hub_model_id without --push_to_hub: has no effect"),
+    (["--activation_checkpointing_kwargs", "{}"], "--activation_checkpointing_kwargs without --activation_checkp"),
+])
+def test_flags_that_would_do_nothing_in_a_combination_are_refused(tmp_path, argv, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        parse_args(["--output_dir", str(tmp_path / "o"), "--use_cpu", *argv])
+
+
+def test_what_hf_ft_honours_anyway_is_accepted(tmp_path):
+    args = parse_args(["--output_dir", str(tmp_path / "o"), "--use_cpu", "--do_train", "--hub_strategy", "end",
+                       "--eval_strategy", "steps", "--eval_steps", "5", "--save_strategy", "steps",
+                       "--formulation", "joint",
+                       "--joint_rotations", "2"])
+    assert args.training.do_train and args.data.joint_rotations == 2

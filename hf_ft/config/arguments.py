@@ -138,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
         raise ConfigError("--output_dir is required")
     cuda = processes.cuda_present()
     refuse_nonsense(values, cuda, given)
-    refuse_conflicts(given)
+    refuse_conflicts(values, given)
     plan = deepspeed_config.plan(values["deepspeed"], require=values["require_deepspeed"],
                                  auto_find_batch_size=values["auto_find_batch_size"], fp16=values["fp16"],
                                  cuda=cuda and not values["use_cpu"])

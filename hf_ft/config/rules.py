@@ -13,6 +13,7 @@ from ..core.deepspeed_config import DeepSpeedPlan
 from ..core.errors import UserError
 from ..inputs.formulations import get_formulation
 from ..inputs.modeling import kernels_problem
+from . import flags
 from .fields import ConfigError, DataArguments, RetrievalArguments
 
 
@@ -115,9 +116,6 @@ def training_value_problems(values: dict) -> list[str]:
     for name in values.get("include_for_metrics") or []:
         if name not in ("inputs", "loss"):
             problems.append(f"--include_for_metrics {name!r}: choose from inputs, loss")
-    if values.get("label_names") not in (None, [], ["labels"]):
-        problems.append(f"--label_names {values['label_names']}: hf_ft's collators name the labels `labels`; "
-                        "leave the flag out")
     for name, may_be_file in JSON_OBJECT_FLAGS.items():
         value = values.get(name)
         if not isinstance(value, str) or not value:
@@ -189,36 +187,11 @@ TRAINING_RULES = {
 }
 
 
-# Flags that do nothing next to another one the user also gave: (given, ignored because of it, why).
-CONFLICTS = [
-    *[("data_dir", name, "a run reads one source: the folder, or the files") for name in (
-        "train_file", "validation_file", "test_file")],
-    *[(source, name, "the data comes from there, not from the hub") for source in (
-        "data_dir", "train_file") for name in ("dataset_name", "dataset_revision")],
-]
-
-
-# Flags that do something only next to another: (given, needs one of these, what it is for).
-_CORPUS_SEARCH = ("retrieval_corpus_config", "retrieval_corpus_revision", "retrieval_corpus_split",
-                  "retrieval_text_column", "passage_chars", "passage_overlap", "retrieval_query", "retriever")
-REQUIRES = [
-    *[(name, ("retrieval_corpus",), "it sets how the corpus is read and searched") for name in _CORPUS_SEARCH],
-    *[(name, ("retrieval_corpus", "retrieval_contexts"), "it sets the passages each question reads")
-      for name in ("retrieval_k", "leak_policy")],
-    ("push_test_items", ("push_to_hub",), "it sets what a push sends"),
-    ("contamination", ("extra_data",), "it sets what happens to extra rows that copy evaluated questions"),
-    ("early_stopping_threshold", ("early_stopping_patience",), "it sets what early stopping counts as better"),
-    ("gradient_checkpointing_kwargs", ("gradient_checkpointing",), "it sets how checkpointing recomputes"),
-]
-
-
-def refuse_conflicts(given: set) -> None:
-    """Two flags of which one would be silently ignored, or a flag without the one it works with, refused
-    in one line each before any work."""
-    problems = [f"--{ignored} with --{source}: {why}; drop one" for source, ignored, why in CONFLICTS
-                if source in given and ignored in given]
-    problems += [f"--{name} without --{' or --'.join(needs)}: has no effect ({why})" for name, needs, why in REQUIRES
-                 if name in given and not any(n in given for n in needs)]
+def refuse_conflicts(values: dict, given: set) -> None:
+    """Two flags of which one would be silently ignored, a flag without the one (or the value) it works with, a
+    flag whose effect hf_ft replaces, a file whose rows would end up in another role: refused in one line each
+    before any work (the declarations: hf_ft.config.flags)."""
+    problems = flags.combination_problems(values, given) + flags.mode_problems(values, given)
     if problems:
         raise ConfigError(validation.refusal(problems))
 

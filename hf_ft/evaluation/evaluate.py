@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..core import validation
 from ..core.errors import UserError, run_user_errors
+from ..config.flags import command_problems
 from ..core.writers import claim_folder
 from ..core.run_dir import COMPARISON_DIR, MANIFEST_FILE, RUN_RECORD_FILE, read_json_if_present
 from ..data.splits import stratified_sample
@@ -102,6 +103,7 @@ def check_settings(args: EvaluateArguments) -> None:
     given = {name for name, value in values.items() if value != defaults[name].default}
     problems = args.scoring_problems() + validation.problems(values, EVALUATE_RULES)
     problems += validation.text_problems(values, given)
+    problems += command_problems("evaluate", given)
     if problems:
         raise UserError(validation.refusal(problems))
 

@@ -23,6 +23,7 @@ from scipy.special import softmax
 
 from ..core import validation
 from ..core.errors import UserError, run_user_errors
+from ..config.flags import command_problems
 from ..core.writers import claim_file, first_json_line_has
 from ..core.run_dir import write_jsonl
 from ..data.files import read_records
@@ -208,6 +209,7 @@ def run(scoring: ScoringArguments, args) -> object:
     given = {name for name, value in vars(args).items() if value != parser.get_default(name)}
     given |= {f.name for f in fields(scoring) if getattr(scoring, f.name) != f.default}
     problems = validation.text_problems({**vars(args), **asdict(scoring)}, given, own=("question", "choices"))
+    problems += command_problems("predict", given)
     if problems:
         raise UserError(validation.refusal(problems))
     check_model_path(args.model, "model")
