@@ -8,6 +8,8 @@ effect hf_ft replaces is refused when given a value hf_ft would not honour.
 
 from __future__ import annotations
 
+from ..inputs.formulations import FORMULATIONS, get_formulation
+
 # (given, the one it is ignored next to, why). Both given: refused.
 CONFLICTS = [
     *[("data_dir", name, "a run reads one source: the folder, or the files") for name in (
@@ -36,6 +38,11 @@ REQUIRES = [
 ]
 
 
+def _formulations(test) -> str:
+    """The --formulation values whose Formulation passes `test` (each formulation answers for itself)."""
+    return "--formulation " + " or ".join(name for name, kind in FORMULATIONS.items() if test(kind))
+
+
 def _strategy(value) -> str:
     return str(value).split(".")[-1].lower()
 
@@ -46,9 +53,11 @@ VALUE_REQUIRES = [
     ("eval_delay", lambda v: _strategy(v["eval_strategy"]) != "no", "evaluations (--eval_strategy epoch or steps)"),
     ("save_steps", lambda v: _strategy(v["save_strategy"]) == "steps", "--save_strategy steps"),
     ("logging_steps", lambda v: _strategy(v["logging_strategy"]) == "steps", "--logging_strategy steps"),
-    ("mlm_probability", lambda v: v["formulation"] == "mlm", "--formulation mlm"),
-    ("joint_rotations", lambda v: v["formulation"] == "joint", "--formulation joint"),
-    ("joint_eval_rotations", lambda v: v["formulation"] == "joint", "--formulation joint"),
+    ("mlm_probability", lambda v: get_formulation(v["formulation"]).vocabulary_head,
+     _formulations(lambda f: f.vocabulary_head)),
+    *[(name, lambda v, name=name: name in get_formulation(v["formulation"]).rotations_flags,
+       _formulations(lambda f, name=name: name in f.rotations_flags)) for name in ("joint_rotations",
+                                                                                   "joint_eval_rotations")],
     ("split_ratios", lambda v: v["split_scheme"] != "official", "--split_scheme resplit (or auto with one flat file)"),
     ("validation_fraction", lambda v: v["split_scheme"] != "resplit", "--split_scheme official (or auto)"),
     ("dataloader_prefetch_factor", lambda v: (v["dataloader_num_workers"] or 0) > 0, "--dataloader_num_workers 1+"),
