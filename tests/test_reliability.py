@@ -477,3 +477,31 @@ def test_a_models_path_holding_an_equals_sign_is_a_path_not_a_label(trained_run,
     entries = parse_models(args, [(str(out), None)])
     assert [(label, path) for label, path, role, _ in entries if role == "model"] == [(str(odd), str(odd)),
                                                                                       ("mine", str(odd))]
+
+
+def test_sibling_checks_reach_every_command_that_reads_the_input(trained_run, tmp_path, capsys):
+    """A check belongs to the input: the folder of several runs is recognised by push as by evaluate and
+    predict; the same question with two answers and a skewed answer column are found in predict's input as in
+    training's."""
+    import shutil
+
+    out, _ = trained_run
+    seeds = tmp_path / "seeds"
+    for n in (1, 2):
+        shutil.copytree(out, seeds / f"seed-{n}")
+    code, _, err = cli(["push", str(seeds), "--repo_id", "me/x", "--dry_run"], capsys)
+    assert code == 2 and f"{seeds}: a --seeds folder (seed-1, seed-2), not one model" in err.strip().splitlines()[-1]
+
+    items = json.loads((out / "test_qa_data.json").read_text(encoding="utf-8"))
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps([items[0], {**items[0], "id": "copy", "answer": "ABCD"[("ABCD".index(
+        items[0]["answer"]) + 1) % 4]}], ensure_ascii=False), encoding="utf-8")
+    code, _, err = cli(["predict", str(out), "--input", str(twice), "--use_cpu"], capsys)
+    assert code == 2 and f"{twice}:2: the same question and options as {twice}:1" in err
+    assert "--on_bad_rows" not in err  # predict has no such flag
+
+    skewed = tmp_path / "skewed.json"
+    skewed.write_text(json.dumps([{**item, "answer": "A"} for item in items[:40]], ensure_ascii=False),
+                      encoding="utf-8")
+    code, _, err = cli(["predict", str(out), "--input", str(skewed), "--use_cpu"], capsys)
+    assert code == 0 and "warning: " in err and "gold answers (100%) are A" in err

@@ -163,6 +163,16 @@ def finished_problem(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
+def several_runs_problem(folder: str | os.PathLike, use: str) -> str | None:
+    """A --seeds folder (seed-1, seed-2, ... and no model of its own) where one run is expected: which runs it
+    holds and what to give instead. `use`: what the command could do with the whole folder."""
+    out = Path(folder)
+    seeds = sorted(p.name for p in out.glob("seed-*") if p.is_dir()) if out.is_dir() else []
+    if not seeds or (out / "config.json").is_file():
+        return None
+    return f"{folder}: a --seeds folder ({', '.join(seeds)}), not one model: {use}, e.g. {out / seeds[0]}"
+
+
 def require_finished(output_dir: str | os.PathLike) -> None:
     problem = finished_problem(output_dir)
     if problem:

@@ -249,7 +249,7 @@ def conflicting_answers(rows: list[QARow]) -> tuple[list[Problem], set[str]]:
 
 
 def handle_problems(problems: list[Problem], on_bad_rows: str, output_dir: str | None,
-                    kept: int | None = None) -> Counter:
+                    kept: int | None = None, can_skip: bool = True) -> Counter:
     """`error`: raise with one line per problem. `skip`: count per reason and write them all to rejected_rows.jsonl,
     unless no row is `kept`: then every row was bad, which is said as such (not as an empty split later)."""
     counts = Counter(p.kind for p in problems)
@@ -257,11 +257,11 @@ def handle_problems(problems: list[Problem], on_bad_rows: str, output_dir: str |
         return counts
     shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN_PROBLEMS])
     if on_bad_rows == "error":
-        more = (f"\n  ... and {len(problems) - MAX_SHOWN_PROBLEMS} more (--on_bad_rows skip writes every one to "
-                f"{REJECTED_FILE})" if len(problems) > MAX_SHOWN_PROBLEMS else "")
-        raise DataError(
-            f"{len(problems)} bad row(s); fix them or pass --on_bad_rows skip to leave them out:\n{shown}{more}"
-        )
+        more = (f"\n  ... and {len(problems) - MAX_SHOWN_PROBLEMS} more" + (
+            f" (--on_bad_rows skip writes every one to {REJECTED_FILE})" if can_skip else "")
+            if len(problems) > MAX_SHOWN_PROBLEMS else "")
+        how = "fix them or pass --on_bad_rows skip to leave them out" if can_skip else "fix them"
+        raise DataError(f"{len(problems)} bad row(s); {how}:\n{shown}{more}")
     if kept == 0:
         raise DataError(f"all {len(problems)} row(s) were rejected, so --on_bad_rows skip leaves nothing; the first "
                         f"reasons:\n{shown}")

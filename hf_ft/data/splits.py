@@ -129,21 +129,25 @@ def check_sizes(train, validation, test, scheme: str, needs_validation: bool, ne
 def skewed_gold_letters(splits: Splits) -> list[str]:
     """One warning per split whose gold letters are so uneven that always answering the most common one
     scores far above the 25% of chance (binomial test)."""
+    return [w for name, rows in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+            for w in [skewed_letters_warning(rows, name)] if w]
+
+
+def skewed_letters_warning(rows: list[QARow], name: str) -> str | None:
+    """The warning for one set of labelled rows (training's splits, evaluate's items, predict's labelled input)."""
     from scipy.stats import binomtest
 
-    out = []
-    for name, rows in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
-        letters = Counter(r.answer for r in rows if r.answer)
-        if not letters:
-            continue
-        letter, count = letters.most_common(1)[0]
-        n = sum(letters.values())
-        chance = 1 / len(rows[0].options)
-        if count / n >= chance + SKEW_MARGIN and binomtest(count, n, chance, alternative="greater").pvalue < SKEW_P:
-            out.append(f"{name}: {count} of {n} gold answers ({100 * count / n:.0f}%) are {letter}, so always "
-                       f"answering {letter} scores {100 * count / n:.0f}% against {100 * chance:.0f}% for chance; "
-                       "check the answer column")
-    return out
+    letters = Counter(r.answer for r in rows if r.answer)
+    if not letters:
+        return None
+    letter, count = letters.most_common(1)[0]
+    n = sum(letters.values())
+    chance = 1 / len(rows[0].options)
+    if count / n >= chance + SKEW_MARGIN and binomtest(count, n, chance, alternative="greater").pvalue < SKEW_P:
+        return (f"{name}: {count} of {n} gold answers ({100 * count / n:.0f}%) are {letter}, so always answering "
+                f"{letter} scores {100 * count / n:.0f}% against {100 * chance:.0f}% for chance; check the answer "
+                "column")
+    return None
 
 
 def build_manifest(data: LoadedData, splits: Splits, rejected: Counter, seed: int) -> dict:

@@ -25,7 +25,7 @@ from ..core.errors import UserError, run_user_errors
 from ..config.flags import command_problems
 from ..core.writers import claim_folder
 from ..core.run_dir import COMPARISON_DIR, MANIFEST_FILE, RUN_RECORD_FILE, read_json_if_present
-from ..data.splits import stratified_sample
+from ..data.splits import skewed_letters_warning, stratified_sample
 from ..inputs.modeling import check_model_path, check_vocabulary
 from ..publish.model_card import data_facts, write_model_card
 from .compare import Scored, build_report
@@ -128,6 +128,9 @@ def run(args: EvaluateArguments) -> dict:
     rows, held_out = check_held_out(rows, manifests, args.allow_overlap)
     if not rows:
         raise UserError(f"{items_from}: no items left to score")
+    skew = skewed_letters_warning(rows, items_from)  # the check training makes of its splits
+    if skew:
+        logger.warning(skew)
     population = len(rows)
     if args.max_items is not None and args.max_items < len(rows):
         rows = stratified_sample(rows, args.max_items, args.seed)

@@ -27,7 +27,15 @@ from ..config.flags import command_problems
 from ..core.writers import claim_file, first_json_line_has
 from ..core.run_dir import write_jsonl
 from ..data.files import read_records
-from ..data.rows import QARow, handle_problems, normalise_text, option_problem, validate_records
+from ..data.rows import (
+    QARow,
+    conflicting_answers,
+    handle_problems,
+    normalise_text,
+    option_problem,
+    validate_records,
+)
+from ..data.splits import skewed_letters_warning
 from ..inputs.formulations import get_formulation
 from ..inputs.modeling import check_model_path, check_vocabulary
 from .options import ScoringArguments, ScoringParser
@@ -91,7 +99,10 @@ def read_questions(path: str) -> list[QARow]:
     records, lines, unit = read_records(path, required=("question", "A", "B"))
     rows, problems = validate_records(records, lines, str(path), None, {}, unit, require_answer=False,
                                       fewer_options=True)
-    handle_problems(problems, "error", None)
+    handle_problems(problems + conflicting_answers(rows)[0], "error", None, can_skip=False)
+    warning = skewed_letters_warning(rows, str(path))  # the check training makes of its splits
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return rows
 
 

@@ -84,13 +84,12 @@ def check_model_path(name_or_path: str, flag: str | None = None) -> None:
         raise ModelLoadError(f"{where}: is a file; a model or tokenizer is a folder (config.json, weights, "
                              "tokenizer files) or a hub id")
     if Path(name_or_path).is_dir():
-        from ..core.run_dir import require_finished
+        from ..core.run_dir import require_finished, several_runs_problem
 
-        seeds = sorted(p.name for p in Path(name_or_path).glob("seed-*") if p.is_dir())
-        if seeds and not (Path(name_or_path) / "config.json").is_file():
-            raise ModelLoadError(f"{name_or_path}: a --seeds folder ({', '.join(seeds)}), not one model: give it to "
-                                 f"--finetuned (every seed is scored), or name one seed folder, e.g. "
-                                 f"{Path(name_or_path) / seeds[0]}")
+        problem = several_runs_problem(
+            name_or_path, "give it to --finetuned (every seed is scored), or name one seed folder")
+        if problem:
+            raise ModelLoadError(problem)
         require_finished(name_or_path)
 
 

@@ -23,6 +23,7 @@ from ..core.run_dir import (
     TEST_ITEMS_FILE,
     TEST_PREDICTIONS_FILE,
     require_finished,
+    several_runs_problem,
 )
 from .model_card import build_model_card, write_model_card
 
@@ -102,6 +103,9 @@ def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False,
     out = Path(output_dir)
     if not out.is_dir():
         raise UserError(f"{out}: output directory not found")
+    problem = several_runs_problem(out, "push one seed's run at a time")
+    if problem:
+        raise UserError(problem)
     require_finished(out)
     if not any((out / name).is_file() for name in MODEL_WEIGHTS):
         raise UserError(f"{out}: no model weights (model.safetensors) here; is this a finished hf_ft run?")
