@@ -158,13 +158,21 @@ WRITTEN_BY = "hf_ft benchmarks"  # in every report, so a rerun may replace it (h
 def parse_benchmark_args(parser, argv=None):
     """The benchmark's arguments, and its outputs claimed through hf_ft's one guarded writer before any work:
     an --output that is a folder, lies under a file or is a file no benchmark wrote, and a --work_dir that holds
-    files no benchmark wrote, are one line each (--overwrite writes over them)."""
+    files no benchmark wrote, are one line each (--overwrite writes over them); so is a numeric flag that is
+    not a positive finite number."""
     from hf_ft.core.errors import UserError
     from hf_ft.core.writers import claim_file, claim_folder, json_written_by
 
     parser.add_argument("--overwrite", action="store_true",
                         help="write over an --output or --work_dir that a benchmark did not write")
     args = parser.parse_args(argv)
+    import math
+
+    bad = [f"--{name} {value}: need a positive finite number" for name, value in vars(args).items()
+           if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value)
+                                                                                      and value > 0)]
+    if bad:  # every count, size, scale and budget of a benchmark: a sweep of nothing is a mistake
+        parser.exit(2, f"error: {'; '.join(bad)}\n")
     try:
         if getattr(args, "work_dir", None):
             claim_folder(args.work_dir, WRITTEN_BY, "--work_dir", overwrite=args.overwrite)

@@ -442,6 +442,12 @@ def test_a_benchmark_claims_its_report_path_before_work(tmp_path, capsys, module
             main(["--output", str(output)])
         assert exit_info.value.code == 2
         assert expected in capsys.readouterr().err.strip().splitlines()[-1]
+    numeric = {"retrieval": "--queries", "memory": "--steps"}.get(module)  # preprocessing has none
+    if numeric:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--output", str(tmp_path / "new.json"), numeric, "0"])
+        assert exit_info.value.code == 2
+        assert f"{numeric.lstrip('-')} 0: need a positive finite number" in capsys.readouterr().err
     assert (tmp_path / "mine.json").read_text(encoding="utf-8") == '{"my": "results"}'
 
 
