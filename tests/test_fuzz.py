@@ -33,10 +33,14 @@ ROUNDS = int(os.environ.get("HF_FT_FUZZ_ROUNDS", "3"))  # passes over every flag
 FUZZ = dict(deadline=None, derandomize=not os.environ.get("HF_FT_FUZZ_RANDOM"), database=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
-# The catalogue of bad values. FILE, FOLDER and MISSING become paths made fresh for each example.
+# The catalogue of bad values. The <...> ones become paths made fresh for each example: every kind of path a
+# user gives by mistake (a file for a folder, a folder for a file, one under a file, a read-only folder, names
+# with spaces or '=', an upper-case extension).
 FILE, FOLDER, MISSING = "<a file>", "<a folder>", "<a missing path>"
+PATH_KINDS = [FILE, FOLDER, MISSING, "<under a file>", "<a read-only folder>", "<a path with spaces>",
+              "<a path with =>", "<an upper-case .CSV>", "<a folder of data>"]
 BAD_VALUES = ["nan", "inf", "-inf", "-1", "0", "1e30", "99999999999999999999", "", " ", "\u200b", "abc",
-              "1,2", "[1, 2]", "{}", "-", "--", "\x00", FILE, FOLDER, MISSING]
+              "1,2", "[1, 2]", "{}", "-", "--", "\x00", *PATH_KINDS]
 
 
 class Reached(BaseException):
@@ -235,7 +239,21 @@ def example_paths():
         tmp = Path(tmp)
         (tmp / "a_file.txt").write_text("not,what\nwas expected\n", encoding="utf-8")
         (tmp / "a_folder").mkdir()
-        yield tmp, {FILE: str(tmp / "a_file.txt"), FOLDER: str(tmp / "a_folder"), MISSING: str(tmp / "gone" / "x")}
+        (tmp / "read only").mkdir()
+        (tmp / "read only" / "kept.txt").write_text("x", encoding="utf-8")
+        (tmp / "read only").chmod(0o500)
+        (tmp / "with space").mkdir()
+        (tmp / "lr=3e-5").mkdir()
+        (tmp / "data").mkdir()
+        (tmp / "data" / "music_test.CSV").write_text("question,A,B,C,D,answer\n一？,一,二,三,四,A\n", encoding="utf-8")
+        try:
+            yield tmp, {FILE: str(tmp / "a_file.txt"), FOLDER: str(tmp / "a_folder"), MISSING: str(tmp / "gone" / "x"),
+                        "<under a file>": str(tmp / "a_file.txt" / "x"), "<a read-only folder>": str(tmp / "read only"),
+                        "<a path with spaces>": str(tmp / "with space" / "a b"),
+                        "<a path with =>": str(tmp / "lr=3e-5"), "<an upper-case .CSV>": str(tmp / "data" / "music_test.CSV"),
+                        "<a folder of data>": str(tmp / "data")}
+        finally:
+            (tmp / "read only").chmod(0o700)
 
 
 @pytest.fixture(scope="module")
@@ -386,3 +404,84 @@ def test_rows_of_a_bad_jsonl_into_predict(fixtures):
             check(entry, [str(fixtures["run"]), "--input", str(tmp / "q.jsonl"), "--use_cpu"], tmp)
 
     lines()
+
+
+# ----------------------------------------------------------------------------------------------
+# Config files: a valid run_qa.py config, mutated as editors and people do
+
+
+CONFIG_EDITS = ["bom", "empty", "comments only", "duplicate key", "wrong type", "list for a value", "mapping for a value",
+                "unknown key", "tabs", "truncated", "nan", "not a mapping"]
+
+
+def mutate_config(config: dict, suffix: str, data) -> bytes:
+    import yaml
+
+    edit = data.draw(st.sampled_from(CONFIG_EDITS), label="edit")
+    key = data.draw(st.sampled_from(sorted(config)), label="key")
+    as_text = (json.dumps(config, ensure_ascii=False, indent=1) if suffix == ".json"
+               else yaml.safe_dump(config, allow_unicode=True))
+    if edit == "bom":
+        return "\ufeff".encode() + as_text.encode()
+    if edit == "empty":
+        return b""
+    if edit == "comments only":
+        return b"# nothing here yet\n"
+    if edit == "duplicate key":
+        extra = f'"{key}": "x",' if suffix == ".json" else f"{key}: x\n"
+        return (as_text.replace("{", "{" + extra, 1) if suffix == ".json" else as_text + extra).encode()
+    if edit == "truncated":
+        return as_text.encode()[: len(as_text) // 2]
+    if edit == "not a mapping":
+        return b"[1, 2]" if suffix == ".json" else b"- a\n- b\n"
+    if edit == "tabs":
+        return as_text.replace("  ", "\t").replace(" ", "\t").encode()
+    value = {"wrong type": "many", "list for a value": [1, 2], "mapping for a value": {"a": 1},
+             "nan": float("nan"), "unknown key": 1}[edit]
+    changed = {**config, (key + "x" if edit == "unknown key" else key): value}
+    return (json.dumps(changed) if suffix == ".json" else yaml.safe_dump(changed)).encode()
+
+
+def test_config_files_mutated(fixtures):
+    """A config file, mutated (BOM, empty, duplicate keys, wrong types, ...): run_qa.py accepts it or refuses it
+    in one line, never a traceback."""
+    entry = ENTRY_POINTS["run_qa"]
+
+    @settings(max_examples=EXAMPLES // 2, **FUZZ)
+    @given(st.data(), st.sampled_from([".json", ".yaml"]))
+    def configs(data, suffix):
+        with example_paths() as (tmp, _):
+            config = {"model_name_or_path": str(fixtures["model"]), "data_dir": str(fixtures["data"]),
+                      "output_dir": str(tmp / "out"), "use_cpu": True, "max_seq_length": 128,
+                      "learning_rate": 3e-5, "subjects": "music"}
+            path = tmp / f"config{suffix}"
+            path.write_bytes(mutate_config(config, suffix, data))
+            check(entry, [str(path)], tmp)
+
+    configs()
+
+
+# ----------------------------------------------------------------------------------------------
+# Text: characters whose NFKC or casefold changes the meaning must not make two options "the same"
+
+
+MEANINGFUL = {"²": "2", "³": "3", "₂": "2", "½": "1/2", "①": "1", "②": "2", "ⁿ": "n"}  # kept apart
+WIDTH_ONLY = {"A": "Ａ", "1": "１", "x": "ｘ", " ": "\u3000", "kg": "㎏"}  # folded together
+
+
+@settings(max_examples=EXAMPLES, **FUZZ)
+@given(st.text(alphabet="甲乙丙丁abx+-=", min_size=1, max_size=8), st.sampled_from(sorted(MEANINGFUL)),
+       st.sampled_from(sorted(WIDTH_ONLY)), st.integers(0, 8))
+def test_text_mutations_that_nfkc_would_change(stem, meaningful, width, at):
+    """Two options that differ by a superscript, subscript, fraction or circled character are two options (x² is
+    not x2); two that differ only by width are one (Ａ is A), and the row is refused as such."""
+    from hf_ft.data.rows import option_problem
+
+    at = min(at, len(stem))
+    plain = stem[:at] + MEANINGFUL[meaningful] + stem[at:]
+    marked = stem[:at] + meaningful + stem[at:]
+    assert option_problem([plain, marked, "丙丙丙", "丁丁丁"], "ABCD") is None, (plain, marked)
+    narrow = stem[:at] + width + stem[at:]
+    wide = stem[:at] + WIDTH_ONLY[width] + stem[at:]
+    if narrow.strip() and narrow not in ("丙丙丙", "丁丁丁"):
+        assert option_problem([narrow, wide, "丙丙丙", "丁丁丁"], "ABCD")[0] == "same_options", (narrow, wide)
