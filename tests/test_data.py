@@ -325,3 +325,11 @@ def test_a_run_recorded_under_the_old_hash_rule_is_still_checked_by_it():
     new = {"hash": CONTENT_HASH_RULE, "content_hashes": {"train": [hash_for_rule(LEGACY_HASH_RULE)(item)]}}
     assert check_held_out([item], [("new/data_manifest.json", new)], allow_overlap=False)[0] == [item]
     assert hash_for_rule(CONTENT_HASH_RULE)(item) == item.content_hash != hash_for_rule(LEGACY_HASH_RULE)(item)
+
+
+def test_a_validation_file_is_never_pooled_into_training_silently(tmp_path):
+    train = write_csv(tmp_path / "train.csv", [[f"第{i}題？", "一", "二", "三", "四", "A"] for i in range(30)])
+    validation = write_csv(tmp_path / "val.csv", [[f"驗{i}？", "一", "二", "三", "四", "B"] for i in range(5)])
+    loaded = load_files({"train": str(train), "validation": str(validation)})
+    with pytest.raises(DataError, match="--validation_file: the resplit scheme .* its rows would not stay validation"):
+        make_splits(loaded, "auto", 0, 0.1, (0.7, 0.25, 0.05))

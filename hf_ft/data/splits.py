@@ -104,6 +104,12 @@ def make_splits(data: LoadedData, scheme: str, seed: int, validation_fraction: f
             pool, removed["train"] = _dedupe(pool, seen)
             train, validation = stratified_split(pool, [1 - validation_fraction, validation_fraction], seed)
     elif scheme == "resplit":
+        given = [name for name in ("validation", "test") if data.pools.get(name)]
+        if given:  # their rows would be pooled and split again, silently taking another role
+            raise DataError(f"--{given[0]}_file: the resplit scheme (chosen because there is no --test_file) "
+                            "pools every file and splits it again, so its rows would not stay "
+                            f"{given[0]} rows; give --test_file too (the official scheme), or pass every file "
+                            "as --train_file")
         pool = [r for rows in data.pools.values() for r in rows]
         pool, removed["all"] = _dedupe(pool, seen)
         train, validation, test = stratified_split(pool, list(split_ratios), seed)
