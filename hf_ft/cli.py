@@ -136,7 +136,7 @@ def make_tiny_model_command(argv: list[str]) -> None:
     if problems:
         raise UserError("; ".join(problems))
     claim_folder(args.out_dir, "hf-ft make-tiny-model", "out_dir", overwrite=args.overwrite,
-                 inputs={f"--vocab-from {p}": p for p in args.vocab_from},
+                 inputs=[("--vocab-from", p) for p in args.vocab_from],
                  written_before=names_like(r"config\.json", r"model\.safetensors", r"(tokenizer|special_tokens_map|"
                                            r"generation_config)[\w.]*\.json", r"vocab\.txt"))
     out = make_tiny_model(args.out_dir, args.vocab_from, args.hidden_size, args.layers, args.heads,

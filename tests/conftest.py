@@ -102,3 +102,22 @@ def run_card_usage(output_dir: Path) -> dict:
     namespace: dict = {}
     exec(compile(code, "model card usage", "exec"), namespace)
     return namespace
+
+
+def override(base: list[str], extra: list[str]) -> list[str]:
+    """`base` with the flags of `extra` replacing its own, as a user edits a command line: a strategy turned
+    away from `steps` takes its `*_steps` with it (hf_ft refuses an interval that would do nothing)."""
+    flags = {a for a in extra if a.startswith("--")}
+    for strategy, steps in (("--eval_strategy", "--eval_steps"), ("--save_strategy", "--save_steps")):
+        if strategy in extra and extra[extra.index(strategy) + 1] != "steps":
+            flags.add(steps)
+    out, skip = [], False
+    for i, arg in enumerate(base):
+        if skip:
+            skip = False
+            continue
+        if arg in flags:
+            skip = i + 1 < len(base) and not base[i + 1].startswith("--")
+            continue
+        out.append(arg)
+    return out + list(extra)

@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ROOT, python, run_cli
+from conftest import ROOT, override, python, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +19,11 @@ def still_model(tmp_path_factory, demo_data):
 
 
 def run_args(model, data, out, *extra):
-    return ["--model_name_or_path", str(model), "--data_dir", str(data), "--subjects", "music,STEM",
-            "--output_dir", str(out), "--max_seq_length", "64", "--per_device_train_batch_size", "8",
-            "--learning_rate", "2e-3", "--logging_steps", "1", "--max_steps", "12", "--save_strategy", "steps",
-            "--save_steps", "6", "--eval_strategy", "steps", "--eval_steps", "6", "--seed", "0", *extra]
+    return override(["--model_name_or_path", str(model), "--data_dir", str(data), "--subjects", "music,STEM",
+                     "--output_dir", str(out), "--max_seq_length", "64", "--per_device_train_batch_size", "8",
+                     "--learning_rate", "2e-3", "--logging_steps", "1", "--max_steps", "12", "--save_strategy",
+                     "steps", "--save_steps", "6", "--eval_strategy", "steps", "--eval_steps", "6", "--seed", "0"],
+                    list(extra))
 
 
 def launch(zero: int | None, nproc: int, args: list[str], timeout: int = 600):

@@ -391,7 +391,7 @@ def test_one_guarded_writer_refuses_what_a_command_did_not_write(trained_run, tm
         (["make-open-book-data", str(mine)], "pass --overwrite to write over them"),
         (["make-tiny-model", str(mine / "m"), "--vocab-from", str(mine)], None),  # a new subfolder: fine
         (["make-tiny-model", str(tmp_path / "v" / "model"), "--vocab-from", str(tmp_path / "v")],
-         f"is inside the --vocab-from {tmp_path / 'v'} input"),
+         f"is inside the --vocab-from folder {tmp_path / 'v'}"),
         (["evaluate", "--original", str(out), "--finetuned", str(out), "--output_dir", str(mine)],
          "holds files something other than `python -m hf_ft.evaluate` did not write"),
         (["evaluate", "--original", str(out), "--finetuned", str(out), "--output_dir", str(out)],

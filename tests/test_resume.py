@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli, train_in_process
+from conftest import ROOT, override, run_cli, train_in_process
 from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.slow
@@ -19,12 +19,12 @@ STEPS = 30  # music alone: ~13 steps per epoch at batch 8, so the run spans thre
 
 
 def run_args(model, data, out, formulation="per_choice", *extra):
-    return ["--model_name_or_path", str(model), "--data_dir", str(data), "--subjects", "music",
-            "--formulation", formulation, "--output_dir", str(out), "--max_seq_length", "64",
-            "--per_device_train_batch_size", "8", "--learning_rate", "2e-3", "--max_steps", str(STEPS),
-            "--save_strategy", "steps", "--save_steps", "5", "--eval_strategy", "steps", "--eval_steps", "5",
-            "--logging_steps", "1", "--save_total_limit", "10", "--seed", "0", "--use_cpu",
-            "--disable_tqdm", "true", *extra]
+    return override(["--model_name_or_path", str(model), "--data_dir", str(data), "--subjects", "music",
+                     "--formulation", formulation, "--output_dir", str(out), "--max_seq_length", "64",
+                     "--per_device_train_batch_size", "8", "--learning_rate", "2e-3", "--max_steps", str(STEPS),
+                     "--save_strategy", "steps", "--save_steps", "5", "--eval_strategy", "steps", "--eval_steps",
+                     "5", "--logging_steps", "1", "--save_total_limit", "10", "--seed", "0", "--use_cpu",
+                     "--disable_tqdm", "true"], list(extra))
 
 
 def losses(out) -> dict[int, float]:

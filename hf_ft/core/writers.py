@@ -19,18 +19,20 @@ from .errors import UserError, writable_file, writable_folder
 MARKER = ".hf_ft_output.json"  # {"command": ...}: what wrote this folder
 
 
-def _refuse_inputs(target: Path, flag: str, inputs: dict[str, str | os.PathLike | None] | None) -> None:
+def _refuse_inputs(target: Path, flag: str, inputs) -> None:
+    """`inputs`: {flag: path}, or (flag, path) pairs where one flag names several."""
     resolved = target.resolve()
-    for input_flag, source in (inputs or {}).items():
+    for input_flag, source in (inputs.items() if isinstance(inputs, dict) else inputs or ()):
         if not source:
             continue
         held = Path(source).resolve()
+        kind = "file" if held.is_file() else "folder"
         if resolved == held:
-            raise UserError(f"{flag} {target}: is the {input_flag} input; writing there would overwrite it")
+            raise UserError(f"{flag} {target}: is the {input_flag} {kind}; writing there would overwrite it")
         if held in resolved.parents:
-            raise UserError(f"{flag} {target}: is inside the {input_flag} input {source}; write somewhere else")
+            raise UserError(f"{flag} {target}: is inside the {input_flag} {kind} {source}; write somewhere else")
         if resolved in held.parents:
-            raise UserError(f"{flag} {target}: holds the {input_flag} input {source}; write somewhere else")
+            raise UserError(f"{flag} {target}: holds the {input_flag} {kind} {source}; write somewhere else")
 
 
 def claim_folder(path: str | os.PathLike, command: str, flag: str, *, overwrite: bool = False,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..core import validation
-from ..core.errors import UserError, run_user_errors
+from ..core.errors import UserError, run_user_errors, writable_folder
 from ..config.flags import command_problems
 from ..core.writers import claim_folder
 from ..core.run_dir import COMPARISON_DIR, MANIFEST_FILE, RUN_RECORD_FILE, read_json_if_present
@@ -135,11 +135,7 @@ def run(args: EvaluateArguments) -> dict:
     if args.max_items is not None and args.max_items < len(rows):
         rows = stratified_sample(rows, args.max_items, args.seed)
     out = Path(args.output_dir or Path(runs[0][0]) / COMPARISON_DIR)
-    claim_folder(out, "python -m hf_ft.evaluate", "--output_dir", overwrite=args.overwrite_output_dir,
-                 overwrite_flag="--overwrite_output_dir",  # before minutes of scoring, not after
-                 inputs={"--test_file": args.test_file, "--data_dir": args.data_dir,
-                         "--gold_passages": args.gold_passages},
-                 written_before=lambda names: "comparison.json" in names)
+    writable_folder(out, "--output_dir")  # claimed below, once everything else is checked
     if args.audit and args.audit_choices_only:
         from .audit import check_choices_only_can_train
 
@@ -161,6 +157,11 @@ def run(args: EvaluateArguments) -> dict:
     if gold is not None and not any(r.id in gold for r in rows):
         raise UserError(f"--gold_passages {args.gold_passages}: none of its {len(gold)} item ids is among the "
                         f"{len(rows)} items scored (ids look like {rows[0].id})")
+    claim_folder(out, "python -m hf_ft.evaluate", "--output_dir", overwrite=args.overwrite_output_dir,
+                 overwrite_flag="--overwrite_output_dir",  # before minutes of scoring, not after
+                 inputs={"--test_file": args.test_file, "--data_dir": args.data_dir,
+                         "--gold_passages": args.gold_passages},
+                 written_before=lambda names: "comparison.json" in names)
 
     models, seconds, passes, scorers, retrieval = [], {}, {}, {}, {}
     for label, path, role, seed in entries:
