@@ -244,14 +244,14 @@ def example_paths():
         (tmp / "read only").chmod(0o500)
         (tmp / "with space").mkdir()
         (tmp / "lr=3e-5").mkdir()
-        (tmp / "data").mkdir()
-        (tmp / "data" / "music_test.CSV").write_text("question,A,B,C,D,answer\n一？,一,二,三,四,A\n", encoding="utf-8")
+        (tmp / "a_data_folder").mkdir()
+        (tmp / "a_data_folder" / "music_test.CSV").write_text("question,A,B,C,D,answer\n一？,一,二,三,四,A\n", encoding="utf-8")
         try:
             yield tmp, {FILE: str(tmp / "a_file.txt"), FOLDER: str(tmp / "a_folder"), MISSING: str(tmp / "gone" / "x"),
                         "<under a file>": str(tmp / "a_file.txt" / "x"), "<a read-only folder>": str(tmp / "read only"),
                         "<a path with spaces>": str(tmp / "with space" / "a b"),
-                        "<a path with =>": str(tmp / "lr=3e-5"), "<an upper-case .CSV>": str(tmp / "data" / "music_test.CSV"),
-                        "<a folder of data>": str(tmp / "data")}
+                        "<a path with =>": str(tmp / "lr=3e-5"), "<an upper-case .CSV>": str(tmp / "a_data_folder" / "music_test.CSV"),
+                        "<a folder of data>": str(tmp / "a_data_folder")}
         finally:
             (tmp / "read only").chmod(0o700)
 
