@@ -485,3 +485,39 @@ def test_text_mutations_that_nfkc_would_change(stem, meaningful, width, at):
     wide = stem[:at] + WIDTH_ONLY[width] + stem[at:]
     if narrow.strip() and narrow not in ("丙丙丙", "丁丁丁"):
         assert option_problem([narrow, wide, "丙丙丙", "丁丁丁"], "ABCD")[0] == "same_options", (narrow, wide)
+
+
+# ----------------------------------------------------------------------------------------------
+# Combinations: settings that are each valid, two or three at a time (the class of a flag that does nothing,
+# or breaks, next to another)
+
+GOOD_SETTINGS = [
+    ["--formulation", "joint"], ["--formulation", "mlm"], ["--joint_rotations", "2"], ["--joint_eval_rotations", "1"],
+    ["--mlm_probability", "0.2"], ["--split_scheme", "resplit"], ["--split_scheme", "official"],
+    ["--split_ratios", "0.6,0.3,0.1"], ["--validation_fraction", "0"], ["--validation_fraction", "0.2"],
+    ["--eval_strategy", "steps"], ["--eval_strategy", "no"], ["--eval_steps", "5"], ["--save_strategy", "no"],
+    ["--save_steps", "5"], ["--load_best_model_at_end", "false"], ["--early_stopping_patience", "1"],
+    ["--early_stopping_threshold", "0.01"], ["--max_steps", "3"], ["--push_test_items"], ["--hub_model_id", "me/x"],
+    ["--retrieval_k", "3"], ["--leak_policy", "keep"], ["--retrieval_corpus", "training_pool"],
+    ["--pad_to_multiple_of", "8"], ["--drop_question"], ["--max_eval_samples", "5"], ["--seeds", "1,2"],
+    ["--do_eval", "false"], ["--hub_strategy", "checkpoint"], ["--gradient_checkpointing"],
+    ["--metric_for_best_model", "loss"], ["--report_to", "none"], ["--on_bad_rows", "skip"],
+    ["--contamination", "keep"], ["--test_file", "<a file>"], ["--validation_file", "<a file>"],
+]
+
+
+def test_valid_settings_in_combination(fixtures):
+    """Each setting alone is valid; two or three together either work or are refused in one line (a flag that
+    would do nothing next to another is a refusal: hf_ft.config.flags), never a traceback."""
+    entry = ENTRY_POINTS["run_qa"]
+
+    @settings(max_examples=EXAMPLES, **FUZZ)
+    @given(st.lists(st.sampled_from(range(len(GOOD_SETTINGS))), min_size=2, max_size=3, unique=True))
+    def combinations(chosen):
+        with example_paths() as (tmp, paths):
+            argv = entry.base(fixtures, tmp)
+            for index in chosen:
+                argv += [paths.get(value, value) for value in GOOD_SETTINGS[index]]
+            check(entry, argv, tmp)
+
+    combinations()

@@ -50,6 +50,7 @@ def one_line(err: str) -> str:
     (["--label_names", "answer"], "--label_names ['answer']: hf_ft's collators name the labels `labels`"),
     (["--run_name", "\u200b"], r"--run_name '\u200b': empty; leave the flag out for its default"),
     (["--model_revision", "ma\x00in"], r"--model_revision 'ma\x00in': contains a control character"),
+    (["--preprocessing_num_workers", "-1"], "--preprocessing_num_workers -1: need 1 or more processes"),
     (["--cache_dir", __file__], f"--cache_dir {__file__}: is a file, not a folder"),
     (["--hub_revision", "my branch"], "--hub_revision 'my branch': not a branch, tag or commit name the hub accepts"),
     (["--dataset_revision", "v1..v2"], "--dataset_revision 'v1..v2': not a branch, tag or commit name"),

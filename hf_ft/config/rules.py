@@ -177,6 +177,7 @@ TRAINING_RULES = {
     "adam_beta2": validation.share(0, 1, open_high=True),
     "label_smoothing_factor": validation.share(0, 1, open_high=True),
     "dataloader_num_workers": validation.at_least(0),
+    "preprocessing_num_workers": validation.at_least(1, "need 1 or more processes (leave it out for one)"),
     "profile_steps": validation.at_least(0),
     "pad_to_multiple_of": validation.Rule(1, 512, "need a whole number from 1 to 512", integer=True),
     "early_stopping_threshold": validation.Rule(low=0, need="need a finite number of 0 or more"),
