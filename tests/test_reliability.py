@@ -464,6 +464,11 @@ def test_paths_are_checked_by_kind_and_named_by_their_flag(trained_run, tiny_mod
         ([*train[:2], str(a_file), *train[3:]], f"--model_name_or_path {a_file}: is a file"),
         (["predict", str(a_file), "--question", "q", "--choices", "a", "b"], f"model {a_file}: is a file"),
         (["evaluate", "--original", str(tiny_model), "--finetuned", str(a_file)], f"--finetuned {a_file}: is a file"),
+        (["train", "--model_name_or_path", str(tiny_model), "--train_file", str(demo_data), "--output_dir",
+          str(tmp_path / "o"), *TRAIN_ARGS], f"--train_file {demo_data}: is a folder, not a data file"),
+        (["evaluate", "--original", str(tiny_model), "--finetuned", str(out), "--test_file", str(demo_data)],
+         f"--test_file {demo_data}: is a folder, not a data file"),
+        (["predict", str(out), "--input", str(a_file)], f"--input {a_file}: unsupported file type '.txt'"),
     ]
     for argv, expected in cases:
         code, _, err = cli(argv, capsys)

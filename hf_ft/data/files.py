@@ -23,7 +23,9 @@ from .rows import (
 )
 
 
-def _file_format(path: Path) -> str:
+def _file_format(path: Path, name: str) -> str:
+    if path.is_dir():
+        raise DataError(f"{name}: is a folder, not a data file (a folder in the TMMLU+ layout is --data_dir)")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return "csv"
@@ -31,7 +33,7 @@ def _file_format(path: Path) -> str:
         return "json"
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
-    raise DataError(f"{path}: unsupported file type '{suffix}' (use .csv, .json or .jsonl)")
+    raise DataError(f"{name}: unsupported file type '{suffix}' (use .csv, .json or .jsonl)")
 
 
 @dataclass
@@ -196,7 +198,7 @@ def read_files(paths: list[str | os.PathLike], names: list[str] | None = None,
     csv_lines: dict[Path, list[int]] = {}
     groups: dict[tuple[str, ...], list[Path]] = {}
     for p in paths:
-        fmt = _file_format(p)
+        fmt = _file_format(p, name_of[p])
         text = _text_of(p, name_of[p])
         if fmt == "csv":
             header, csv_lines[p] = _csv_layout(text, name_of[p], allow_empty)
@@ -237,9 +239,11 @@ def check_columns(result: FileRecords, required: tuple[str, ...] = REQUIRED_COLU
     return result
 
 
-def read_records(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_COLUMNS) -> tuple[list[dict], list[int], str]:
-    """One file: its records, their line numbers and the unit ("line" or "item")."""
-    result = check_columns(read_files([path])[0], required)
+def read_records(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_COLUMNS,
+                 flag: str | None = None) -> tuple[list[dict], list[int], str]:
+    """One file: its records, their line numbers and the unit ("line" or "item"). `flag`: the option it came
+    from, which file-level messages name (`--test_file x.csv: file not found`)."""
+    result = check_columns(read_files([path], [f"{flag} {path}"] if flag else None)[0], required)
     return result.records, result.lines, result.unit
 
 
@@ -247,9 +251,9 @@ def read_records(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_C
 # Validation
 
 
-def load_items(path: str | os.PathLike, on_bad_rows: str = "error") -> list[QARow]:
+def load_items(path: str | os.PathLike, on_bad_rows: str = "error", flag: str | None = None) -> list[QARow]:
     """Read a benchmark/test file (any supported format, including test_qa_data.json) into rows."""
-    records, lines, unit = read_records(path)
+    records, lines, unit = read_records(path, flag=flag)
     rows, problems = validate_records(records, lines, str(path), None, {}, unit)
     conflicts, conflicted = conflicting_answers(rows)
     rows = [r for r in rows if r.content_hash not in conflicted]

@@ -158,7 +158,7 @@ def load_files(files: dict[str, str], subjects: str = "all") -> LoadedData:
     problems: list[Problem] = []
     seen: dict[str, str] = {}
     for pool, path in files.items():
-        records, lines, unit = read_records(path)
+        records, lines, unit = read_records(path, flag=f"--{'train' if pool == 'all' else pool}_file")
         rows, bad = validate_records(records, lines, str(path), None, seen, unit)
         pools[pool] = rows
         problems.extend(bad)

@@ -67,7 +67,7 @@ def _seed_of(path: Path) -> int | None:
 
 def choose_items(args: EvaluateArguments, first_run: str) -> tuple[list[QARow], str]:
     if args.test_file:
-        return load_items(args.test_file), args.test_file
+        return load_items(args.test_file, flag="--test_file"), args.test_file
     if args.data_dir:
         loaded = load_data_dir(args.data_dir, args.subjects)
         if not loaded.pools.get("test"):

@@ -96,7 +96,7 @@ def format_ranking(result: dict, scorer: LoadedScorer) -> str:
 def read_questions(path: str) -> list[QARow]:
     """The training formats, with the answer column optional (accuracy is reported when present) and 2 to 4
     options (C and D may be left out or empty; `options` may be a list)."""
-    records, lines, unit = read_records(path, required=("question", "A", "B"))
+    records, lines, unit = read_records(path, required=("question", "A", "B"), flag="--input")
     rows, problems = validate_records(records, lines, str(path), None, {}, unit, require_answer=False,
                                       fewer_options=True)
     handle_problems(problems + conflicting_answers(rows)[0], "error", None, can_skip=False)
