@@ -17,7 +17,8 @@ commands:
   predict            answer questions with a model: single, --input FILE, --interactive, --fill
   push               upload a finished output_dir to the hub with its model card
   make-demo-data     write a learnable synthetic TMMLU+-layout data set: hf-ft make-demo-data DIR
-                     [--plant-artifact longest --artifact-subjects S,...: the gold option is the longest]
+                     [--plant-artifact longest|negation --artifact-subjects S,...: the gold option is the
+                     longest | their test questions are negated]
   make-open-book-data  facts about invented names and questions only they answer (the open-book demo):
                      hf-ft make-open-book-data DIR → DIR/data, DIR/corpus/facts.jsonl
   make-tiny-model    a tiny BERT, vocabulary from data: hf-ft make-tiny-model DIR --vocab-from DATA...
@@ -42,7 +43,8 @@ def demo_data_parser() -> ArgumentParser:
     parser.add_argument("--rows-per-subject", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plant-artifact", choices=list(ARTIFACTS), default=None,
-                        help="make the options give the answer away in --artifact-subjects")
+                        help="longest: make the options give the answer away in --artifact-subjects; negation: make "
+                             "their test questions ask which option does not belong (a form training never shows)")
     parser.add_argument("--artifact-subjects", default="music,agriculture,physical_education,introduction_to_law")
     parser.add_argument("--artifact-rate", type=float, default=0.9, help="share of those subjects' items affected")
     return parser

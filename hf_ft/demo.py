@@ -59,13 +59,21 @@ def _all_members() -> dict[str, str]:
     return {m: c for cats in DEMO_SUBJECTS.values() for c, members in cats.items() for m in members}
 
 
-ARTIFACTS = ("longest",)
+ARTIFACTS = ("longest", "negation")
+NEGATION_TEMPLATES = ["下列何者不屬於{c}？", "以下哪一個不是{c}？"]
 PADDING = "等類"  # what makes a planted gold option the longest: meaningless, but it gives the answer away
 
 
 def make_question(rng: random.Random, subject: str, artifact: str | None = None) -> dict:
     category = rng.choice(sorted(DEMO_SUBJECTS[subject]))
     member_of = _all_members()
+    if artifact == "negation":  # three members and one outsider; the outsider is the answer
+        members = rng.sample(DEMO_SUBJECTS[subject][category], 3)
+        outsider = rng.choice(sorted(m for m, c in member_of.items() if c != category))
+        position = rng.randrange(4)
+        options = members[:position] + [outsider] + members[position:]
+        question = rng.choice(NEGATION_TEMPLATES).format(c=f"「{category}」")
+        return {"question": question, **dict(zip(LETTERS, options)), "answer": LETTERS[position]}
     correct = rng.choice(DEMO_SUBJECTS[subject][category])
     distractors = rng.sample(sorted(m for m, c in member_of.items() if c != category), 3)
     if artifact == "longest":  # the gold option becomes strictly the longest
@@ -99,7 +107,9 @@ def make_demo_data(out_dir: str | Path, rows_per_subject: int = 160, seed: int =
                    artifact_subjects: list[str] = (), artifact_rate: float = 0.9) -> Path:
     """Write `<subject>_{dev,val,test}.csv` (5 dev rows, then 70% val, 30% test) in the TMMLU+ layout.
     With `artifact="longest"`, in `artifact_subjects` the gold option is made the longest in
-    `artifact_rate` of the items: a planted shortcut the evaluate module's audit must find."""
+    `artifact_rate` of the items: a planted shortcut the evaluate module's audit must find. With
+    `artifact="negation"`, that share of their *test* items asks which option does not belong (下列何者不屬於):
+    a question form training never shows, which evaluate's per-form table must find the model failing."""
     from .core.errors import UserError
 
     unknown = [s for s in [*(subjects or []), *(artifact_subjects if artifact else [])] if s not in DEMO_SUBJECTS]
@@ -113,8 +123,10 @@ def make_demo_data(out_dir: str | Path, rows_per_subject: int = 160, seed: int =
     rng = random.Random(seed)
     for subject in subjects or sorted(DEMO_SUBJECTS):
         planted = artifact if subject in artifact_subjects else None
-        rows = [make_question(rng, subject, planted if planted and rng.random() < artifact_rate else None)
-                for _ in range(rows_per_subject)]
+        first_test = rows_per_subject - int(round((rows_per_subject - 5) * 0.3))  # as write_subject splits
+        rows = [make_question(rng, subject, planted if planted and rng.random() < artifact_rate
+                              and (planted != "negation" or i >= first_test) else None)
+                for i in range(rows_per_subject)]
         write_subject(out, subject, rows)
     return out
 

@@ -44,6 +44,9 @@ def test_audit_flags_a_planted_artifact(planted, tiny_model, capsys):
     assert audit["verdict"].startswith(f"choices-only reaches {choices['accuracy']:.0%}")
     assert "of the gain may be option artifacts" in audit["verdict"]  # "part" or "most", by the stated thresholds
     assert 0.25 <= choices["explained_share"] <= 1
+    # the demo's questions have no special form: all of them are "plain", where the same numbers hold
+    assert choices["per_form"] == {"plain": {"n": choices["items"], "accuracy_choices_only": choices["accuracy"],
+                                             "accuracy_finetuned": report["finetuned"]["accuracy"]}}
     # The choices-only run is a real run of the same recorded arguments, without the question.
     run = json.loads((out / "comparison" / "choices_only" / "hf_ft_run.json").read_text())
     assert run["hyperparameters"]["drop_question"] is True and run["formulation"] == "per_choice"

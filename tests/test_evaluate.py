@@ -46,7 +46,7 @@ def test_report_files_exist_and_parse(comparison):
     predictions = [json.loads(line) for line in (report_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == report["items"]
     assert set(predictions[0]) == {"id", "subject", "gold", "original", "finetuned", "original_scores",
-                                   "finetuned_scores"}
+                                   "finetuned_scores", "forms"}
     assert all(p["finetuned"] == "ABCD"[int(np.argmax(p["finetuned_scores"]))] for p in predictions)
     markdown = (report_dir / "comparison.md").read_text()
     assert "McNemar" in markdown and "| music |" in markdown and "Predicted letters" in markdown

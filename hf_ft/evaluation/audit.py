@@ -25,6 +25,7 @@ from ..core.run_dir import RUN_RECORD_FILE, read_json_if_present
 from ..data.rows import LETTERS, QARow
 from ..inputs.formulations import get_formulation
 from ..task.metrics import CHANCE
+from ..task.question_forms import QUESTION_FORMS, forms_of
 from .stats import accuracy_ci, mean_ci
 
 logger = logging.getLogger(__name__)
@@ -209,6 +210,19 @@ def verdict(heuristics: list[dict], choices: dict | None, original_accuracy: flo
     return f"no sign of option artifacts: {what} within {ABOVE_CHANCE_MARGIN:.0%} of chance", lines
 
 
+def choices_only_per_form(rows: list[QARow], choices_correct, finetuned_correct) -> dict:
+    """Per question form: what the options alone get right next to what the fine-tuned model gets right (an
+    "all of the above" gain the choices-only model shares is an artifact, not knowledge)."""
+    forms = [forms_of(r.question, r.options) for r in rows]
+    out = {}
+    for name in [*QUESTION_FORMS, "plain"]:
+        mask = np.array([not item if name == "plain" else name in item for item in forms])
+        if mask.any():
+            out[name] = {"n": int(mask.sum()), "accuracy_choices_only": float(choices_correct[mask].mean()),
+                         "accuracy_finetuned": float(finetuned_correct[mask].mean())}
+    return out
+
+
 def run_audit(rows: list[QARow], finetuned_scorer, finetuned_scores: np.ndarray, original_accuracy: float,
               training_letters: dict | None, finetuned_dir: Path | None, out: Path, batch_size: int,
               use_cpu: bool, seed: int, train_choices_only: bool = True) -> dict:
@@ -226,7 +240,8 @@ def run_audit(rows: list[QARow], finetuned_scorer, finetuned_scores: np.ndarray,
                    "agreement_with_finetuned": float(np.mean(scores.argmax(1) == finetuned)),
                    "run": str(out / "choices_only"),
                    "explained_share": (float(np.clip((correct.mean() - original_accuracy) / gain, 0, 1))
-                                       if gain > 0 else None)}
+                                       if gain > 0 else None),
+                   "per_form": choices_only_per_form(rows, correct, finetuned == golds)}
     text, lines = verdict(heuristics, choices, original_accuracy, finetuned_accuracy)
     return {"verdict": text, "summary_lines": lines, "heuristics": heuristics, "choices_only": choices,
             "permutation": permutation_consistency(finetuned_scorer, rows, batch_size), "thresholds": THRESHOLDS,

@@ -12,6 +12,7 @@ import numpy as np
 from ..core.provenance import public_name
 from ..data.rows import LETTERS, QARow
 from ..task.metrics import CHANCE, FAILED_RESTART_MARGIN, accuracy_report
+from ..task.question_forms import PASSAGE_FORMS, QUESTION_FORMS, describe, forms_of
 from ..task.subjects import CATEGORIES, category_of
 from .stats import accuracy_ci, across_runs_ci, holm, paired_comparison
 
@@ -71,6 +72,35 @@ def pair_report(rows: list[QARow], a: Scored, b: Scored, seed: int) -> dict:
             "per_subject": per_subject}
 
 
+def item_forms(rows: list[QARow], passages: list[bool] | None = None) -> list[list[str]]:
+    """Each item's question forms (hf_ft.task.question_forms); `passages`: whether the fine-tuned open-book
+    model read a passage for it."""
+    return [forms_of(r.question, r.options, passages[i] if passages is not None else None)
+            for i, r in enumerate(rows)]
+
+
+def per_form_report(rows: list[QARow], a: Scored, b: Scored, forms: list[list[str]], seed: int) -> dict:
+    """b against a on the items of each question form (and on `plain`, the items of none): the count, both
+    accuracies with intervals, the paired difference with its bootstrap interval and McNemar's p. A form with
+    few items has a wide interval; the count says so."""
+    golds = np.array([r.label for r in rows])
+    correct_a, correct_b = a.predictions() == golds, b.predictions() == golds
+    names = [*QUESTION_FORMS, *PASSAGE_FORMS.values(), "plain"]
+    out = {}
+    for name in names:
+        if name == "plain":
+            mask = np.array([not [f for f in item if f not in PASSAGE_FORMS.values()] for item in forms])
+        else:
+            mask = np.array([name in item for item in forms])
+        if not mask.any():
+            continue
+        out[name] = {**paired_comparison(correct_a[mask], correct_b[mask], seed),
+                     "ci95_original": list(accuracy_ci(correct_a[mask])),
+                     "ci95_finetuned": list(accuracy_ci(correct_b[mask])),
+                     "description": "none of the forms above" if name == "plain" else describe(name)}
+    return out
+
+
 def leaderboard(rows: list[QARow], models: list[Scored], reference: int, seed: int) -> dict:
     """Every model's accuracies, and every model against the reference: paired CI, McNemar p, Holm p."""
     golds = np.array([r.label for r in rows])
@@ -112,9 +142,11 @@ def seeds_report(rows: list[QARow], original: Scored, runs: list[Scored], seed: 
             "failed_restart_rule": f"test accuracy below chance + {FAILED_RESTART_MARGIN:.0%}"}
 
 
-def build_report(rows: list[QARow], models: list[Scored], reference: int, seed: int) -> dict:
-    """The comparison report: original vs (the first) fine-tuned as before, plus a leaderboard when there
-    are more than two models, and the seed summary when the fine-tuned model came with several seeds."""
+def build_report(rows: list[QARow], models: list[Scored], reference: int, seed: int,
+                 passages: list[bool] | None = None) -> dict:
+    """The comparison report: original vs (the first) fine-tuned overall, per category, per subject and per
+    question form, plus a leaderboard when there are more than two models, and the seed summary when the
+    fine-tuned model came with several seeds."""
     golds = [r.label for r in rows]
     gold_letters = Counter(LETTERS[g] for g in golds)
     original = next(m for m in models if m.role == "original")
@@ -126,7 +158,8 @@ def build_report(rows: list[QARow], models: list[Scored], reference: int, seed: 
         "original": model_summary(original, rows),
         "finetuned": model_summary(first, rows),
         "gold_letters": {letter: gold_letters.get(letter, 0) for letter in LETTERS},
-        "paired": {"overall": pair["overall"], "per_category": pair["per_category"]},
+        "paired": {"overall": pair["overall"], "per_category": pair["per_category"],
+                   "per_form": per_form_report(rows, original, first, item_forms(rows, passages), seed)},
         "per_subject": pair["per_subject"],
     }
     if len(models) > 2:

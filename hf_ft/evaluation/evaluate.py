@@ -184,7 +184,10 @@ def run(args: EvaluateArguments) -> dict:
                 write_jsonl(out / f"retrieved_contexts-{name}.jsonl", scorer.retrieved)
         if role == "finetuned" and "finetuned" not in scorers:
             scorers["finetuned"] = scorer  # kept for the audit's permutation check
-    report = build_report(rows, models, reference, args.seed)
+    finetuned_book = scorers.get("finetuned")
+    passages = ([bool(record["passages"]) for record in finetuned_book.retrieved]
+                if finetuned_book is not None and finetuned_book.retrieved is not None else None)
+    report = build_report(rows, models, reference, args.seed, passages)
     manifest = manifests[0][1] or {}
     report.update({
         "items_from": items_from,

@@ -8,6 +8,7 @@ from ..core.plotting import plot_comparison
 from ..core.run_dir import write_json, write_jsonl, write_text
 from ..data.rows import LETTERS
 from ..task.metrics import AVERAGES, percent
+from ..task.question_forms import forms_of
 
 
 def _pp(x: float) -> str:
@@ -57,6 +58,7 @@ def render_markdown(report: dict) -> str:
     for category, c in report["paired"]["per_category"].items():
         lines.append(f"| {category} | {c['n']} | {percent(c['accuracy_original'])} | {percent(c['accuracy_finetuned'])} | "
                      f"{_pp(c['difference'])} | {_ci(c['difference_ci95'])} | {c['mcnemar']['p_value']:.3g} |")
+    lines += render_forms(report["paired"].get("per_form"))
     lines += render_seeds(report.get("seeds")) + render_leaderboard(report.get("leaderboard"))
     lines += render_retrieval(report.get("retrieval"))
     lines += render_audit(report.get("audit"))
@@ -143,6 +145,12 @@ def render_audit(audit: dict | None) -> list[str]:
                       f"get the same option in all {consistency['rotations']} cyclic rotations of the options; "
                       "accuracy per rotation: " + ", ".join(percent(a) for a in consistency["accuracy_per_rotation"])
                       + (f" ({consistency['note']})" if consistency.get("note") else "") + "."]
+    per_form = (choices or {}).get("per_form")
+    if per_form:
+        lines += ["", "Per question form, what the options alone get right next to the fine-tuned model:", "",
+                  "| form | n | choices-only | fine-tuned |", "|---|---|---|---|"]
+        lines += [f"| {name} | {f['n']} | {percent(f['accuracy_choices_only'])} | {percent(f['accuracy_finetuned'])} |"
+                  for name, f in per_form.items()]
     lines += ["", "Thresholds: " + audit["thresholds"]]
     return lines
 
@@ -217,6 +225,25 @@ def plot_series(report: dict) -> tuple[list[str], dict, dict]:
     return categories, series, {"baselines": baselines, "seeds": seeds}
 
 
+FEW_ITEMS = 30  # below this many items a form's interval is wide: the table says so
+
+
+def render_forms(per_form: dict | None) -> list[str]:
+    """Accuracy by question form (hf_ft.task.question_forms): where the errors are, with the count."""
+    if not per_form:
+        return []
+    lines = ["", "## By question form", "",
+             "Forms are recognised from the text (a question may have several). Few items: a wide interval.", "",
+             "| form | n | original | fine-tuned | Δ | 95% CI of Δ | McNemar p | what it is |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, c in per_form.items():
+        few = " (few items)" if c["n"] < FEW_ITEMS else ""
+        lines.append(f"| {name} | {c['n']}{few} | {percent(c['accuracy_original'])} | "
+                     f"{percent(c['accuracy_finetuned'])} | {_pp(c['difference'])} | {_ci(c['difference_ci95'])} | "
+                     f"{c['mcnemar']['p_value']:.3g} | {c['description']} |")
+    return lines
+
+
 def write_outputs(out: Path, report: dict, rows, models) -> None:
     """comparison.json/.md/.png and predictions.jsonl (every model's choice and scores per item)."""
     write_json(out / "comparison.json", report)
@@ -227,7 +254,7 @@ def write_outputs(out: Path, report: dict, rows, models) -> None:
     by_role = {m.role: m for m in reversed(models)}  # the first original and fine-tuned
     original, finetuned = by_role.get("original"), by_role.get("finetuned")
     write_jsonl(out / "predictions.jsonl", (
-        {"id": r.id, "subject": r.subject, "gold": r.answer,
+        {"id": r.id, "subject": r.subject, "gold": r.answer, "forms": forms_of(r.question, r.options),
          **{key: LETTERS[int(m.scores[i].argmax())] for key, m in (("original", original), ("finetuned", finetuned))
             if m is not None},
          **{f"{key}_scores": [round(float(x), 6) for x in m.scores[i]]

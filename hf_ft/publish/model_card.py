@@ -128,6 +128,13 @@ def comparison_text(comparison: dict | None) -> str | None:
         "| category | original | fine-tuned | Δ |\n|---|---|---|---|\n" + "\n".join(
             f"| {c} | {percent(v['accuracy_original'])} | {percent(v['accuracy_finetuned'])} | "
             f"{100 * v['difference']:+.1f} |" for c, v in comparison["paired"]["per_category"].items()))
+    per_form = comparison["paired"].get("per_form")  # comparisons recorded before question forms have none
+    if per_form:
+        text += ("\n\nBy question form (recognised from the text; a question may have several):\n\n"
+                 "| form | n | original | fine-tuned | Δ | 95% CI of Δ |\n|---|---|---|---|---|---|\n" + "\n".join(
+                     f"| {name} | {v['n']} | {percent(v['accuracy_original'])} | {percent(v['accuracy_finetuned'])} | "
+                     f"{100 * v['difference']:+.1f} | [{100 * v['difference_ci95'][0]:+.1f}, "
+                     f"{100 * v['difference_ci95'][1]:+.1f}] |" for name, v in per_form.items()))
     audit = comparison.get("audit")
     if audit:
         text += "\n\n### Knowledge or option artifacts?\n\n" + audit["verdict"] + "\n\n" + "\n".join(
