@@ -160,7 +160,8 @@ def test_a_run_with_an_extra_source_converts_checks_and_records_it(extra_sources
     source = manifest["extra_data"]["sources"][0]
     counts = source["counts"]
     assert counts["read"] == 120 and counts["exact_copies"] == 1 and counts["near_copies"] == 1
-    assert counts["dropped_as_copies"] == 2 and counts["used"] == 59  # weight 0.5 of the 118 kept
+    assert counts["dropped_as_copies"] == 2 and counts["held_out"] == 6  # 5% of the 118 kept: its own loss
+    assert counts["used"] == 56  # weight 0.5 of the other 112
     assert source["conversion"] == {"applied": "s2twp", "script_detected": "simplified"}
     assert source["path"] == "../extra/questions.jsonl"  # relative to the run folder: nothing local is pushed
     assert {e["copies"] for e in source["examples"]} == {f"{demo_data.name}/music_test.csv:{line}" for line in lines}
@@ -182,7 +183,7 @@ def test_contamination_policies_keep_and_error(extra_sources, tmp_path, demo_dat
     out = tmp_path / "keep"
     train_in_process(run_args(demo_data, tiny_model, out, "--extra_data", str(path), "--contamination", "keep"))
     counts = json.loads((out / "data_manifest.json").read_text())["extra_data"]["sources"][0]["counts"]
-    assert counts["dropped_as_copies"] == 0 and counts["used"] == 120 and counts["exact_copies"] == 1
+    assert counts["dropped_as_copies"] == 0 and counts["used"] + counts["held_out"] == 120 and counts["exact_copies"] == 1
     assert "**kept** (results on those questions are not held out)" in (out / "README.md").read_text()
     code, _, err = cli(["train", *run_args(demo_data, tiny_model, tmp_path / "error", "--extra_data", str(path),
                                            "--contamination", "error")], capsys)
@@ -332,3 +333,38 @@ def test_an_extra_source_revision_the_hub_would_refuse_is_refused_at_parse():
     with pytest.raises(UserError, match=r"revision 'v1\.\.v2': not a branch, tag or commit name the hub accepts"):
         parse_spec("ceval/ceval-exam?revision=v1..v2")
     assert parse_spec("ceval/ceval-exam?revision=refs/pr/3").revision == "refs/pr/3"
+
+
+def test_each_extra_source_gets_its_own_held_out_loss(extra_sources, tmp_path, demo_data, tiny_model):
+    """TMMLU+'s validation split still selects the model; each extra source's held-out slice (never trained on)
+    gets its own loss and accuracy at every evaluation (log, loss_history.json, the plot) and at the end
+    (train_results.json)."""
+    from conftest import override
+
+    path, _ = extra_sources
+    out = tmp_path / "out"
+    metrics = train_in_process(override(run_args(demo_data, tiny_model, out, "--extra_data",
+                                                 f"{path}?name=Practice Set"),
+                                        ["--eval_strategy", "steps", "--eval_steps", "2"]))
+    assert metrics["eval_practice_set_loss"] > 0 and 0 <= metrics["eval_practice_set_accuracy"] <= 1
+    results = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
+    assert results["eval_practice_set_loss"] == metrics["eval_practice_set_loss"]
+    history = json.loads((out / "loss_history.json").read_text(encoding="utf-8"))
+    assert [p["step"] for p in history["eval_loss:practice_set"]] == [2, 4]  # one point per evaluation
+    assert [p["step"] for p in history["eval_loss"]] == [2, 4]  # TMMLU+'s validation loss, as before
+    manifest = json.loads((out / "data_manifest.json").read_text(encoding="utf-8"))
+    assert manifest["extra_data"]["sources"][0]["counts"]["held_out"] == 6
+
+
+def test_the_held_out_slice_of_a_source_is_never_trained_on():
+    import random
+
+    from hf_ft.data.rows import QARow
+    from hf_ft.extra.mixing import held_out_slice
+
+    rows = [QARow(f"s-{i}", "music", f"題{i}？", ("一", "二", "三", "四"), "A") for i in range(400)]
+    train, held = held_out_slice(rows, random.Random("0:s:held-out"))
+    assert len(held) == 20 and len(train) == 380 and not {r.id for r in train} & {r.id for r in held}
+    assert held == held_out_slice(rows, random.Random("0:s:held-out"))[1]  # seeded: a resumed run holds the same
+    assert held_out_slice(rows[:39], random.Random(0)) == (rows[:39], [])  # too small a source to slice
+    assert len(held_out_slice(rows * 20, random.Random(0))[1]) == 200  # at most 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -26,8 +27,12 @@ def _save_atomically(fig, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+SOURCE_LOSS = re.compile(r"^eval_(.+)_loss$")  # an extra source's held-out slice (hf_ft.training.trainer)
+
+
 def curves_from_log_history(log_history: list[dict]) -> dict:
-    """Training loss, validation loss and validation accuracy against the global step."""
+    """Training loss, validation loss and validation accuracy against the global step, and each extra source's
+    held-out loss as `eval_loss:<source>`."""
     curves = {"train_loss": [], "eval_loss": [], "eval_accuracy": []}
     for entry in log_history:
         step = entry.get("step")
@@ -39,13 +44,19 @@ def curves_from_log_history(log_history: list[dict]) -> dict:
             curves["eval_loss"].append((step, entry["eval_loss"]))
         if "eval_accuracy" in entry:
             curves["eval_accuracy"].append((step, entry["eval_accuracy"]))
+        for key, value in entry.items():
+            match = SOURCE_LOSS.match(key)
+            if match and key != "eval_loss" and not key.startswith(("eval_runtime", "eval_samples")) \
+                    and value is not None:
+                curves.setdefault(f"eval_loss:{match.group(1)}", []).append((step, value))
     return curves
 
 
 def plot_loss_curve(curves: dict, path: str | os.PathLike, title: str = "Training and validation loss") -> None:
     fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     handles = []
-    for key, label, style in (("train_loss", "training loss", "-"), ("eval_loss", "validation loss", "o-")):
+    sources = [(key, f"held-out {key.split(':', 1)[1]} loss", "^:") for key in curves if key.startswith("eval_loss:")]
+    for key, label, style in (("train_loss", "training loss", "-"), ("eval_loss", "validation loss", "o-"), *sources):
         points = curves.get(key) or []
         if points:
             steps, values = zip(*points)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..core.errors import UserError
 from ..data.rows import Problem, QARow
@@ -29,6 +29,9 @@ class ExtraData:
     problems: list[Problem]
     report: dict
     empty: list[str] = ()  # one line per source asked for that gives no training row
+    # source name → rows held out of its training rows: each gets its own validation loss and accuracy, while
+    # TMMLU+'s validation split stays the one that selects the model
+    held_out: dict = field(default_factory=dict)
 
     def refuse_empty(self) -> None:
         """A source asked for and left empty is an error, not a run trained without it (after the bad rows, which
@@ -115,6 +118,18 @@ def conversion_of(spec: SourceSpec, rows: list[QARow]) -> tuple[str | None, str]
     return (None if spec.convert == "none" else spec.convert), detected
 
 
+HELD_OUT_SHARE, HELD_OUT_MAX, HELD_OUT_MIN_ROWS = 0.05, 200, 40
+
+
+def held_out_slice(rows: list[QARow], rng: random.Random) -> tuple[list[QARow], list[QARow]]:
+    """A seeded slice of a source (5%, at most 200 rows; none from a source under 40 rows) kept out of training
+    to measure that source's own validation loss; the rest, in the source's order."""
+    if len(rows) < HELD_OUT_MIN_ROWS:
+        return rows, []
+    chosen = set(rng.sample(range(len(rows)), min(HELD_OUT_MAX, max(1, round(HELD_OUT_SHARE * len(rows))))))
+    return [r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen]
+
+
 def sample(rows: list[QARow], cap: int | None, weight: float, rng: random.Random) -> list[QARow]:
     """At most `cap` rows (seeded), then `weight` draws per row: below 1 a sample, above 1 whole copies (ids
     suffixed ~2, ~3 ...) and a sample for the fraction. The order of the source is kept."""
@@ -180,6 +195,8 @@ def load_extra(specs: list[SourceSpec], reference: list[QARow], reference_record
         counts["dropped_as_copies"] = len(mine) if policy == "drop" else 0
         total.update({"exact": counts["exact_copies"], "near": counts["near_copies"]})
         spec = source["spec"]
+        rows, source["held_out"] = held_out_slice(rows, random.Random(f"{seed}:{spec.name}:held-out"))
+        counts["held_out"] = len(source["held_out"])
         before = len(rows)
         rows = sample(rows, spec.cap, spec.weight, random.Random(f"{seed}:{spec.name}"))
         counts["capped_out"] = max(0, before - spec.cap) if spec.cap is not None else 0
@@ -197,8 +214,8 @@ def load_extra(specs: list[SourceSpec], reference: list[QARow], reference_record
         entry = {**spec.record(), **source["read"].record, "conversion": source["conversion"],
                  "counts": {k: counts.get(k, 0) for k in (
                      "read", "bad_rows", "multiple_answers_dropped", "subject_filtered", "converted",
-                     "duplicates_within_extra", "exact_copies", "near_copies", "dropped_as_copies", "capped_out",
-                     "used")},
+                     "duplicates_within_extra", "exact_copies", "near_copies", "dropped_as_copies", "held_out",
+                     "capped_out", "used")},
                  "options": dict(sorted(Counter(len(r.options) for r in source["rows"]).items())),
                  "subjects_used": len({r.subject for r in source["rows"]}), "examples": source["examples"]}
         report["sources"].append(entry)
@@ -216,7 +233,8 @@ def load_extra(specs: list[SourceSpec], reference: list[QARow], reference_record
              f"({empty_reason(entry['counts'], source['bad'])}); drop the source or fix what stops its rows"
              for source, entry in zip(per_source, report["sources"]) if not source["rows"]]
     rows = [r for s in per_source for r in s["rows"]]
-    return ExtraData(rows, problems, report, empty)
+    held_out = {s["spec"].name: s["held_out"] for s in per_source if s["held_out"]}
+    return ExtraData(rows, problems, report, empty, held_out)
 
 
 def empty_reason(counts: dict, bad: list[Problem]) -> str:

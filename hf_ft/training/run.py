@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 
@@ -90,6 +90,7 @@ class RunInputs:
     eval_set: object
     test_set: object
     seconds: float
+    source_sets: dict = field(default_factory=dict)  # extra source → its held-out slice, tokenized
 
 
 def main(args: Arguments) -> dict:
@@ -193,6 +194,8 @@ def prepare_inputs(args: Arguments, data: RunData, output_dir: Path, is_main: bo
         train_set = tokenized(splits.train, False)
         eval_set = tokenized(evaluated["validation"], args.run.sort_eval_by_length)
         test_set = tokenized(evaluated["test"], args.run.sort_eval_by_length)
+        source_sets = {name: tokenized(rows, args.run.sort_eval_by_length)
+                       for name, rows in (data.extra.held_out if data.extra else {}).items()}
     seconds = time.perf_counter() - started
     for name, dataset in (("train", train_set), ("validation", eval_set), ("test", test_set)):
         logger.info("%s: %d examples, %d truncated to %d tokens", name, len(dataset), count_truncated(dataset),
@@ -204,7 +207,7 @@ def prepare_inputs(args: Arguments, data: RunData, output_dir: Path, is_main: bo
     # a run that cannot fit stops here, not at a kernel OOM kill hours in
     memory.check(memory_shape(model, formulation, train_set, [eval_set, test_set], training_args, args),
                  on_gpu=training_args.device.type == "cuda", skip=args.run.skip_memory_check)
-    return RunInputs(tokenizer, model, base_model, max_length, train_set, eval_set, test_set, seconds)
+    return RunInputs(tokenizer, model, base_model, max_length, train_set, eval_set, test_set, seconds, source_sets)
 
 
 def begin_run(output_dir: Path, identity: str, args: Arguments, data: RunData) -> None:
@@ -248,9 +251,10 @@ def train_model(args: Arguments, data: RunData, inputs: RunInputs, identity: str
         inputs.eval_set if training_args.eval_strategy != "no" else None,
         mlm_probability=data_args.mlm_probability, joint_rotations=data_args.joint_rotations,
         joint_eval_rotations=data_args.joint_eval_rotations, pad_to_multiple_of=data_args.pad_to_multiple_of,
-        callbacks=callbacks)
+        callbacks=callbacks, source_sets=inputs.source_sets if training_args.eval_strategy != "no" else None)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(train_result.metrics)
+    metrics.update(trainer.evaluate_sources(inputs.source_sets))  # each extra source's slice, the final model
     metrics["train_samples"] = len(inputs.train_set)
     metrics["deepspeed_stage"] = args.deepspeed.stage if args.deepspeed.used else -1
     metrics.update(data_seconds=round(data.seconds, 2), tokenize_seconds=round(inputs.seconds, 2),
@@ -377,3 +381,7 @@ def attach_contexts(data: RunData, args: Arguments) -> None:
     data.evaluated = {name: [by_id[r.id] for r in rows] for name, rows in data.evaluated.items()}
     data.splits = replace(splits, train=attached["train"], validation=attached["validation"], test=attached["test"])
     data.contexts = records
+    for name, rows in (data.extra.held_out if data.extra else {}).items():  # read as their training rows are
+        guarded, _ = book.guard({"slice": book.attach(rows, leave_one_out=True)[0]}, splits.validation + splits.test,
+                                "open book")
+        data.extra.held_out[name] = guarded["slice"]

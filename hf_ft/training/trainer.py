@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 
 import torch
 from torch.utils.data import Sampler, SequentialSampler
@@ -86,8 +87,12 @@ class QATrainer(Trainer):
     joint model scored in k rotated option orders, the k copies of each question merged back into one
     prediction."""
 
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, source_sets=None, source_collator=None, **kwargs):
         self.eval_data_collator = eval_data_collator
+        self.source_sets = source_sets or {}  # extra source → held-out slice: its own loss at every evaluation
+        # their collator: one option order (a slice of 2-4-option questions is a loss to watch, not a score to
+        # debias over rotations)
+        self.source_collator = source_collator or eval_data_collator
         self.length_sampler = None
         super().__init__(*args, **kwargs)
         self.add_callback(EpochCallback(self))
@@ -128,6 +133,34 @@ class QATrainer(Trainer):
         finally:
             self.data_collator = train_collator
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """The Trainer's evaluation (TMMLU+'s validation split, which selects the model), and before it, at every
+        evaluation during training, each extra source's held-out slice: `eval_<source>_loss` and
+        `eval_<source>_accuracy` in the log, the loss plot and the history."""
+        extra = {}
+        if eval_dataset is None and metric_key_prefix == "eval" and self.source_sets:
+            extra = self.evaluate_sources(self.source_sets)
+            self.log(extra)
+        return {**super().evaluate(eval_dataset, ignore_keys, metric_key_prefix), **extra}
+
+    def evaluate_sources(self, source_sets: dict) -> dict:
+        """Loss (and, for a formulation that scores options, accuracy) on each held-out slice, by its name."""
+        out = {}
+        metrics, self.compute_metrics = self.compute_metrics, None  # those map TMMLU+'s items to subjects
+        collator, self.eval_data_collator = self.eval_data_collator, self.source_collator
+        try:
+            for name, dataset in source_sets.items():
+                key = "eval_" + re.sub(r"\W+", "_", name).strip("_").lower()
+                output = self.evaluation_loop(self.get_eval_dataloader(dataset), description=f"extra source {name}",
+                                              prediction_loss_only=False, metric_key_prefix=key)
+                out[f"{key}_loss"] = output.metrics.get(f"{key}_loss")
+                logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+                if logits is not None and output.label_ids is not None and logits.ndim == 2:
+                    out[f"{key}_accuracy"] = float((logits.argmax(-1) == output.label_ids).mean())
+        finally:
+            self.compute_metrics, self.eval_data_collator = metrics, collator
+        return out
+
     def get_eval_dataloader(self, eval_dataset=None):
         with self._evaluation_collator():
             return super().get_eval_dataloader(eval_dataset)
@@ -157,7 +190,7 @@ class QATrainer(Trainer):
 
 def build_trainer(model, tokenizer, training_args, formulation: str, train_set, eval_set=None, *,
                   mlm_probability: float = 0.15, joint_rotations: int = 1, joint_eval_rotations: int = 1,
-                  pad_to_multiple_of: int | None = None, callbacks=()) -> QATrainer:
+                  pad_to_multiple_of: int | None = None, callbacks=(), source_sets=None) -> QATrainer:
     """A QATrainer with hf_ft's collators and metrics for `formulation` (per_choice, joint or mlm)."""
     seed = training_args.seed
     scores_accuracy = get_formulation(formulation).scores_options
@@ -175,6 +208,9 @@ def build_trainer(model, tokenizer, training_args, formulation: str, train_set, 
                                          pad_to_multiple_of=pad_to_multiple_of),
         compute_metrics=build_compute_metrics(eval_set["subject"]) if scores_accuracy and has_eval else None,
         callbacks=list(callbacks),
+        source_sets=source_sets,
+        source_collator=make_collator(formulation, tokenizer, train=False, seed=seed, mlm_probability=mlm_probability,
+                                      joint_eval_rotations=1, pad_to_multiple_of=pad_to_multiple_of),
     )
 
 
