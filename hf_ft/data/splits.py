@@ -104,7 +104,7 @@ def make_splits(data: LoadedData, scheme: str, seed: int, validation_fraction: f
             pool, removed["train"] = _dedupe(pool, seen)
             train, validation = stratified_split(pool, [1 - validation_fraction, validation_fraction], seed)
     elif scheme == "resplit":
-        given = [name for name in ("validation", "test") if data.pools.get(name)]
+        given = [name for name in ("validation", "test") if data.pools.get(name)] if data.layout == "flat" else []
         if given:  # their rows would be pooled and split again, silently taking another role
             raise DataError(f"--{given[0]}_file: the resplit scheme (chosen because there is no --test_file) "
                             "pools every file and splits it again, so its rows would not stay "
