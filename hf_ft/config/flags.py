@@ -67,21 +67,21 @@ VALUE_REQUIRES = [
       for name in ("trackio_space_id", "trackio_bucket_id", "project")],
 ]
 
-# TrainingArguments flags whose effect hf_ft's own flow replaces: {flag: (the value hf_ft honours, why)}. Given
+# TrainingArguments flags whose effect hf_ft's own flow replaces: {flag: (the values hf_ft honours, why)}. Given
 # another value, refused: it would do nothing, or break what hf_ft guarantees.
 REPLACED = {
-    "do_train": (True, "hf_ft always trains; score a finished run with `python -m hf_ft.evaluate`"),
-    "do_eval": (True, "the run evaluates per --eval_strategy and scores validation and test at its end"),
-    "do_predict": (True, "the test split is always predicted at the end (test_predictions.jsonl)"),
-    "prediction_loss_only": (False, "hf_ft's evaluation reports accuracy, which needs the predictions"),
-    "eval_do_concat_batches": (True, "hf_ft's metrics read every batch's predictions at once"),
-    "batch_eval_metrics": (False, "hf_ft computes its metrics over the whole evaluation set"),
-    "hub_strategy": ("end", "hf_ft pushes the finished run once, with its card"),
-    "hub_always_push": (False, "hf_ft pushes once, after the run is marked finished"),
-    "length_column_name": ("length", "hf_ft's length-grouped sampler reads its own `length` column"),
-    "remove_unused_columns": (False, "hf_ft's collators pick the model inputs and the sampler needs `length`"),
-    "ignore_data_skip": (False, "a resumed run replays the data order so it ends where an uninterrupted run ends"),
-    "label_names": (None, "hf_ft's collators name the labels `labels`"),
+    "do_train": ((True,), "hf_ft always trains; score a finished run with `python -m hf_ft.evaluate`"),
+    "do_eval": ((True,), "the run evaluates per --eval_strategy and scores validation and test at its end"),
+    "do_predict": ((True,), "the test split is always predicted at the end (test_predictions.jsonl)"),
+    "prediction_loss_only": ((False,), "hf_ft's evaluation reports accuracy, which needs the predictions"),
+    "eval_do_concat_batches": ((True,), "hf_ft's metrics read every batch's predictions at once"),
+    "batch_eval_metrics": ((False,), "hf_ft computes its metrics over the whole evaluation set"),
+    "hub_strategy": (("end",), "hf_ft pushes the finished run once, with its card"),
+    "hub_always_push": ((False,), "hf_ft pushes once, after the run is marked finished"),
+    "length_column_name": (("length",), "hf_ft's length-grouped sampler reads its own `length` column"),
+    "remove_unused_columns": ((False,), "hf_ft's collators pick the model inputs and the sampler needs `length`"),
+    "ignore_data_skip": ((False,), "a resumed run replays the data order so it ends where an uninterrupted run ends"),
+    "label_names": ((None, [], ["labels"]), "hf_ft's collators name the labels `labels`"),
 }
 
 # Flags that act alone, whatever else is given (each read where its concern lives).
@@ -116,18 +116,21 @@ def declared() -> set[str]:
             | {n for pair in CONFLICTS for n in pair[:2]})
 
 
+def _presence_problems(given: set[str], requires, conflicts, flag=lambda name: f"--{name}") -> list[str]:
+    """A flag given beside the one that makes it ignored, or without any of the ones it works with."""
+    problems = [f"{flag(ignored)} with {flag(source)}: {why}; drop one" for source, ignored, why in conflicts
+                if source in given and ignored in given]
+    return problems + [f"{flag(name)} without {' or '.join(flag(n) for n in needs)}: has no effect ({why})"
+                       for name, needs, why in requires if name in given and not any(n in given for n in needs)]
+
+
 def combination_problems(values: dict, given: set[str]) -> list[str]:
     """One line per flag the user gave that this combination would ignore, or that hf_ft replaces."""
-    problems = [f"--{ignored} with --{source}: {why}; drop one" for source, ignored, why in CONFLICTS
-                if source in given and ignored in given]
-    problems += [f"--{name} without --{' or --'.join(needs)}: has no effect ({why})" for name, needs, why in REQUIRES
-                 if name in given and not any(n in given for n in needs)]
+    problems = _presence_problems(given, REQUIRES, CONFLICTS)
     problems += [f"--{name}: has no effect without {what}" for name, acts, what in VALUE_REQUIRES
                  if name in given and name in values and not acts(values)]
-    for name, (honoured, why) in REPLACED.items():
-        value = values.get(name)
-        if name in given and value != honoured and not (name == "label_names" and value in ([], ["labels"])):
-            problems.append(f"--{name} {value}: {why}; leave the flag out")
+    problems += [f"--{name} {values.get(name)}: {why}; leave the flag out" for name, (honoured, why) in REPLACED.items()
+                 if name in given and values.get(name) not in honoured]
     return problems
 
 
@@ -184,11 +187,5 @@ def command_problems(command: str, given: set[str], dashes: bool = False) -> lis
     """The needs and excludes of `command`'s flags, on the names the user gave (`dashes`: the command spells
     its flags --like-this)."""
     requires, conflicts, _ = COMMANDS[command]
-
-    def flag(name: str) -> str:
-        return "--" + (name.replace("_", "-") if dashes else name)
-
-    problems = [f"{flag(ignored)} with {flag(source)}: {why}; drop one" for source, ignored, why in conflicts
-                if source in given and ignored in given]
-    return problems + [f"{flag(name)} without {' or '.join(flag(n) for n in needs)}: has no effect ({why})"
-                       for name, needs, why in requires if name in given and not any(n in given for n in needs)]
+    return _presence_problems(given, requires, conflicts,
+                              lambda name: "--" + (name.replace("_", "-") if dashes else name))

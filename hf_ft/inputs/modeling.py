@@ -212,10 +212,10 @@ def apply_config_overrides(config, overrides: str | None) -> None:
 
 def load_model(name_or_path: str, formulation: str, revision: str = "main", cache_dir: str | None = None,
                trust_remote_code: bool = False, config_overrides: str | None = None, use_kernels: bool = False,
-               **kwargs):
+               config=None, **kwargs):
     """Load `name_or_path` with the head `formulation` needs (a fresh head when it has none yet), without hub
-    kernels unless `use_kernels`."""
-    config = load_config(name_or_path, revision, cache_dir, trust_remote_code)
+    kernels unless `use_kernels`; `config`: its config, when the caller has read it already."""
+    config = config if config is not None else load_config(name_or_path, revision, cache_dir, trust_remote_code)
     apply_config_overrides(config, config_overrides)
     get_formulation(formulation).configure(config)
     try:

@@ -180,7 +180,7 @@ def prepare_inputs(args: Arguments, data: RunData, output_dir: Path, is_main: bo
     max_length = min(limits.values())
     model = load_model(model_args.model_name_or_path, formulation, model_args.model_revision,
                        model_args.cache_dir, model_args.trust_remote_code, model_args.config_overrides,
-                       use_kernels=model_args.use_kernels)
+                       use_kernels=model_args.use_kernels, config=config)  # read once, for the length check too
     base_model = provenance.base_model_record(model_args.model_name_or_path, hub_id(model_args.model_name_or_path),
                                               model.config, output_dir, model_args.model_revision,
                                               model_args.cache_dir) if is_main else None
