@@ -33,9 +33,21 @@ def launch(zero: int | None, nproc: int, args: list[str], timeout: int = 600):
                          str(_port()), "run_qa.py", *args)
     else:
         command = python("-m", "hf_ft.launch", "--zero", str(zero), "--nproc", str(nproc), "--", *args)
-    result = run_cli(command, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    # A rank that dies in native code prints its Python stack (faulthandler): where a rare abort happens shows.
+    result = run_cli(command, timeout=timeout, env={"PYTHONFAULTHANDLER": "1"})
+    assert result.returncode == 0, crash_lines(result.stdout + result.stderr) + result.stdout[-3000:] + \
+        result.stderr[-5000:]
     return result
+
+
+def crash_lines(output: str) -> str:
+    """The lines that say how a process died (a C++ terminate, a fatal Python error and the stacks it printed),
+    first, so a failure's report keeps them whatever its length."""
+    lines = output.splitlines()
+    keep = [i for i, line in enumerate(lines) if any(mark in line for mark in (
+        "terminate called", "Fatal Python error", "Current thread", "Thread 0x", "what():"))]
+    shown = sorted({j for i in keep for j in range(i, min(len(lines), i + 12))})
+    return ("how it died:\n" + "\n".join(lines[j] for j in shown) + "\n---\n") if shown else ""
 
 
 def _port() -> int:
@@ -280,6 +292,24 @@ def test_two_process_seeds_each_equal_a_run_of_that_seed_alone(tmp_path, demo_da
         return {k: v for k, v in json.loads((folder / "eval_results.json").read_text()).items() if "accuracy" in k}
 
     assert accuracies(both / "seed-2") == accuracies(alone) and accuracies(alone)
+
+
+@pytest.mark.slow
+def test_two_process_folds_score_every_pool_question_once_as_a_fold_run_alone_does(tmp_path, demo_data, still_model):
+    """--folds under 2 processes: both folds finish, the gathered fold predictions hold each training-pool
+    question once, and fold 1 of the loop trains and answers exactly as a 2-process `--fold 1` run alone."""
+    common = ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+              "--max_steps", "4", "--logging_steps", "1", "--folds", "2"]
+    both = tmp_path / "folds"
+    launch(None, 2, run_args(still_model, demo_data, both, *common))
+    alone = tmp_path / "fold-1"
+    launch(None, 2, run_args(still_model, demo_data, alone, *common, "--fold", "1"))
+    summary = json.loads((both / "folds_summary.json").read_text())
+    ids = [json.loads(line)["id"] for k in (0, 1) for line in (both / f"fold-{k}" / "fold_predictions.jsonl")
+           .read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == summary["out_of_fold"]["overall"]["n"] > 0
+    assert train_losses(both / "fold-1") == train_losses(alone)
+    assert (both / "fold-1" / "fold_predictions.jsonl").read_text() == (alone / "fold_predictions.jsonl").read_text()
 
 
 @pytest.mark.slow

@@ -127,6 +127,16 @@ class DataArguments:
     split_seed: int | None = field(
         default=None, metadata={"help": "Seed of the train/validation(/test) split (default: --seed). --seeds keeps "
                                         "it fixed so every seed is tested on the same questions."})
+    folds: int | None = field(
+        default=None, metadata={"help": "Cross-fitting: split the training pool (everything but the test split) into "
+                                        "this many folds, stratified by subject, and train once per fold in "
+                                        "output_dir/fold-<k> on the other folds, scoring the fold it did not see; "
+                                        "then output_dir/folds_summary.json pools the out-of-fold accuracy per "
+                                        "subject and category (resumable fold by fold, like --seeds)."})
+    fold: int | None = field(
+        default=None, metadata={"help": "With --folds K: train only fold k (0 to K-1), into output_dir itself (to "
+                                        "share the folds among machines; name the folders fold-<k> under one "
+                                        "parent for `evaluate`)."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
     extra_data: list[str] = field(default_factory=list, metadata={
         "help": "Extra training sources (other Chinese exam sets), each a hub dataset id or a local path with "

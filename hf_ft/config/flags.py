@@ -16,6 +16,8 @@ CONFLICTS = [
         "train_file", "validation_file", "test_file")],
     *[(source, name, "the data comes from there, not from the hub") for source in (
         "data_dir", "train_file") for name in ("dataset_name", "dataset_revision")],
+    ("validation_file", "folds", "each fold's validation slice is carved from the training pool, so a fixed "
+     "validation file has no place; pass its rows as --train_file"),
 ]
 
 # (given, needs one of these, what it is for). Given without any of them: refused.
@@ -35,6 +37,7 @@ REQUIRES = [
     ("fsdp_config", ("fsdp",), "it configures FSDP"),
     ("trust_deepspeed_checkpoint", ("deepspeed",), "it is about resuming a DeepSpeed checkpoint"),
     ("require_deepspeed", ("deepspeed",), "it makes a DeepSpeed run fail instead of falling back"),
+    ("fold", ("folds",), "it picks one of the --folds K folds"),
 ]
 
 
@@ -58,6 +61,8 @@ VALUE_REQUIRES = [
     *[(name, lambda v, name=name: name in get_formulation(v["formulation"]).rotations_flags,
        _formulations(lambda f, name=name: name in f.rotations_flags)) for name in ("joint_rotations",
                                                                                    "joint_eval_rotations")],
+    ("folds", lambda v: get_formulation(v["formulation"]).scores_options,
+     _formulations(lambda f: f.scores_options) + " (out-of-fold predictions)"),
     ("split_ratios", lambda v: v["split_scheme"] != "official", "--split_scheme resplit (or auto with one flat file)"),
     ("validation_fraction", lambda v: v["split_scheme"] != "resplit", "--split_scheme official (or auto)"),
     ("dataloader_prefetch_factor", lambda v: (v["dataloader_num_workers"] or 0) > 0, "--dataloader_num_workers 1+"),

@@ -160,6 +160,8 @@ TRAINING_RULES = {
         "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
         "max_eval_samples", "max_test_samples", "eval_accumulation_steps")},
     "split_seed": validation.SEED,
+    "folds": validation.at_least(2, "need 2 or more folds (each fold is scored by the run that trained on the others)"),
+    "fold": validation.at_least(0, "need a fold number from 0 (folds are numbered 0 to K-1)"),
     "data_seed": validation.SEED,
     "learning_rate": validation.positive("need a positive learning rate"),
     "num_train_epochs": validation.Rule(need="need a finite number of epochs"),
@@ -244,6 +246,9 @@ def refuse_nonsense(values: dict, cuda: bool, given: set) -> None:
         problems.append(f"--output_dir '{output_dir}': empty; name the run's folder")
     elif output_dir and Path(output_dir).exists() and not Path(output_dir).is_dir():
         problems.append(f"--output_dir {output_dir}: is a file, not a folder")
+    if values["fold"] is not None and values["folds"] and values["fold"] >= values["folds"] >= 2:
+        problems.append(f"--fold {values['fold']} with --folds {values['folds']}: folds are numbered 0 to "
+                        f"{values['folds'] - 1}")
     if values["seeds"]:
         try:
             seeds = [int(s) for s in values["seeds"].split(",") if s.strip()]

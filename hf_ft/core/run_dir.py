@@ -30,6 +30,9 @@ CARD_FILE = "README.md"
 CURVE_FILE = "validation_loss_curve.png"
 HISTORY_FILE = "loss_history.json"
 TEST_PREDICTIONS_FILE = "test_predictions.jsonl"
+# --folds: the training-pool fold a run held out, and its predictions on it (the out-of-fold estimate's input).
+FOLD_ITEMS_FILE = "fold_qa_data.json"
+FOLD_PREDICTIONS_FILE = "fold_predictions.jsonl"
 # What is pushed by default instead of the test questions: ids, content hashes and per-item correctness.
 TEST_ITEM_RESULTS_FILE = "test_item_results.jsonl"
 REJECTED_FILE = "rejected_rows.jsonl"
@@ -86,6 +89,21 @@ def read_json_if_present(path: str | os.PathLike):
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list:
+    """Every record of a JSON-lines file hf_ft wrote; a missing file or a bad line is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{path}: not found")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise RunDirError(f"{path}, line {number}: not valid JSON ({e})") from None
+    return records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,13 +182,15 @@ def finished_problem(output_dir: str | os.PathLike) -> str | None:
 
 
 def several_runs_problem(folder: str | os.PathLike, use: str) -> str | None:
-    """A --seeds folder (seed-1, seed-2, ... and no model of its own) where one run is expected: which runs it
-    holds and what to give instead. `use`: what the command could do with the whole folder."""
+    """A --seeds or --folds folder (seed-1, seed-2, ... or fold-0, fold-1, ... and no model of its own) where one
+    run is expected: which runs it holds and what to give instead. `use`: what the command could do with the
+    whole folder."""
     out = Path(folder)
-    seeds = sorted(p.name for p in out.glob("seed-*") if p.is_dir()) if out.is_dir() else []
-    if not seeds or (out / "config.json").is_file():
-        return None
-    return f"{folder}: a --seeds folder ({', '.join(seeds)}), not one model: {use}, e.g. {out / seeds[0]}"
+    for kind in ("seed", "fold"):
+        runs = sorted(p.name for p in out.glob(f"{kind}-*") if p.is_dir()) if out.is_dir() else []
+        if runs and not (out / "config.json").is_file():
+            return f"{folder}: a --{kind}s folder ({', '.join(runs)}), not one model: {use}, e.g. {out / runs[0]}"
+    return None
 
 
 def require_finished(output_dir: str | os.PathLike) -> None:

@@ -11,12 +11,12 @@ import hashlib
 import logging
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..core.run_dir import MANIFEST_FILE, TEST_ITEMS_FILE, write_json
+from ..core.run_dir import FOLD_ITEMS_FILE, MANIFEST_FILE, TEST_ITEMS_FILE, write_json
 from .rows import CONTENT_HASH_RULE, DataError, QARow
 from .sources import LoadedData
 
@@ -38,6 +38,8 @@ class Splits:
     scheme: str
     duplicates_removed: int = 0
     duplicates_by_pool: dict[str, int] = field(default_factory=dict)
+    fold: list[QARow] = field(default_factory=list)  # --folds: the training-pool fold this run scores, unseen
+    fold_index: tuple[int, int] | None = None  # (k, K)
 
 
 def _dedupe(rows: list[QARow], seen: set[str]) -> tuple[list[QARow], int]:
@@ -119,6 +121,47 @@ def make_splits(data: LoadedData, scheme: str, seed: int, validation_fraction: f
     return Splits(train, validation, test, scheme, sum(removed.values()), removed)
 
 
+def assign_folds(rows: list[QARow], folds: int, seed: int) -> list[int]:
+    """Each row's fold, 0..folds-1: every subject dealt round the folds in a seeded order, each subject starting
+    where the last one stopped, so folds differ in size by one row at most, overall and per subject."""
+    by_subject: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_subject.setdefault(row.subject, []).append(i)
+    small = {s: len(ix) for s, ix in by_subject.items() if len(ix) < folds}
+    if small:
+        subject, n = min(small.items(), key=lambda item: (item[1], item[0]))
+        raise DataError(f"--folds {folds}: subject '{subject}' has only {n} question(s) in the training pool, and "
+                        f"every fold needs each subject; use --folds {max(2, n)} or fewer, or leave '{subject}' "
+                        "out with --subjects" if n >= 2 else
+                        f"--folds {folds}: subject '{subject}' has only {n} question(s) in the training pool, too "
+                        f"few to cross-fit; leave it out with --subjects")
+    fold_of = [0] * len(rows)
+    start = 0
+    for subject in sorted(by_subject):
+        group = by_subject[subject]
+        rng = np.random.default_rng([seed, zlib.crc32(subject.encode("utf-8")), folds])
+        for position, j in enumerate(rng.permutation(len(group))):
+            fold_of[group[j]] = (start + position) % folds
+        start = (start + len(group)) % folds
+    return fold_of
+
+
+def cross_fit(splits: Splits, fold: int, folds: int, seed: int, validation_fraction: float,
+              split_ratios: tuple[float, float, float], needs_validation: bool = True) -> Splits:
+    """Fold `fold` of the training pool (train + validation) held out for scoring; the other folds are split
+    into train and validation in the share the run's scheme gives its validation split. The test split is
+    untouched."""
+    pool = splits.train + splits.validation
+    fold_of = assign_folds(pool, folds, seed)
+    held = [row for row, k in zip(pool, fold_of) if k == fold]
+    rest = [row for row, k in zip(pool, fold_of) if k != fold]
+    share = validation_fraction if splits.scheme == "official" else split_ratios[1] / sum(split_ratios[:2])
+    train, validation = stratified_split(rest, [1 - share, share], seed)
+    check_sizes(train, validation, splits.test, f"{splits.scheme} split, fold {fold} of {folds} held out",
+                needs_validation)
+    return replace(splits, train=train, validation=validation, fold=held, fold_index=(fold, folds))
+
+
 def check_sizes(train, validation, test, scheme: str, needs_validation: bool, needs_test: bool = True) -> None:
     """A split the run needs must not come out empty, and training needs more than a handful of rows."""
     counts = f"{len(train)} train / {len(validation)} validation / {len(test)} test ({scheme} split)"
@@ -161,18 +204,18 @@ def build_manifest(data: LoadedData, splits: Splits, rejected: Counter, seed: in
         return dict(sorted(Counter(r.subject for r in rows).items()))
 
     everything = sorted(r.content_hash for rows in (splits.train, splits.validation, splits.test) for r in rows)
-    return {
+    named = [("train", splits.train), ("validation", splits.validation), ("test", splits.test)]
+    if splits.fold_index:
+        named.append(("fold", splits.fold))
+    manifest = {
         "source": {**data.source, "content_sha256": hashlib.sha256("\n".join(everything).encode()).hexdigest()},
         "revision": data.source.get("revision"),
         "subjects": data.subjects,
         "split_scheme": splits.scheme,
         "seed": seed,
-        "counts": {name: len(rows) for name, rows in
-                   (("train", splits.train), ("validation", splits.validation), ("test", splits.test))},
-        "counts_per_subject": {name: per_subject(rows) for name, rows in
-                               (("train", splits.train), ("validation", splits.validation), ("test", splits.test))},
-        "gold_letters": {name: dict(sorted(Counter(r.answer for r in rows).items())) for name, rows in
-                         (("train", splits.train), ("validation", splits.validation), ("test", splits.test))},
+        "counts": {name: len(rows) for name, rows in named},
+        "counts_per_subject": {name: per_subject(rows) for name, rows in named},
+        "gold_letters": {name: dict(sorted(Counter(r.answer for r in rows).items())) for name, rows in named},
         "duplicates_removed": splits.duplicates_removed,
         "duplicates_removed_by_pool": splits.duplicates_by_pool,
         "rows_rejected": sum(rejected.values()),
@@ -184,6 +227,10 @@ def build_manifest(data: LoadedData, splits: Splits, rejected: Counter, seed: in
             "validation": sorted(r.content_hash for r in splits.validation),
         },
     }
+    if splits.fold_index:  # which fold this run scores, of how many, dealt with which seed
+        manifest["fold"] = {"index": splits.fold_index[0], "of": splits.fold_index[1], "seed": seed,
+                            "items_file": FOLD_ITEMS_FILE}
+    return manifest
 
 
 def write_split_outputs(output_dir: str, data: LoadedData, splits: Splits, rejected: Counter, seed: int,
@@ -193,6 +240,8 @@ def write_split_outputs(output_dir: str, data: LoadedData, splits: Splits, rejec
     from ..core.provenance import relative_to
 
     write_json(Path(output_dir) / TEST_ITEMS_FILE, [row.to_item() for row in splits.test])
+    if splits.fold_index:
+        write_json(Path(output_dir) / FOLD_ITEMS_FILE, [row.to_item() for row in splits.fold])
     manifest = build_manifest(data, splits, rejected, seed)
     if extra is not None:
         for source in extra["sources"]:

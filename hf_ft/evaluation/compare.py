@@ -27,6 +27,7 @@ class Scored:
     scores: np.ndarray
     role: str  # "original", "finetuned" or "model"
     seed: int | None = None
+    fold: int | None = None  # a --folds run: the training-pool fold it held out
 
     def predictions(self) -> np.ndarray:
         return self.scores.argmax(1)
@@ -119,15 +120,16 @@ def leaderboard(rows: list[QARow], models: list[Scored], reference: int, seed: i
             "correction": "Holm–Bonferroni over the exact McNemar p-values against the reference"}
 
 
-def seeds_report(rows: list[QARow], original: Scored, runs: list[Scored], seed: int) -> dict:
-    """The original-vs-fine-tuned difference per seed and across seeds (a t interval over seeds covers
-    training randomness; each seed's own interval covers only the sampling of test items)."""
+def seeds_report(rows: list[QARow], original: Scored, runs: list[Scored], seed: int, by: str = "seed") -> dict:
+    """The original-vs-fine-tuned difference per run and across runs of one configuration that differ in the
+    seed (or, `by="fold"`, in the fold of the training pool left out): a t interval over runs covers training
+    randomness (and the choice of training questions); each run's own interval only the sampling of test items."""
     golds = np.array([r.label for r in rows])
     per_seed = []
     for run in runs:
         paired = paired_comparison(original.predictions() == golds, run.predictions() == golds, seed)
         summary = accuracy_report(run.predictions(), golds, [r.subject for r in rows], per_subject=False)
-        per_seed.append({"seed": run.seed, "path": public_name(run.path), "accuracy": summary["accuracy"],
+        per_seed.append({by: getattr(run, by), "path": public_name(run.path), "accuracy": summary["accuracy"],
                          "tmmlu_average": summary["tmmlu_average"], "difference": paired["difference"],
                          "difference_ci95": paired["difference_ci95"], "mcnemar_p": paired["mcnemar"]["p_value"],
                          "failed_restart": summary["accuracy"] < CHANCE + FAILED_RESTART_MARGIN})
@@ -137,8 +139,8 @@ def seeds_report(rows: list[QARow], original: Scored, runs: list[Scored], seed: 
             "std_accuracy": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0,
             "mean_difference": float(np.mean(differences)),
             "std_difference": float(np.std(differences, ddof=1)) if len(differences) > 1 else 0.0,
-            "difference_ci95_across_seeds": list(across_runs_ci(differences)),
-            "failed_restarts": [s["seed"] for s in per_seed if s["failed_restart"]],
+            f"difference_ci95_across_{by}s": list(across_runs_ci(differences)),
+            "failed_restarts": [s[by] for s in per_seed if s["failed_restart"]],
             "failed_restart_rule": f"test accuracy below chance + {FAILED_RESTART_MARGIN:.0%}"}
 
 
@@ -164,6 +166,8 @@ def build_report(rows: list[QARow], models: list[Scored], reference: int, seed: 
     }
     if len(models) > 2:
         report["leaderboard"] = leaderboard(rows, models, reference, seed)
-    if len(finetuned) > 1:
+    if len(finetuned) > 1 and all(m.fold is not None for m in finetuned):  # a --folds folder
+        report["folds"] = seeds_report(rows, original, finetuned, seed, by="fold")
+    elif len(finetuned) > 1:
         report["seeds"] = seeds_report(rows, original, finetuned, seed)
     return report

@@ -29,7 +29,16 @@ from ..data.splits import skewed_letters_warning, stratified_sample
 from ..inputs.modeling import check_model_path, check_vocabulary
 from ..publish.model_card import data_facts, write_model_card
 from .compare import Scored, build_report
-from .items import check_held_out, choose_items, expand_runs, parse_models, reference_index, retrieval_summary
+from .cross_fit import fold_items, out_of_fold_comparison
+from .items import (
+    check_held_out,
+    choose_items,
+    expand_runs,
+    fold_of,
+    parse_models,
+    reference_index,
+    retrieval_summary,
+)
 from .reports import terminal_table, write_outputs
 from .options import ScoringArguments, ScoringParser
 from .scoring import run_settings
@@ -126,6 +135,7 @@ def run(args: EvaluateArguments) -> dict:
     rows, items_from = choose_items(args, runs[0][0])
     manifests = [(str(Path(p) / MANIFEST_FILE), read_json_if_present(Path(p) / MANIFEST_FILE)) for p, _ in runs]
     rows, held_out = check_held_out(rows, manifests, args.allow_overlap)
+    per_fold = fold_items(runs)  # a --folds folder: each fold's own held-out questions, checked now too
     if not rows:
         raise UserError(f"{items_from}: no items left to score")
     skew = skewed_letters_warning(rows, items_from)  # the check training makes of its splits
@@ -172,7 +182,8 @@ def run(args: EvaluateArguments) -> dict:
         seconds[label] = time.perf_counter() - start
         passes[label] = scorer.passes
         logger.info("%s scored %d items with %s in %.1f s", path, len(rows), scorer.name, seconds[label])
-        models.append(Scored(label, path, scorer.name, scores, role, seed))
+        models.append(Scored(label, path, scorer.name, scores, role, seed,
+                             fold_of(path) if role == "finetuned" else None))
         if scorer.retrieved is not None:
             retrieval[label] = retrieval_summary(scorer, rows, scores, gold)
             if is_main:
@@ -188,6 +199,8 @@ def run(args: EvaluateArguments) -> dict:
     passages = ([bool(record["passages"]) for record in finetuned_book.retrieved]
                 if finetuned_book is not None and finetuned_book.retrieved is not None else None)
     report = build_report(rows, models, reference, args.seed, passages)
+    if per_fold:
+        report["cross_fit"] = out_of_fold_comparison(args, per_fold, args.seed)
     manifest = manifests[0][1] or {}
     report.update({
         "items_from": items_from,

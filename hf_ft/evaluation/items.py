@@ -1,4 +1,4 @@
-"""Which models and which items an evaluation scores: --seeds folders expanded (whole or refused), the items
+"""Which models and which items an evaluation scores: --seeds and --folds folders expanded (whole or refused), the items
 (the run's test_qa_data.json by default) checked against every run's manifest so no training or validation item is
 ever scored, and what open book gave each model (gold in context, recall@k)."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
-from ..core.run_dir import RUN_RECORD_FILE, TEST_ITEMS_FILE, read_json_if_present
+from ..core.run_dir import MANIFEST_FILE, RUN_RECORD_FILE, TEST_ITEMS_FILE, read_json_if_present
 from ..data.files import load_items
 from ..data.rows import QARow, hash_for_rule
 from ..data.sources import load_data_dir
@@ -23,46 +23,76 @@ logger = logging.getLogger("hf_ft.evaluation")
 # Which models, which items, and the held-out proof
 
 
+# The folders --seeds and --folds train into: (the flag, the folder prefix, the record's argument that plans them).
+RUN_SETS = (("--seeds", "seed", "seeds"), ("--folds", "fold", "folds"))
+
+
 def expand_runs(paths: list[str]) -> list[tuple[str, int | None]]:
-    """Each --finetuned path, with a --seeds folder expanded into its seed-<n> runs: (path, seed)."""
+    """Each --finetuned path, with a --seeds or --folds folder expanded into its seed-<n> or fold-<k> runs:
+    (path, seed)."""
     runs = []
     for path in paths:
-        seed_dirs = sorted(Path(path).glob("seed-*"), key=lambda p: int(p.name.split("-")[1])
-                           if p.name.split("-")[1].isdigit() else 0) if Path(path).is_dir() else []
-        if seed_dirs and not (Path(path) / RUN_RECORD_FILE).is_file():
-            check_seeds_complete(Path(path), seed_dirs)
-            runs += [(str(p), _seed_of(p)) for p in seed_dirs]
-        else:
-            runs.append((path, _seed_of(Path(path))))
+        folder = Path(path)
+        members = []
+        if folder.is_dir() and not (folder / RUN_RECORD_FILE).is_file():
+            for flag, prefix, argument in RUN_SETS:
+                members = sorted(folder.glob(f"{prefix}-*"), key=lambda p: _number(p.name) or 0)
+                if prefix == "seed" and any(m.glob("fold-*") for m in members):
+                    raise UserError(f"--finetuned {path}: a --seeds folder of --folds runs; compare one seed's folds "
+                                    f"at a time, e.g. --finetuned {members[0]}")
+                if members:
+                    check_set_complete(folder, members, flag, prefix, argument)
+                    break
+        runs += [(str(p), _seed_of(p)) for p in members] or [(path, _seed_of(folder))]
     return runs
 
 
-def check_seeds_complete(folder: Path, seed_dirs: list[Path]) -> None:
-    """A --seeds folder is compared only whole: every seed its runs planned (their recorded --seeds) is there
-    and finished. A killed seed would otherwise make three seeds look like two, or one."""
-    from ..core.run_dir import finished_problem
+def _number(name: str) -> int | None:
+    tail = name.split("-", 1)[1] if "-" in name else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def _planned(spec, argument: str) -> set[int]:
+    """The seeds or folds a run's recorded arguments asked for (--folds 5: folds 0 to 4)."""
     from ..training.seeds import seed_list
 
+    if spec in (None, ""):
+        return set()
+    return set(range(int(spec))) if argument == "folds" else set(seed_list(str(spec)))
+
+
+def check_set_complete(folder: Path, members: list[Path], flag: str, prefix: str, argument: str) -> None:
+    """A --seeds or --folds folder is compared only whole: every run its members planned (their recorded --seeds
+    or --folds) is there and finished. A killed seed would otherwise make three seeds look like two; a missing
+    fold would leave a fifth of the training pool unscored."""
+    from ..core.run_dir import finished_problem
+
     planned = set()
-    for p in seed_dirs:
+    for p in members:
         record = read_json_if_present(p / RUN_RECORD_FILE) or {}
-        spec = record.get("arguments", {}).get("seeds")
-        planned |= set(seed_list(spec)) if spec else set()
+        planned |= _planned(record.get("arguments", {}).get(argument), argument)
     problems = []
-    for p in seed_dirs:
+    for p in members:
         problem = finished_problem(p) or (None if (p / RUN_RECORD_FILE).is_file() else "no hf_ft_run.json")
         if problem:
             problems.append(f"{p.name}: {problem}")
-    present = {int(p.name.split("-")[1]) for p in seed_dirs if p.name.split("-")[1].isdigit()}
-    problems += [f"seed-{seed} was never started" for seed in sorted(planned - present)]
+    present = {_number(p.name) for p in members}
+    problems += [f"{prefix}-{n} was never started" for n in sorted(planned - present)]
     if problems:
-        raise UserError(f"--finetuned {folder}: a --seeds folder with unfinished seeds ({'; '.join(problems)}); "
-                        "run the same --seeds command again to complete them, or name the finished seed-<n> folders")
+        raise UserError(f"--finetuned {folder}: a {flag} folder with unfinished {prefix}s ({'; '.join(problems)}); "
+                        f"run the same {flag} command again to complete them, or name the finished {prefix}-<n> "
+                        "folders")
 
 
 def _seed_of(path: Path) -> int | None:
     record = read_json_if_present(path / RUN_RECORD_FILE) if path.is_dir() else None
     return (record or {}).get("hyperparameters", {}).get("seed")
+
+
+def fold_of(path: str) -> int | None:
+    """The training-pool fold a --folds run held out and scored (its data manifest says), or None."""
+    manifest = read_json_if_present(Path(path) / MANIFEST_FILE) if Path(path).is_dir() else None
+    return ((manifest or {}).get("fold") or {}).get("index")
 
 
 def choose_items(args: EvaluateArguments, first_run: str) -> tuple[list[QARow], str]:
@@ -108,7 +138,9 @@ def parse_models(args: EvaluateArguments, runs: list[tuple[str, int | None]]) ->
     """(label, path, role, seed) for every model to score, the original first."""
     entries = [("original", args.original, "original", None)]
     for path, seed in runs:
-        label = "fine-tuned" if len(runs) == 1 else f"fine-tuned (seed {seed})" if seed is not None else path
+        fold = fold_of(path)
+        label = ("fine-tuned" if len(runs) == 1 else f"fine-tuned (fold {fold})" if fold is not None
+                 else f"fine-tuned (seed {seed})" if seed is not None else path)
         entries.append((label, path, "finetuned", seed))
     for spec in args.models or []:
         # label=path, or a path that itself holds '=' (an existing path is never split)

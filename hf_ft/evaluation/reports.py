@@ -59,7 +59,8 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {category} | {c['n']} | {percent(c['accuracy_original'])} | {percent(c['accuracy_finetuned'])} | "
                      f"{_pp(c['difference'])} | {_ci(c['difference_ci95'])} | {c['mcnemar']['p_value']:.3g} |")
     lines += render_forms(report["paired"].get("per_form"))
-    lines += render_seeds(report.get("seeds")) + render_leaderboard(report.get("leaderboard"))
+    lines += render_seeds(report.get("seeds")) + render_seeds(report.get("folds"), by="fold")
+    lines += render_cross_fit(report.get("cross_fit")) + render_leaderboard(report.get("leaderboard"))
     lines += render_retrieval(report.get("retrieval"))
     lines += render_audit(report.get("audit"))
     lines += ["", "## Predicted letters (position bias check)", "", "| | A | B | C | D |", "|---|---|---|---|---|"]
@@ -74,22 +75,45 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_seeds(seeds: dict | None) -> list[str]:
+def render_seeds(seeds: dict | None, by: str = "seed") -> list[str]:
+    """The runs of a --seeds folder (or, `by="fold"`, a --folds folder's fold models) on the test items."""
     if not seeds:
         return []
-    lines = ["", "## Seeds", "",
-             f"{len(seeds['runs'])} fine-tuning runs of one configuration, differing only in the seed. Across seeds "
+    differ = "only in the seed" if by == "seed" else "in the fold of the training pool each left out"
+    lines = ["", f"## {by.capitalize()}s" + (" on the test items" if by == "fold" else ""), "",
+             f"{len(seeds['runs'])} fine-tuning runs of one configuration, differing {differ}. Across {by}s "
              f"the difference is {_pp(seeds['mean_difference'])} points (standard deviation "
-             f"{100 * seeds['std_difference']:.1f}); t interval over seeds {_ci(seeds['difference_ci95_across_seeds'])} "
-             "— this one covers training randomness, each seed's own interval only the choice of test items.", "",
-             "| seed | accuracy | TMMLU+-style average | Δ vs original | 95% CI of Δ | McNemar p | failed restart |",
+             f"{100 * seeds['std_difference']:.1f}); t interval over {by}s "
+             f"{_ci(seeds[f'difference_ci95_across_{by}s'])} — this one covers training randomness, each {by}'s own "
+             "interval only the choice of test items.", "",
+             f"| {by} | accuracy | TMMLU+-style average | Δ vs original | 95% CI of Δ | McNemar p | failed restart |",
              "|---|---|---|---|---|---|---|"]
     for s in seeds["runs"]:
-        lines.append(f"| {s['seed']} | {percent(s['accuracy'])} | {percent(s['tmmlu_average'])} | {_pp(s['difference'])} | "
+        lines.append(f"| {s[by]} | {percent(s['accuracy'])} | {percent(s['tmmlu_average'])} | {_pp(s['difference'])} | "
                      f"{_ci(s['difference_ci95'])} | {s['mcnemar_p']:.3g} | {'yes' if s['failed_restart'] else ''} |")
     if seeds["failed_restarts"]:
-        lines += ["", f"Failed restarts ({seeds['failed_restart_rule']}): seeds "
+        lines += ["", f"Failed restarts ({seeds['failed_restart_rule']}): {by}s "
                       f"{', '.join(str(s) for s in seeds['failed_restarts'])}."]
+    return lines
+
+
+def render_cross_fit(cross_fit: dict | None) -> list[str]:
+    """evaluate on a --folds folder: original against fine-tuned on every training-pool question, each scored
+    by the fold model that did not train on it."""
+    if not cross_fit:
+        return []
+    o, f = cross_fit["original"], cross_fit["finetuned"]
+    lines = ["", "## Cross-fitting: the whole training pool, out of fold", "",
+             f"{cross_fit['items']} training-pool questions in {cross_fit['folds']} folds; each is scored by the fold "
+             f"model that did not train on it, and by the original model. Original {percent(o['accuracy'])} "
+             f"({percent(o['ci95'][0])}–{percent(o['ci95'][1])}), fine-tuned out of fold {percent(f['accuracy'])} "
+             f"({percent(f['ci95'][0])}–{percent(f['ci95'][1])}), difference "
+             f"{_pp(cross_fit['difference'])} points {_ci(cross_fit['difference_ci95'])} (exact McNemar p = "
+             f"{cross_fit['mcnemar']['p_value']:.3g}). Intervals: {cross_fit['ci_rule']}.", "",
+             "| category | questions | original | fine-tuned (out of fold) | Δ | 95% CI of Δ |", "|---|---|---|---|---|---|"]
+    for name, c in cross_fit["per_category"].items():
+        lines.append(f"| {name} | {c['n']} | {percent(c['accuracy_original'])} | {percent(c['accuracy_finetuned'])} | "
+                     f"{_pp(c['difference'])} | {_ci(c['difference_ci95'])} |")
     return lines
 
 
@@ -196,6 +220,10 @@ def terminal_table(report: dict) -> str:
         s = report["seeds"]
         text += (f"\nseeds: Δ {_pp(s['mean_difference'])} ± {100 * s['std_difference']:.1f} over {len(s['runs'])} "
                  f"seeds, t interval {_ci(s['difference_ci95_across_seeds'])}")
+    if report.get("cross_fit"):
+        c = report["cross_fit"]
+        text += (f"\ncross-fitting: out of fold over {c['items']} training-pool questions, Δ {_pp(c['difference'])} "
+                 f"{_ci(c['difference_ci95'])} ({c['folds']} folds as clusters)")
     for label, r in (report.get("retrieval") or {}).items():
         text += f"\nopen book, {retrieval_line(label, r)}"
     if report.get("audit"):

@@ -103,7 +103,7 @@ def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False,
     out = Path(output_dir)
     if not out.is_dir():
         raise UserError(f"{out}: output directory not found")
-    problem = several_runs_problem(out, "push one seed's run at a time")
+    problem = several_runs_problem(out, "push one run at a time")
     if problem:
         raise UserError(problem)
     require_finished(out)

@@ -29,6 +29,8 @@ from ..task.metrics import AVERAGES, percent
 from ..task.subjects import CATEGORIES, registry
 
 SEEDS_SUMMARY_FILE = "seeds_summary.json"
+FOLDS_SUMMARY_FILE = "folds_summary.json"
+FOLDS_REPORT_FILE = "folds_report.md"
 
 
 def data_facts(manifest: dict) -> dict:
@@ -152,12 +154,58 @@ def seeds_text(summary: dict | None) -> str | None:
     return (f"Trained with {len(summary['runs'])} seeds: test accuracy mean {percent(summary['mean_test_accuracy'])}, "
             f"standard deviation {100 * summary['std_test_accuracy']:.1f} points"
             + (f"; failed restarts (near chance): {', '.join(str(s) for s in failed)}" if failed else "")
+            + (f"; out-of-fold accuracy (--folds) mean {percent(summary['mean_out_of_fold_accuracy'])}, standard "
+               f"deviation {100 * summary['std_out_of_fold_accuracy']:.1f} points across seeds"
+               if "mean_out_of_fold_accuracy" in summary else "")
             + ".\n\n" + "\n".join(lines))
 
 
+def folds_markdown(summary: dict | None, heading: str = "## Cross-fitting") -> str | None:
+    """The --folds report: the pooled out-of-fold accuracy overall, per category and per subject, with the
+    interval that accounts for the folds, and each fold model's test accuracy."""
+    if not summary:
+        return None
+    oof = summary["out_of_fold"]
+    overall = oof["overall"]
+
+    def row(name, g):
+        return f"| {name} | {g['n']} | {percent(g['accuracy'])} | {_interval(g['ci95'])} |"
+
+    lines = [heading, "", f"{summary['folds']} folds of the training pool (stratified by subject, split seed "
+             f"{summary['split_seed']}); every training-pool question is scored once, by the run that did not "
+             f"train on it. Out-of-fold accuracy {percent(overall['accuracy'])} {_interval(overall['ci95'])} over "
+             f"{overall['n']} questions (macro over subjects {percent(oof['accuracy_macro'])}, TMMLU+-style average "
+             f"{percent(oof['tmmlu_average'])}). Interval: {oof['ci_rule']}.", "",
+             "| group | questions | out-of-fold accuracy | 95% CI |", "|---|---|---|---|", row("all", overall)]
+    lines += [row(f"category: {name}", g) for name, g in oof["per_category"].items()]
+    lines += [row(name, g) for name, g in oof["per_subject"].items()]
+    lines += ["", "| fold | questions scored | its fold | validation | test |", "|---|---|---|---|---|"]
+    lines += [f"| {r['fold']} | {r['items']} | {percent(r['fold_accuracy'])} | {percent(r['eval_accuracy'])} | "
+              f"{percent(r['test_accuracy'])} |" for r in summary["runs"]]
+    if summary.get("test_accuracy_mean") is not None:
+        lines += ["", f"Test accuracy of the {summary['folds']} fold models: mean "
+                      f"{percent(summary['test_accuracy_mean'])}, standard deviation "
+                      f"{100 * summary['test_accuracy_std']:.1f} points (the same test questions for every fold)."]
+    return "\n".join(lines)
+
+
+def _interval(ci) -> str:
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def folds_summary(out: Path) -> dict | None:
+    """A --folds summary: in the folder itself, or beside a fold-<k> run."""
+    for folder in (out, out.parent) if out.name.startswith("fold-") else (out,):
+        summary = read_json_if_present(folder / FOLDS_SUMMARY_FILE)
+        if summary:
+            return summary
+    return None
+
+
 def seeds_summary(out: Path) -> dict | None:
-    """A --seeds summary: in the folder itself, or beside a seed-<n> run."""
-    for folder in (out, out.parent) if out.name.startswith("seed-") else (out,):
+    """A --seeds summary: in the folder itself, beside a seed-<n> run, or two up from a seed's fold-<k> run."""
+    seed_folder = out.parent if out.name.startswith("fold-") else out
+    for folder in (out, seed_folder.parent) if seed_folder.name.startswith("seed-") else (out,):
         summary = read_json_if_present(folder / SEEDS_SUMMARY_FILE)
         if summary:
             return summary
@@ -288,6 +336,7 @@ def build_model_card(output_dir: str | Path, repo_id: str | None = None, test_it
         results_heading=f"Results on held-out {facts['short']} questions", results_table=results_table(results),
         test_items=test_items_text(test_items_pushed), licence_note=licence_note,
         comparison=comparison_text(comparison), seeds=seeds_text(seeds_summary(out)),
+        folds=folds_markdown(folds_summary(out)),
         training_table=training_table(run), data_description=facts["description"], usage_code=usage,
         hf_ft_version=__version__, transformers_version=transformers.__version__)
 

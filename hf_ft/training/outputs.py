@@ -34,15 +34,30 @@ def write_test_predictions(output_dir: Path, dataset, logits, rows) -> None:
     """`test_predictions.jsonl`: the trained model's option scores per test item, in test_qa_data.json order;
     `test_item_results.jsonl`: what a push carries by default instead of the questions (id, subject, content
     hash, correct or not)."""
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    by_id = {item_id: row for item_id, row in zip(dataset["id"], logits)}
-    predicted = {row.id: LETTERS[int(by_id[row.id].argmax())] for row in rows}
+    by_id, predicted = _predicted(dataset, logits, rows)
     run_dir.write_jsonl(output_dir / run_dir.TEST_PREDICTIONS_FILE, (
         {"id": row.id, "prediction": predicted[row.id], "scores": [float(x) for x in by_id[row.id]]}
         for row in rows))
     run_dir.write_jsonl(output_dir / run_dir.TEST_ITEM_RESULTS_FILE, (
         {"id": row.id, "subject": row.subject, "content_hash": row.content_hash,
          "correct": predicted[row.id] == row.answer} for row in rows))
+
+
+def write_fold_predictions(output_dir: Path, dataset, logits, rows) -> None:
+    """`fold_predictions.jsonl` (--folds): the run's answer to every item of the training-pool fold it did not
+    train on, with what pooling them needs (subject, category, gold, correct)."""
+    by_id, predicted = _predicted(dataset, logits, rows)
+    run_dir.write_jsonl(output_dir / run_dir.FOLD_PREDICTIONS_FILE, (
+        {"id": row.id, "subject": row.subject, "category": row.category, "content_hash": row.content_hash,
+         "answer": row.answer, "prediction": predicted[row.id], "correct": predicted[row.id] == row.answer,
+         "scores": [float(x) for x in by_id[row.id]]} for row in rows))
+
+
+def _predicted(dataset, logits, rows):
+    """Option scores by item id (the dataset may be sorted by length) and each row's predicted letter."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    by_id = {item_id: row for item_id, row in zip(dataset["id"], logits)}
+    return by_id, {row.id: LETTERS[int(by_id[row.id].argmax())] for row in rows}
 
 
 def write_contexts(data, output_dir: Path) -> None:

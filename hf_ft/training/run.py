@@ -25,7 +25,7 @@ from ..core import provenance, run_dir
 from ..core.errors import UserError
 from ..data.rows import conflicting_answers, handle_problems, write_rejected_rows
 from ..data.sources import load_rows
-from ..data.splits import make_splits, stratified_sample, write_split_outputs
+from ..data.splits import cross_fit, make_splits, stratified_sample, write_split_outputs
 from ..extra.mixing import load_for_run as load_extra_for_run
 from ..inputs.formulations import count_truncated, encode, get_formulation
 from ..inputs.modeling import check_vocabulary, hub_id, load_config, load_model, load_tokenizer
@@ -40,6 +40,7 @@ from .outputs import (
     push_finished_run,
     run_record,
     write_contexts,
+    write_fold_predictions,
     write_test_predictions,
 )
 from .start import (  # noqa: F401
@@ -91,6 +92,7 @@ class RunInputs:
     test_set: object
     seconds: float
     source_sets: dict = field(default_factory=dict)  # extra source → its held-out slice, tokenized
+    fold_set: object = None  # --folds: the training-pool fold this run scores
 
 
 def main(args: Arguments) -> dict:
@@ -140,9 +142,12 @@ def prepare_data(args: Arguments) -> RunData:
     split_seed = data_args.split_seed if data_args.split_seed is not None else training_args.seed
     splits = make_splits(loaded, data_args.split_scheme, split_seed, data_args.validation_fraction,
                          data_args.ratios(), needs_validation=training_args.eval_strategy != "no")
+    if data_args.fold is not None:  # cross-fitting: one fold of the training pool held out, scored at the end
+        splits = cross_fit(splits, data_args.fold, data_args.folds, split_seed, data_args.validation_fraction,
+                           data_args.ratios(), needs_validation=training_args.eval_strategy != "no")
     if extra is not None:  # the validation split stays the target task's; the test split is untouched
         splits = replace(splits, train=splits.train + extra.rows)
-    evaluated = {"validation": splits.validation, "test": splits.test}
+    evaluated = {"validation": splits.validation, "test": splits.test, "fold": splits.fold}
     for name, limit in (("validation", data_args.max_eval_samples), ("test", data_args.max_test_samples)):
         if limit is not None and limit < len(evaluated[name]):
             evaluated[name] = stratified_sample(evaluated[name], limit, split_seed)
@@ -151,8 +156,7 @@ def prepare_data(args: Arguments) -> RunData:
     data = RunData(loaded, extra, splits, evaluated, split_seed, problems, rejected)
     if args.retrieval.used:  # open book: the corpus checked against every held-out item, then attached
         with training_args.main_process_first(desc="indexing the retrieval corpus"):
-            data.book = OpenBook.build(args.retrieval, splits.train, splits.validation + splits.test,
-                                       args.model.cache_dir)
+            data.book = OpenBook.build(args.retrieval, splits.train, held_out(splits), args.model.cache_dir)
         attach_contexts(data, args)
     data.seconds = time.perf_counter() - started
     return data
@@ -167,14 +171,14 @@ def prepare_inputs(args: Arguments, data: RunData, output_dir: Path, is_main: bo
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                model_args.model_revision, model_args.cache_dir, model_args.trust_remote_code,
                                flag="--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path")
-    check_vocabulary(tokenizer, splits.train + splits.validation + splits.test, data_args.max_unk_rate)
+    check_vocabulary(tokenizer, splits.train + held_out(splits), data_args.max_unk_rate)
     config = load_config(model_args.model_name_or_path, model_args.model_revision, model_args.cache_dir,
                          model_args.trust_remote_code, flag="--model_name_or_path")
     limits = {"--max_seq_length": data_args.max_seq_length,
               "the tokenizer's model_max_length": tokenizer.model_max_length,
               "the model's max_position_embeddings": getattr(config, "max_position_embeddings",
                                                             data_args.max_seq_length)}
-    problem = length_problem(splits.train + splits.validation + splits.test, tokenizer, formulation, limits)
+    problem = length_problem(splits.train + held_out(splits), tokenizer, formulation, limits)
     if problem:
         raise UserError(problem)
     max_length = min(limits.values())
@@ -196,6 +200,7 @@ def prepare_inputs(args: Arguments, data: RunData, output_dir: Path, is_main: bo
         test_set = tokenized(evaluated["test"], args.run.sort_eval_by_length)
         source_sets = {name: tokenized(rows, args.run.sort_eval_by_length)
                        for name, rows in (data.extra.held_out if data.extra else {}).items()}
+        fold_set = tokenized(evaluated["fold"], args.run.sort_eval_by_length) if splits.fold_index else None
     seconds = time.perf_counter() - started
     for name, dataset in (("train", train_set), ("validation", eval_set), ("test", test_set)):
         logger.info("%s: %d examples, %d truncated to %d tokens", name, len(dataset), count_truncated(dataset),
@@ -205,9 +210,11 @@ def prepare_inputs(args: Arguments, data: RunData, output_dir: Path, is_main: bo
                         count_truncated(dataset, "context_truncated"),
                         sum(dataset["context_tokens"]) / max(1, len(dataset)))
     # a run that cannot fit stops here, not at a kernel OOM kill hours in
-    memory.check(memory_shape(model, formulation, train_set, [eval_set, test_set], training_args, args),
+    scored = [eval_set, test_set] + ([fold_set] if fold_set is not None else [])
+    memory.check(memory_shape(model, formulation, train_set, scored, training_args, args),
                  on_gpu=training_args.device.type == "cuda", skip=args.run.skip_memory_check)
-    return RunInputs(tokenizer, model, base_model, max_length, train_set, eval_set, test_set, seconds, source_sets)
+    return RunInputs(tokenizer, model, base_model, max_length, train_set, eval_set, test_set, seconds, source_sets,
+                     fold_set)
 
 
 def begin_run(output_dir: Path, identity: str, args: Arguments, data: RunData) -> None:
@@ -270,9 +277,11 @@ def train_model(args: Arguments, data: RunData, inputs: RunInputs, identity: str
 
 def evaluate_model(trainer, args: Arguments, data: RunData, inputs: RunInputs, output_dir: Path,
                    is_main: bool) -> dict:
-    """The final (best) model on validation and test, with per-subject accuracy; the test predictions written."""
+    """The final (best) model on validation and test (and the held-out fold with --folds), with per-subject
+    accuracy; the test (and fold) predictions written."""
     results = {}
-    for split, dataset in (("eval", inputs.eval_set), ("test", inputs.test_set)):
+    scored = [("eval", inputs.eval_set), ("test", inputs.test_set)]
+    for split, dataset in scored + ([("fold", inputs.fold_set)] if inputs.fold_set is not None else []):
         if len(dataset) == 0:
             continue
         if get_formulation(args.model.formulation).scores_options:
@@ -281,6 +290,8 @@ def evaluate_model(trainer, args: Arguments, data: RunData, inputs: RunInputs, o
             split_metrics = prediction.metrics
             if split == "test" and is_main:
                 write_test_predictions(output_dir, dataset, prediction.predictions, data.evaluated["test"])
+            if split == "fold" and is_main:
+                write_fold_predictions(output_dir, dataset, prediction.predictions, data.evaluated["fold"])
         else:
             split_metrics = trainer.evaluate(dataset, metric_key_prefix=split)
         split_metrics[f"{split}_samples"] = len(dataset)
@@ -335,12 +346,19 @@ def memory_shape(model, formulation: str, train_set, eval_sets, training_args, a
 
 
 def train(args: Arguments) -> dict:
-    """One run, or one per seed with --seeds."""
-    if args.run.seeds:
-        from .seeds import run_seeds
+    """One run, or one per seed with --seeds, or one per fold with --folds (per seed, with both)."""
+    from .folds import run_folds
+    from .seeds import run_seeds
 
-        return run_seeds(args, main)
-    return main(args)
+    def one_configuration(one: Arguments) -> dict:
+        return run_folds(one, main) if one.data.folds and one.data.fold is None else main(one)
+
+    return run_seeds(args, one_configuration) if args.run.seeds else one_configuration(args)
+
+
+def held_out(splits) -> list:
+    """Every item a run scores as unseen: validation, test and, with --folds, its fold of the training pool."""
+    return splits.validation + splits.test + splits.fold
 
 
 def tokens_per_sample(dataset) -> float:
@@ -358,9 +376,10 @@ def attach_contexts(data: RunData, args: Arguments) -> None:
     asked for is open book: a run where no question received a context stops, with counts and the reasons."""
     book, splits = data.book, data.splits
     attached, records = {}, {}
-    for split, rows in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
+    named = [("train", splits.train), ("validation", splits.validation), ("test", splits.test)]
+    for split, rows in named + ([("fold", splits.fold)] if splits.fold_index else []):
         attached[split], records[split] = book.attach(rows, leave_one_out=split == "train")
-    attached, data.context_check = book.guard(attached, splits.validation + splits.test, "open book")
+    attached, data.context_check = book.guard(attached, held_out(splits), "open book")
     for split in records:
         for row, record in zip(attached[split], records[split]):
             if row.context is None and record["passages"]:
@@ -369,7 +388,7 @@ def attach_contexts(data: RunData, args: Arguments) -> None:
     if not any(with_context.values()):
         total = sum(len(rows) for rows in attached.values())
         raise UserError(f"open book ({book.describe()}): none of the {total} questions received a context; "
-                        f"{book.why_nothing_found(splits.train + splits.validation + splits.test, data.context_check)}")
+                        f"{book.why_nothing_found(splits.train + held_out(splits), data.context_check)}")
     logger.info("open book: questions with a context: %s", with_context)
     lengths = [len(p) for rows in attached.values() for r in rows if r.context for p in r.context.split(SEPARATOR)]
     limit = args.data.max_seq_length
@@ -377,11 +396,11 @@ def attach_contexts(data: RunData, args: Arguments) -> None:
         raise UserError(f"open book ({book.describe()}): the passages it retrieves are {median(lengths):.0f} "
                         f"characters long (median), over twice what the model reads (--max_seq_length {limit} tokens, "
                         f"about a character each); use --passage_chars {limit} or less")
-    by_id = {r.id: r for r in attached["validation"] + attached["test"]}
+    by_id = {r.id: r for split, rows in attached.items() if split != "train" for r in rows}
     data.evaluated = {name: [by_id[r.id] for r in rows] for name, rows in data.evaluated.items()}
-    data.splits = replace(splits, train=attached["train"], validation=attached["validation"], test=attached["test"])
+    data.splits = replace(splits, train=attached["train"], validation=attached["validation"], test=attached["test"],
+                          fold=attached.get("fold", []))
     data.contexts = records
     for name, rows in (data.extra.held_out if data.extra else {}).items():  # read as their training rows are
-        guarded, _ = book.guard({"slice": book.attach(rows, leave_one_out=True)[0]}, splits.validation + splits.test,
-                                "open book")
+        guarded, _ = book.guard({"slice": book.attach(rows, leave_one_out=True)[0]}, held_out(splits), "open book")
         data.extra.held_out[name] = guarded["slice"]

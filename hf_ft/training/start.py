@@ -41,8 +41,9 @@ def identity_of(args: Arguments) -> str:
     if not data["extra_data"]:  # a run without extra data keeps the identity it had before they existed
         data.pop("extra_data")
         data.pop("contamination")
-    if data["pad_to_multiple_of"] is None:  # likewise without rounding
-        data.pop("pad_to_multiple_of")
+    for name in ("pad_to_multiple_of", "folds", "fold"):  # likewise without rounding or cross-fitting
+        if data[name] is None:
+            data.pop(name)
     for part in (model, data, asdict(args.run), args.training.to_dict()):
         settings.update({k: v for k, v in part.items() if k not in NOT_IDENTITY})
     if args.retrieval.used:  # an open-book run is another run (closed-book identities unchanged)
