@@ -294,6 +294,34 @@ def test_two_process_seeds_each_equal_a_run_of_that_seed_alone(tmp_path, demo_da
     assert accuracies(both / "seed-2") == accuracies(alone) and accuracies(alone)
 
 
+LEAVE_PROBE = """
+import gc, sys
+from torch.nn.parallel import DistributedDataParallel
+from hf_ft.config.arguments import parse_args
+from hf_ft.core.errors import run_user_errors
+from hf_ft.training.run import train
+run_user_errors(lambda: train(parse_args(sys.argv[1:])))
+alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+print(f"DDP wrappers alive after the run left its group: {alive}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_finished_run_leaves_no_wrapper_holding_its_process_group(tmp_path, demo_data, still_model):
+    """The run's DistributedDataParallel wrapper holds the gloo group through its reducer and sits in reference
+    cycles; leaving the group must free it first, or the group lives on into interpreter teardown, where gloo
+    can abort a finished run (SIGABRT, a rare CI failure)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(LEAVE_PROBE)
+    result = run_cli(python("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_port()),
+                            str(probe), *run_args(still_model, demo_data, tmp_path / "run", "--eval_strategy", "no",
+                                                  "--save_strategy", "no", "--load_best_model_at_end", "false",
+                                                  "--max_steps", "2")), env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, crash_lines(result.stdout + result.stderr) + result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("DDP wrappers alive")]
+    assert lines == ["DDP wrappers alive after the run left its group: 0"] * 2, result.stdout[-2000:]
+
+
 @pytest.mark.slow
 def test_two_process_folds_score_every_pool_question_once_as_a_fold_run_alone_does(tmp_path, demo_data, still_model):
     """--folds under 2 processes: both folds finish, the gathered fold predictions hold each training-pool

@@ -12,11 +12,15 @@ Why each step exists (transformers 5.24, accelerate 1.15, DeepSpeed 0.19):
   absent in `sys.modules` (the import system's documented way) makes both see it as not installed.
 - A rank that exits while still in a gloo group can abort in interpreter teardown ("terminate called
   without an active exception", SIGABRT) after a run that succeeded: 9 of 30 bare 2-process gloo runs
-  here. The Trainer never leaves the group; the end of a run must.
+  here. The Trainer never leaves the group; the end of a run must. Leaving is not enough while the run's
+  DistributedDataParallel wrapper is alive: its reducer holds the group, and the wrapper outlives the run in
+  reference cycles (Trainer ↔ callbacks ↔ accelerator) until the cyclic collector runs — possibly only in
+  interpreter teardown, the very abort (a rare CI failure after a finished run). Collect it first.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -75,4 +79,5 @@ def leave_process_group() -> None:
 
         state = PartialState()
         state.wait_for_everyone()
+        gc.collect()  # the run's DDP wrapper (in reference cycles) holds the group: free it while Python is whole
         state.destroy_process_group()
