@@ -31,6 +31,7 @@ from ..task.subjects import CATEGORIES, registry
 SEEDS_SUMMARY_FILE = "seeds_summary.json"
 FOLDS_SUMMARY_FILE = "folds_summary.json"
 FOLDS_REPORT_FILE = "folds_report.md"
+FEW_FOLDS = 5  # below this, a t interval over folds has too few degrees of freedom to say much
 
 
 def data_facts(manifest: dict) -> dict:
@@ -177,6 +178,9 @@ def folds_markdown(summary: dict | None, heading: str = "## Cross-fitting") -> s
              f"{overall['n']} questions (macro over subjects {percent(oof['accuracy_macro'])}, TMMLU+-style average "
              f"{percent(oof['tmmlu_average'])}). Interval: {oof['ci_rule']}.", "",
              "| group | questions | out-of-fold accuracy | 95% CI |", "|---|---|---|---|", row("all", overall)]
+    if summary["folds"] < FEW_FOLDS:
+        lines[2] += (f" With {summary['folds']} folds the interval has {summary['folds'] - 1} degree(s) of freedom and "
+                     f"is wide; {FEW_FOLDS} or 10 folds are usual.")
     lines += [row(f"category: {name}", g) for name, g in oof["per_category"].items()]
     lines += [row(name, g) for name, g in oof["per_subject"].items()]
     lines += ["", "| fold | questions scored | its fold | validation | test |", "|---|---|---|---|---|"]
