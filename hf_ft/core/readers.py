@@ -25,6 +25,18 @@ def _refuse_duplicates(pairs: list[tuple]) -> dict:
     return seen
 
 
+def json_lines(text: str, where, error: type[UserError] = UserError) -> list:
+    """Every record of a JSON-lines text (blank lines skipped); a bad line is one error naming `where`:line."""
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise error(f"{where}:{number}: not valid JSON ({e.msg})") from None
+    return records
+
+
 def _not_json_constant(name: str):
     raise ValueError(f"{name} is not a JSON value")
 

@@ -93,17 +93,12 @@ def read_json_if_present(path: str | os.PathLike):
 
 def read_jsonl(path: str | os.PathLike) -> list:
     """Every record of a JSON-lines file hf_ft wrote; a missing file or a bad line is one clear error."""
+    from .readers import json_lines
+
     path = Path(path)
     if not path.is_file():
         raise RunDirError(f"{path}: not found")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise RunDirError(f"{path}, line {number}: not valid JSON ({e})") from None
-    return records
+    return json_lines(path.read_text(encoding="utf-8"), path, RunDirError)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.readers import json_lines
 from ..data.rows import QARow
 
 logger = logging.getLogger(__name__)
@@ -55,14 +56,7 @@ def _records(path: Path) -> list[dict]:
         if suffix == ".json":
             data = json.loads(text)
             return data if isinstance(data, list) else data.get("data", [])
-        out = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{number}: not a JSON object ({e.msg})") from None
-        return out
+        return json_lines(text, path)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         if isinstance(e, UserError):
             raise
