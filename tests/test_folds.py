@@ -106,6 +106,8 @@ def test_the_out_of_fold_report_pools_every_question_once_per_subject_and_catego
     (["--folds", "3", "--validation_file", "v.csv", "--train_file", "t.csv", "--test_file", "x.csv"],
      "--folds with --validation_file: each fold's validation slice is carved from the training pool"),
     (["--folds", "3", "--formulation", "mlm"], "--folds: has no effect without --formulation per_choice or joint"),
+    (["--folds", "3", "--push_to_hub"], "--push_to_hub with --folds: every fold would push to one repository"),
+    (["--seeds", "1,2", "--push_to_hub"], "--push_to_hub with --seeds: every seed would push to one repository"),
 ])
 def test_fold_settings_that_cannot_make_sense_are_refused_before_work(extra, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -18,6 +18,9 @@ CONFLICTS = [
         "data_dir", "train_file") for name in ("dataset_name", "dataset_revision")],
     ("validation_file", "folds", "each fold's validation slice is carved from the training pool, so a fixed "
      "validation file has no place; pass its rows as --train_file"),
+    *[(loop, "push_to_hub", f"every {kind} would push to one repository, each overwriting the last; push the one "
+       f"you choose when they are done (`hf-ft push <output_dir>/{kind}-<n> --repo_id ...`)")
+      for loop, kind in (("seeds", "seed"), ("folds", "fold"))],
 ]
 
 # (given, needs one of these, what it is for). Given without any of them: refused.
