@@ -219,7 +219,8 @@ def test_a_folds_folder_with_a_fold_missing_is_refused_in_one_line(folds_run, ti
 
 
 @pytest.mark.slow
-def test_seeds_and_folds_together_run_every_fold_per_seed_and_give_the_spread(tmp_path, demo_data, tiny_model):
+def test_seeds_and_folds_together_run_every_fold_per_seed_and_give_the_spread(tmp_path, demo_data, tiny_model,
+                                                                              capsys):
     out = tmp_path / "out"
     summary = train_in_process(["--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--output_dir",
                                 str(out), "--subjects", "music", *TRAIN_ARGS, "--max_steps", "3", "--eval_strategy",
@@ -235,3 +236,8 @@ def test_seeds_and_folds_together_run_every_fold_per_seed_and_give_the_spread(tm
         (out / "seed-2" / "fold-0" / "fold_qa_data.json").read_text()
     card = (out / "seed-2" / "fold-1" / "README.md").read_text(encoding="utf-8")
     assert "Trained with 2 seeds" in card and "out-of-fold accuracy (--folds) mean" in card and "## Cross-fitting" in card
+    # evaluate compares one seed's folds at a time, and says so
+    code, _, err = cli(["evaluate", "--original", str(tiny_model), "--finetuned", str(out), "--use_cpu"], capsys)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: --finetuned {out}: a --seeds folder of --folds runs; compare one seed's folds at a time, e.g. "
+        f"--finetuned {out / 'seed-1'}")

@@ -37,7 +37,7 @@ def expand_runs(paths: list[str]) -> list[tuple[str, int | None]]:
         if folder.is_dir() and not (folder / RUN_RECORD_FILE).is_file():
             for flag, prefix, argument in RUN_SETS:
                 members = sorted(folder.glob(f"{prefix}-*"), key=lambda p: _number(p.name) or 0)
-                if prefix == "seed" and any(m.glob("fold-*") for m in members):
+                if prefix == "seed" and any(next(m.glob("fold-*"), None) for m in members):
                     raise UserError(f"--finetuned {path}: a --seeds folder of --folds runs; compare one seed's folds "
                                     f"at a time, e.g. --finetuned {members[0]}")
                 if members:
