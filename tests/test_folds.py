@@ -201,6 +201,14 @@ def test_evaluate_a_folds_folder_pools_the_training_pool_out_of_fold(folds_run, 
     markdown = (tmp_path / "c" / "comparison.md").read_text(encoding="utf-8")
     assert "## Cross-fitting: the whole training pool, out of fold" in markdown and "## Folds on the test items" in markdown
     assert "cross-fitting: out of fold over" in printed
+    # --max_items bounds the pool's scoring too: a stratified sample, said so
+    code, _, err = cli(["evaluate", "--original", str(tiny_model), "--finetuned", str(out), "--use_cpu",
+                        "--max_items", "40", "--output_dir", str(tmp_path / "sample")], capsys)
+    assert code == 0, err[-3000:]
+    sampled = json.loads((tmp_path / "sample" / "comparison.json").read_text())["cross_fit"]
+    assert sampled["items"] == 40 and sampled["population"] == cross["items"]
+    assert f"40 training-pool questions in 3 folds (a sample of {cross['items']}" in \
+        (tmp_path / "sample" / "comparison.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.run_dir import FOLD_ITEMS_FILE, MANIFEST_FILE, read_json_if_present
 from ..data.files import load_items
+from ..data.splits import stratified_sample
 from ..task.cross_fitting import CI_RULE, clustered_ci, pooled
 from .items import check_held_out, fold_of
 from .stats import mcnemar_exact, paired_bootstrap_ci
@@ -47,8 +48,14 @@ def difference(correct_o: np.ndarray, correct_f: np.ndarray, folds: np.ndarray, 
 
 
 def out_of_fold_comparison(args, per_fold: list[tuple[str, int, list]], seed: int) -> dict:
-    """Score the original on the whole pool and each fold model on its own fold; pool them."""
+    """Score the original on the whole pool and each fold model on its own fold; pool them. With --max_items,
+    a seeded sample of the pool, stratified by subject, as for the test items."""
     pool = [row for _, _, rows in per_fold for row in rows]
+    population = len(pool)
+    if args.max_items is not None and args.max_items < len(pool):
+        kept = {row.id for row in stratified_sample(pool, args.max_items, seed)}
+        per_fold = [(path, k, [row for row in rows if row.id in kept]) for path, k, rows in per_fold]
+        pool = [row for _, _, rows in per_fold for row in rows]
     original = args.score(args.load(args.original), pool)
     finetuned = []
     for path, k, rows in per_fold:
@@ -59,7 +66,7 @@ def out_of_fold_comparison(args, per_fold: list[tuple[str, int, list]], seed: in
     correct_o = original.argmax(1) == golds
     correct_f = np.concatenate(finetuned).argmax(1) == golds
     categories = np.array([r.category for r in pool])
-    return {"folds": len(per_fold), "items": len(pool),
+    return {"folds": len(per_fold), "items": len(pool), "population": population,
             "original": pooled(correct_o, folds), "finetuned": pooled(correct_f, folds),
             **{k: v for k, v in difference(correct_o, correct_f, folds, seed).items() if k.startswith("difference")},
             "mcnemar": mcnemar_exact(correct_o, correct_f),

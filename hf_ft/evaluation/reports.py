@@ -104,7 +104,9 @@ def render_cross_fit(cross_fit: dict | None) -> list[str]:
         return []
     o, f = cross_fit["original"], cross_fit["finetuned"]
     lines = ["", "## Cross-fitting: the whole training pool, out of fold", "",
-             f"{cross_fit['items']} training-pool questions in {cross_fit['folds']} folds; each is scored by the fold "
+             f"{cross_fit['items']} training-pool questions in {cross_fit['folds']} folds"
+             + (f" (a sample of {cross_fit['population']}, stratified by subject)"
+                if cross_fit["items"] < cross_fit["population"] else "") + "; each is scored by the fold "
              f"model that did not train on it, and by the original model. Original {percent(o['accuracy'])} "
              f"({percent(o['ci95'][0])}–{percent(o['ci95'][1])}), fine-tuned out of fold {percent(f['accuracy'])} "
              f"({percent(f['ci95'][0])}–{percent(f['ci95'][1])}), difference "
