@@ -249,3 +249,35 @@ def test_seeds_and_folds_together_run_every_fold_per_seed_and_give_the_spread(tm
     assert code == 2 and err.strip().splitlines()[-1] == (
         f"error: --finetuned {out}: a --seeds folder of --folds runs; compare one seed's folds at a time, e.g. "
         f"--finetuned {out / 'seed-1'}")
+
+
+@pytest.mark.slow
+def test_open_book_treats_the_fold_as_held_out(tmp_path):
+    """A passage that copies a training-pool question with its answer may be read while that question is a
+    training question; in the fold run that scores it, it is a held-out item, so the passage is dropped there."""
+    import csv
+
+    from hf_ft.demo import make_open_book_data, make_tiny_model
+
+    root = tmp_path / "ob"
+    data, corpus = make_open_book_data(root, rows_per_subject=60, seed=0)
+    model = make_tiny_model(root / "model", [data, corpus], hidden_size=32, num_heads=2, intermediate_size=64)
+    with open(next(data.glob("*_val.csv")), encoding="utf-8") as f:
+        row = next(csv.DictReader(f))
+    with open(corpus / "facts.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "planted", "title": "copy", "text": row["question"] + row[row["answer"]]},
+                           ensure_ascii=False) + "\n")
+    out = tmp_path / "folds"
+    train_in_process(["--model_name_or_path", str(model), "--data_dir", str(data), "--retrieval_corpus", str(corpus),
+                      "--output_dir", str(out), "--use_cpu", "--max_steps", "2", "--eval_strategy", "no",
+                      "--save_strategy", "no", "--load_best_model_at_end", "false", "--max_seq_length", "96",
+                      "--folds", "2"])
+    dropped, holds = {}, {}
+    for k in (0, 1):
+        manifest = json.loads((out / f"fold-{k}" / "data_manifest.json").read_text())
+        dropped[k] = "planted#0" in manifest["retrieval"]["source"].get("dropped_ids", [])
+        items = json.loads((out / f"fold-{k}" / "fold_qa_data.json").read_text())
+        holds[k] = any(item["question"] == row["question"] for item in items)
+        assert manifest["retrieval"]["gold_in_context"]["fold"] > 0.5  # the fold's questions read their facts
+    assert sorted(holds.values()) == [False, True]
+    assert dropped == holds  # dropped exactly where the copied question is held out
