@@ -1,6 +1,6 @@
-"""Which models and which items an evaluation scores: --seeds and --folds folders expanded (whole or refused), the items
-(the run's test_qa_data.json by default) checked against every run's manifest so no training or validation item is
-ever scored, and what open book gave each model (gold in context, recall@k)."""
+"""Which models and which items an evaluation scores: --seeds and --folds folders expanded (whole or refused),
+the items (the run's test_qa_data.json by default) checked against every run's manifest so no training or
+validation item is ever scored, and what open book gave each model (gold in context, recall@k)."""
 
 from __future__ import annotations
 

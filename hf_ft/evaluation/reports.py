@@ -112,7 +112,8 @@ def render_cross_fit(cross_fit: dict | None) -> list[str]:
              f"({percent(f['ci95'][0])}–{percent(f['ci95'][1])}), difference "
              f"{_pp(cross_fit['difference'])} points {_ci(cross_fit['difference_ci95'])} (exact McNemar p = "
              f"{cross_fit['mcnemar']['p_value']:.3g}). Intervals: {cross_fit['ci_rule']}.", "",
-             "| category | questions | original | fine-tuned (out of fold) | Δ | 95% CI of Δ |", "|---|---|---|---|---|---|"]
+             "| category | questions | original | fine-tuned (out of fold) | Δ | 95% CI of Δ |",
+             "|---|---|---|---|---|---|"]
     for name, c in cross_fit["per_category"].items():
         lines.append(f"| {name} | {c['n']} | {percent(c['accuracy_original'])} | {percent(c['accuracy_finetuned'])} | "
                      f"{_pp(c['difference'])} | {_ci(c['difference_ci95'])} |")

@@ -18,8 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from ..config.arguments import Arguments
-from ..core.run_dir import EVAL_RESULTS_FILE, FOLD_PREDICTIONS_FILE, read_json_if_present, read_jsonl, write_json, \
-    write_text
+from ..core.run_dir import (
+    EVAL_RESULTS_FILE,
+    FOLD_PREDICTIONS_FILE,
+    read_json_if_present,
+    read_jsonl,
+    write_json,
+    write_text,
+)
 from ..publish.model_card import FOLDS_REPORT_FILE, FOLDS_SUMMARY_FILE, folds_markdown, write_model_card
 from ..task.cross_fitting import out_of_fold_report
 
@@ -45,9 +51,9 @@ def summarize(base: Path, folds: int, split_seed: int) -> dict:
         results = read_json_if_present(folder / EVAL_RESULTS_FILE) or {}
         scored = read_jsonl(folder / FOLD_PREDICTIONS_FILE)
         predictions += [{**p, "fold": k} for p in scored]
-        runs.append({"fold": k, "path": folder.name, "items": len(scored), "fold_accuracy": results.get("fold_accuracy"),
-                     "eval_accuracy": results.get("eval_accuracy"), "test_accuracy": results.get("test_accuracy"),
-                     "test_tmmlu_average": results.get("test_tmmlu_average")})
+        runs.append({"fold": k, "path": folder.name, "items": len(scored),
+                     **{name: results.get(name) for name in ("fold_accuracy", "eval_accuracy", "test_accuracy",
+                                                             "test_tmmlu_average")}})
     tests = np.array([r["test_accuracy"] for r in runs if r["test_accuracy"] is not None])
     return {"folds": folds, "split_seed": split_seed, "runs": runs,
             "out_of_fold": out_of_fold_report(predictions),
