@@ -283,3 +283,29 @@ def test_open_book_treats_the_fold_as_held_out(tmp_path):
         assert manifest["retrieval"]["gold_in_context"]["fold"] > 0.5  # the fold's questions read their facts
     assert sorted(holds.values()) == [False, True]
     assert dropped == holds  # dropped exactly where the copied question is held out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["--folds", "--seeds"])
+def test_each_run_of_a_loop_starts_with_the_last_one_freed(loop, tmp_path, demo_data, tiny_model):
+    """A finished run's Trainer (model, optimizer states) sits in reference cycles; unless the loop frees it,
+    it is still alive when the next run loads its model, and the next memory check counts it as in use."""
+    import gc
+
+    from hf_ft.training import run
+    from hf_ft.training.folds import run_folds
+    from hf_ft.training.seeds import run_seeds
+
+    alive = []
+
+    def counted(args):
+        alive.append(sum(type(o).__name__ == "QATrainer" for o in gc.get_objects()))
+        return run.main(args)
+
+    args = parse_args(["--model_name_or_path", str(tiny_model), "--data_dir", str(demo_data), "--output_dir",
+                       str(tmp_path / "out"), "--subjects", "music", "--use_cpu", "--max_steps", "2", "--eval_strategy",
+                       "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+                       *({"--folds": ["--folds", "3"], "--seeds": ["--seeds", "1,2,3"]}[loop])])
+    gc.collect()  # what earlier tests in this process left
+    (run_folds if loop == "--folds" else run_seeds)(args, counted)
+    assert alive == [0, 0, 0]

@@ -29,6 +29,8 @@ from ..core.run_dir import (
 from ..publish.model_card import FOLDS_REPORT_FILE, FOLDS_SUMMARY_FILE, folds_markdown, write_model_card
 from ..task.cross_fitting import out_of_fold_report
 
+from .memory import release_finished_run
+
 logger = logging.getLogger("hf_ft")
 
 
@@ -78,6 +80,7 @@ def run_folds(args: Arguments, train_one) -> dict:
             continue
         logger.info("fold %d of %d: training into %s", k, folds, folder)
         train_one(one)
+        release_finished_run()
     summary = summarize(base, folds, for_fold(args, 0).data.split_seed)
     if args.training.process_index == 0:
         write_json(base / FOLDS_SUMMARY_FILE, summary)

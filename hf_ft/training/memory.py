@@ -200,3 +200,17 @@ def check(shape: Shape, on_gpu: bool, skip: bool) -> Estimate:
         else:
             raise UserError(line)
     return result
+
+
+def release_finished_run() -> None:
+    """Free what a finished run held before the next run of a --seeds or --folds loop starts. Its Trainer (the
+    model, the optimizer states, a DDP wrapper) sits in reference cycles until the cyclic collector runs, which
+    may be well into the next run: both runs' weights would coexist, and the next memory check would count the
+    last run's as in use."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

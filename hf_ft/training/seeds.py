@@ -21,6 +21,8 @@ from ..core.run_dir import EVAL_RESULTS_FILE, RUN_RECORD_FILE, read_json_if_pres
 from ..publish.model_card import FOLDS_SUMMARY_FILE, SEEDS_SUMMARY_FILE, write_model_card
 from ..task.metrics import CHANCE, FAILED_RESTART_MARGIN
 
+from .memory import release_finished_run
+
 logger = logging.getLogger("hf_ft")
 
 
@@ -82,6 +84,7 @@ def run_seeds(args: Arguments, train_one) -> dict:
             continue
         logger.info("seed %d: training into %s", seed, folder)
         train_one(one)
+        release_finished_run()
     summary = summarize(base, seeds)
     if args.training.process_index == 0:
         write_json(base / SEEDS_SUMMARY_FILE, summary)
