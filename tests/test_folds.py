@@ -228,6 +228,33 @@ def test_a_folds_folder_with_a_fold_missing_is_refused_in_one_line(folds_run, ti
 
 
 @pytest.mark.slow
+def test_fold_runs_of_another_k_or_another_split_are_not_pooled(folds_run, tiny_model, tmp_path, capsys):
+    """Folds dealt for another K, or with another split seed, hold other questions: pooled, some questions would
+    count twice and others never. Each is one line before scoring."""
+    out, _, args = folds_run
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed, ignore=shutil.ignore_patterns("checkpoint-*", "comparison"))
+    record = json.loads((mixed / "fold-2" / "hf_ft_run.json").read_text())
+    record["arguments"]["folds"] = 4
+    (mixed / "fold-2" / "hf_ft_run.json").write_text(json.dumps(record))
+    code, _, err = cli(["evaluate", "--original", str(tiny_model), "--finetuned", str(mixed), "--use_cpu"], capsys)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: --finetuned {mixed}: its fold runs were trained with different --folds (fold-0: 3, fold-2: 4); "
+        "compare the folds of one --folds run, or train the others again with the same --folds")
+    # fold 1 trained alone with another split seed: the same K, but not the same pool's fold
+    other = tmp_path / "other"
+    shutil.copytree(out, other, ignore=shutil.ignore_patterns("checkpoint-*", "comparison", "fold-1"))
+    alone = [a for a in args if a != str(out)]
+    train_in_process([*alone[:alone.index("--output_dir") + 1], str(other / "fold-1"),
+                      *alone[alone.index("--output_dir") + 1:], "--fold", "1", "--split_seed", "7", "--max_steps", "1",
+                      "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"])
+    code, _, err = cli(["evaluate", "--original", str(tiny_model), "--finetuned", str(other), "--use_cpu"], capsys)
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and "these fold runs do not partition one training pool" in line, err[-2000:]
+    assert not (other / "comparison" / "comparison.json").exists()
+
+
+@pytest.mark.slow
 def test_seeds_and_folds_together_run_every_fold_per_seed_and_give_the_spread(tmp_path, demo_data, tiny_model,
                                                                               capsys):
     out = tmp_path / "out"

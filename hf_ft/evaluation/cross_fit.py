@@ -35,6 +35,14 @@ def fold_items(runs: list[tuple[str, int | None]]) -> list[tuple[str, int, list]
         rows, _ = check_held_out(load_items(items_file), [(str(Path(path) / MANIFEST_FILE),
                                                            read_json_if_present(Path(path) / MANIFEST_FILE))], False)
         out.append((path, k, rows))
+    seen: dict[str, str] = {}
+    for path, _, rows in out:  # folds of one pool are disjoint; runs of another split seed or data are not
+        for row in rows:
+            if row.content_hash in seen:
+                raise UserError(f"--finetuned: {Path(seen[row.content_hash]).name} and {Path(path).name} both hold "
+                                f"out item {row.id}: these fold runs do not partition one training pool (another "
+                                "--split_seed, other data?); compare folds trained together")
+            seen[row.content_hash] = path
     return out
 
 

@@ -67,10 +67,16 @@ def check_set_complete(folder: Path, members: list[Path], flag: str, prefix: str
     fold would leave a fifth of the training pool unscored."""
     from ..core.run_dir import finished_problem
 
-    planned = set()
+    planned, specs = set(), {}
     for p in members:
         record = read_json_if_present(p / RUN_RECORD_FILE) or {}
-        planned |= _planned(record.get("arguments", {}).get(argument), argument)
+        spec = record.get("arguments", {}).get(argument)
+        planned |= _planned(spec, argument)
+        specs.setdefault(str(spec), p.name)
+    if argument == "folds" and len(specs) > 1:  # folds dealt for another K hold other questions
+        raise UserError(f"--finetuned {folder}: its fold runs were trained with different --folds ("
+                        + ", ".join(f"{name}: {spec}" for spec, name in specs.items())
+                        + "); compare the folds of one --folds run, or train the others again with the same --folds")
     problems = []
     for p in members:
         problem = finished_problem(p) or (None if (p / RUN_RECORD_FILE).is_file() else "no hf_ft_run.json")
