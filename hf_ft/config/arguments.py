@@ -59,6 +59,11 @@ class Arguments:
     retrieval: RetrievalArguments = field(default_factory=RetrievalArguments)
     given: dict = field(default_factory=dict)  # what the user set (paths made absolute): hf_ft_run.json records it
 
+    @property
+    def split_seed(self) -> int:
+        """The seed of the split (and of the folds): --split_seed, else --seed."""
+        return self.data.split_seed if self.data.split_seed is not None else self.training.seed
+
 
 def load_config_file(path: str) -> dict:
     """A JSON or YAML file of argument names → values (hf_ft.core.readers: BOM, emptiness, duplicate keys)."""

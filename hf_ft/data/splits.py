@@ -130,11 +130,9 @@ def assign_folds(rows: list[QARow], folds: int, seed: int) -> list[int]:
     small = {s: len(ix) for s, ix in by_subject.items() if len(ix) < folds}
     if small:
         subject, n = min(small.items(), key=lambda item: (item[1], item[0]))
+        fix = f"use --folds {n} or fewer, or leave '{subject}' out" if n >= 2 else f"leave '{subject}' out"
         raise DataError(f"--folds {folds}: subject '{subject}' has only {n} question(s) in the training pool, and "
-                        f"every fold needs each subject; use --folds {max(2, n)} or fewer, or leave '{subject}' "
-                        "out with --subjects" if n >= 2 else
-                        f"--folds {folds}: subject '{subject}' has only {n} question(s) in the training pool, too "
-                        f"few to cross-fit; leave it out with --subjects")
+                        f"every fold needs each subject; {fix} with --subjects")
     fold_of = [0] * len(rows)
     start = 0
     for subject in sorted(by_subject):

@@ -120,7 +120,7 @@ def leaderboard(rows: list[QARow], models: list[Scored], reference: int, seed: i
             "correction": "Holm–Bonferroni over the exact McNemar p-values against the reference"}
 
 
-def seeds_report(rows: list[QARow], original: Scored, runs: list[Scored], seed: int, by: str = "seed") -> dict:
+def runs_report(rows: list[QARow], original: Scored, runs: list[Scored], seed: int, by: str = "seed") -> dict:
     """The original-vs-fine-tuned difference per run and across runs of one configuration that differ in the
     seed (or, `by="fold"`, in the fold of the training pool left out): a t interval over runs covers training
     randomness (and the choice of training questions); each run's own interval only the sampling of test items."""
@@ -167,7 +167,7 @@ def build_report(rows: list[QARow], models: list[Scored], reference: int, seed: 
     if len(models) > 2:
         report["leaderboard"] = leaderboard(rows, models, reference, seed)
     if len(finetuned) > 1 and all(m.fold is not None for m in finetuned):  # a --folds folder
-        report["folds"] = seeds_report(rows, original, finetuned, seed, by="fold")
+        report["folds"] = runs_report(rows, original, finetuned, seed, by="fold")
     elif len(finetuned) > 1:
-        report["seeds"] = seeds_report(rows, original, finetuned, seed)
+        report["seeds"] = runs_report(rows, original, finetuned, seed)
     return report

@@ -5,14 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-
-def accuracy_ci(correct, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson interval of one model's accuracy."""
-    correct = np.asarray(correct, dtype=bool)
-    if len(correct) == 0:
-        return 0.0, 0.0
-    ci = stats.binomtest(int(correct.sum()), len(correct)).proportion_ci(confidence, method="wilson")
-    return float(ci.low), float(ci.high)
+from ..task.metrics import accuracy_ci  # noqa: F401  (lives with the metrics: cross-fitting's report needs it too)
 
 
 def paired_bootstrap_ci(correct_a, correct_b, confidence: float = 0.95, n_resamples: int = 10_000,

@@ -199,21 +199,18 @@ def _interval(ci) -> str:
 
 def folds_summary(out: Path) -> dict | None:
     """A --folds summary: in the folder itself, or beside a fold-<k> run."""
-    for folder in (out, out.parent) if out.name.startswith("fold-") else (out,):
-        summary = read_json_if_present(folder / FOLDS_SUMMARY_FILE)
-        if summary:
-            return summary
-    return None
+    return _first_summary(FOLDS_SUMMARY_FILE, (out, out.parent) if out.name.startswith("fold-") else (out,))
 
 
 def seeds_summary(out: Path) -> dict | None:
     """A --seeds summary: in the folder itself, beside a seed-<n> run, or two up from a seed's fold-<k> run."""
     seed_folder = out.parent if out.name.startswith("fold-") else out
-    for folder in (out, seed_folder.parent) if seed_folder.name.startswith("seed-") else (out,):
-        summary = read_json_if_present(folder / SEEDS_SUMMARY_FILE)
-        if summary:
-            return summary
-    return None
+    return _first_summary(SEEDS_SUMMARY_FILE, (out, seed_folder.parent) if seed_folder.name.startswith("seed-")
+                          else (out,))
+
+
+def _first_summary(name: str, folders) -> dict | None:
+    return next((summary for folder in folders if (summary := read_json_if_present(folder / name))), None)
 
 
 def base_model_text(base: dict | str | None) -> str:

@@ -14,15 +14,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from .metrics import accuracy_report
+from .metrics import accuracy_ci, accuracy_report
 
 CI_RULE = ("95% interval with the folds as clusters (cluster-robust standard error, t with K-1 degrees of freedom), "
            "never narrower than the Wilson interval of the pooled questions")
-
-
-def wilson(correct: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    ci = stats.binomtest(int(correct.sum()), len(correct)).proportion_ci(confidence, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def clustered_ci(values, folds, confidence: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0)
@@ -47,7 +42,7 @@ def pooled(correct, folds) -> dict:
     correct = np.asarray(correct, dtype=bool)
     folds = np.asarray(folds)
     by_fold = {str(k): float(correct[folds == k].mean()) for k in np.unique(folds)}  # JSON keys
-    clustered, items = clustered_ci(correct, folds), wilson(correct)
+    clustered, items = clustered_ci(correct, folds), accuracy_ci(correct)
     return {"n": int(len(correct)), "accuracy": float(correct.mean()),
             "ci95": [min(clustered[0], items[0]), max(clustered[1], items[1])],
             "ci95_folds_as_clusters": list(clustered), "ci95_questions_only": list(items),

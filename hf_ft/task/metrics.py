@@ -22,6 +22,17 @@ CHANCE = 0.25
 FAILED_RESTART_MARGIN = 0.05
 
 
+def accuracy_ci(correct, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson interval of one model's accuracy."""
+    from scipy import stats
+
+    correct = np.asarray(correct, dtype=bool)
+    if len(correct) == 0:
+        return 0.0, 0.0
+    ci = stats.binomtest(int(correct.sum()), len(correct)).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def accuracy_report(predictions, labels, subjects, per_subject: bool = True) -> dict:
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     correct = predictions == labels

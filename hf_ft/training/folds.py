@@ -29,7 +29,7 @@ from ..core.run_dir import (
 from ..publish.model_card import FOLDS_REPORT_FILE, FOLDS_SUMMARY_FILE, folds_markdown, write_model_card
 from ..task.cross_fitting import out_of_fold_report
 
-from .memory import release_finished_run
+from .start import train_each
 
 logger = logging.getLogger("hf_ft")
 
@@ -38,7 +38,7 @@ def for_fold(args: Arguments, fold: int) -> Arguments:
     """The same arguments scoring fold `fold`, into output_dir/fold-<k>; the split (and so the folds) keeps
     --seed's."""
     base = Path(args.training.output_dir)
-    split_seed = args.data.split_seed if args.data.split_seed is not None else args.training.seed
+    split_seed = args.split_seed
     training = dataclasses.replace(args.training, output_dir=str(base / f"fold-{fold}"))
     given = {**args.given, "fold": fold, "split_seed": split_seed, "output_dir": training.output_dir}
     return dataclasses.replace(args, training=training, given=given,
@@ -68,20 +68,10 @@ def summarize(base: Path, folds: int, split_seed: int) -> dict:
 def run_folds(args: Arguments, train_one) -> dict:
     """Train every fold (resuming or skipping finished ones through the usual run-folder rules), then write the
     pooled summary and refresh each fold's card."""
-    from ..core.run_dir import FINISHED_FILE, finished_problem
-
     base = Path(args.training.output_dir)
     folds = args.data.folds
-    for k in range(folds):
-        one = for_fold(args, k)
-        folder = Path(one.training.output_dir)
-        if (folder / FINISHED_FILE).is_file() and finished_problem(folder) is None:
-            logger.info("fold %d of %d: finished already (%s)", k, folds, folder)
-            continue
-        logger.info("fold %d of %d: training into %s", k, folds, folder)
-        train_one(one)
-        release_finished_run()
-    summary = summarize(base, folds, for_fold(args, 0).data.split_seed)
+    train_each([(f"fold {k} of {folds}", for_fold(args, k)) for k in range(folds)], train_one)
+    summary = summarize(base, folds, args.split_seed)
     if args.training.process_index == 0:
         write_json(base / FOLDS_SUMMARY_FILE, summary)
         write_text(base / FOLDS_REPORT_FILE, folds_markdown(summary) + "\n")

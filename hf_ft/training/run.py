@@ -139,7 +139,7 @@ def prepare_data(args: Arguments) -> RunData:
                                kept=sum(len(rows) for rows in loaded.pools.values()))
     if extra is not None:
         extra.refuse_empty()
-    split_seed = data_args.split_seed if data_args.split_seed is not None else training_args.seed
+    split_seed = args.split_seed
     splits = make_splits(loaded, data_args.split_scheme, split_seed, data_args.validation_fraction,
                          data_args.ratios(), needs_validation=training_args.eval_strategy != "no")
     if data_args.fold is not None:  # cross-fitting: one fold of the training pool held out, scored at the end
@@ -349,6 +349,8 @@ def train(args: Arguments) -> dict:
     """One run, or one per seed with --seeds, or one per fold with --folds (per seed, with both)."""
     from .folds import run_folds
     from .seeds import run_seeds
+
+    setup_logging(args.training)  # the loops' own lines ("fold 0 of 5: finished already") come before any run's
 
     def one_configuration(one: Arguments) -> dict:
         return run_folds(one, main) if one.data.folds and one.data.fold is None else main(one)

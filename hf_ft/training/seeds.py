@@ -20,8 +20,7 @@ from ..config.arguments import Arguments
 from ..core.run_dir import EVAL_RESULTS_FILE, RUN_RECORD_FILE, read_json_if_present, write_json
 from ..publish.model_card import FOLDS_SUMMARY_FILE, SEEDS_SUMMARY_FILE, write_model_card
 from ..task.metrics import CHANCE, FAILED_RESTART_MARGIN
-
-from .memory import release_finished_run
+from .start import train_each
 
 logger = logging.getLogger("hf_ft")
 
@@ -33,7 +32,7 @@ def seed_list(spec: str) -> list[int]:
 def for_seed(args: Arguments, seed: int) -> Arguments:
     """The same arguments with another training seed, into output_dir/seed-<n>; the split keeps --seed's."""
     base = Path(args.training.output_dir)
-    split_seed = args.data.split_seed if args.data.split_seed is not None else args.training.seed
+    split_seed = args.split_seed
     training = dataclasses.replace(args.training, seed=seed, output_dir=str(base / f"seed-{seed}"))
     given = {**args.given, "seed": seed, "split_seed": split_seed, "output_dir": training.output_dir}
     return dataclasses.replace(args, training=training, data=dataclasses.replace(args.data, split_seed=split_seed),
@@ -72,19 +71,9 @@ def summarize(base: Path, seeds: list[int]) -> dict:
 def run_seeds(args: Arguments, train_one) -> dict:
     """Train every seed (resuming or skipping finished ones through the usual run-folder rules), then write
     the summary and refresh each run's card."""
-    from ..core.run_dir import FINISHED_FILE, finished_problem
-
     base = Path(args.training.output_dir)
     seeds = seed_list(args.run.seeds)
-    for seed in seeds:
-        one = for_seed(args, seed)
-        folder = Path(one.training.output_dir)
-        if (folder / FINISHED_FILE).is_file() and finished_problem(folder) is None:
-            logger.info("seed %d: finished already (%s)", seed, folder)
-            continue
-        logger.info("seed %d: training into %s", seed, folder)
-        train_one(one)
-        release_finished_run()
+    train_each([(f"seed {seed}", for_seed(args, seed)) for seed in seeds], train_one)
     summary = summarize(base, seeds)
     if args.training.process_index == 0:
         write_json(base / SEEDS_SUMMARY_FILE, summary)

@@ -32,6 +32,21 @@ class OutputDirError(UserError):
     pass
 
 
+def train_each(runs: list[tuple[str, Arguments]], train_one) -> None:
+    """The runs of a --seeds or --folds loop, (name, arguments) in turn: a finished one is skipped, an unfinished
+    one resumes (the usual run-folder rules), and what each run held is freed before the next starts."""
+    from .memory import release_finished_run
+
+    for name, one in runs:
+        folder = Path(one.training.output_dir)
+        if (folder / run_dir.FINISHED_FILE).is_file() and run_dir.finished_problem(folder) is None:
+            logger.info("%s: finished already (%s)", name, folder)
+            continue
+        logger.info("%s: training into %s", name, folder)
+        train_one(one)
+        release_finished_run()
+
+
 def identity_of(args: Arguments) -> str:
     settings = {}
     model = asdict(args.model)
